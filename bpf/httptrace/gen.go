@@ -1,0 +1,6 @@
+// Package httptrace loads and attaches the HTTP/1.x tracer: a raw tracepoint
+// at the exit of the socket read/write system calls that matches requests
+// with responses per connection and emits one record per finished request.
+package httptrace
+
+//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type http_event -type counter httptrace httptrace.c -- -I../include

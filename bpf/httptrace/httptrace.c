@@ -1,0 +1,818 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// httptrace: HTTP/1.x requests and responses of selected processes, seen at
+// the exit of the socket read/write system calls (raw tracepoint sys_exit, no
+// kprobes). Requests and responses are matched in the kernel, per connection
+// (tgid, fd), and one record per finished request goes to the ring buffer.
+// Trace and span ids are decided here, so that they are known before any
+// header leaves the process.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "httptrace.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// Knobs, set by the loader before the program is loaded.
+// Pending ring buffer bytes that wake the reader; 0 wakes it per record.
+volatile const __u64 wakeup_bytes = 0;
+// Parse request headers (incoming traceparent, Host). Needs bpf_loop (5.17).
+volatile const __u8 track_request_headers = 1;
+
+// Processes to trace, filled by user space: tgid -> 1.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u32);
+} traced_pids SEC(".maps");
+
+// Per-connection state of traced processes, (tgid, fd) -> state.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct conn_key);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+// Context of the request a thread is serving, pid_tgid -> context.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct thread_ctx);
+} thread_ctxs SEC(".maps");
+
+// One record per finished request. Size set by the loader.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+// Drop and error counters, indexed by enum counter.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+// State of one request parse (see parse_cb).
+struct scan_state {
+	__u64 start;          // first byte to scan
+	__u64 end;            // end of the data in buf
+	__u64 line_start;     // offset of the current header line, 0 on the request line
+	__u64 header_end;     // offset just past the blank line, 0 if not seen
+	__u64 tp_off;         // offset of the traceparent value, 0 if none
+	__u64 host_off;       // offset of the Host value, 0 if none
+	__u64 content_length; // Content-Length value, 0 if none
+	__u64 version_off;    // offset of the request line's minor version digit
+	__u64 path_len;
+	__u64 host_len;
+	__u8 in_path;
+	__u8 host_copy;
+	__u8 _pad[6];
+};
+
+struct scratch {
+	__u8 buf[BUF_SIZE + BUF_PAD];
+	struct scan_state st;
+};
+
+// An all-zero connection state, never written: the initial value of new
+// entries in conns (too large to build on the stack).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct conn_state);
+} conn_zero SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+// Dummy instances so bpf2go emits Go types for them.
+const struct http_event *unused_http_event __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
+
+#if defined(__TARGET_ARCH_x86)
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_CLOSE 3
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, di)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, si)
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_CLOSE 57
+#define NR_READ 63
+#define NR_WRITE 64
+#define NR_READV 65
+#define NR_WRITEV 66
+#define NR_SENDTO 206
+#define NR_RECVFROM 207
+#define NR_SENDMSG 211
+#define NR_RECVMSG 212
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, orig_x0)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, regs[1])
+#endif
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define S_IFMT 0170000
+#define S_IFSOCK 0140000
+
+// User-space ABI structs (fixed layout on 64-bit targets).
+struct user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+struct user_msghdr64 {
+	__u64 name;
+	__u32 namelen;
+	__u32 _pad;
+	__u64 iov;
+	__u64 iovlen;
+};
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u8 at(const __u8 *buf, __u64 i)
+{
+	return buf[i & BUF_MASK];
+}
+
+// Length of the method if buf starts a request line ("GET /..."), else 0.
+static __always_inline __u32 request_method_len(const __u8 *b)
+{
+	switch (b[0]) {
+	case 'G':
+		return (b[1] == 'E' && b[2] == 'T' && b[3] == ' ') ? 3 : 0;
+	case 'P':
+		if (b[1] == 'U' && b[2] == 'T' && b[3] == ' ')
+			return 3;
+		if (b[1] == 'O' && b[2] == 'S' && b[3] == 'T' && b[4] == ' ')
+			return 4;
+		if (b[1] == 'A' && b[2] == 'T' && b[3] == 'C' && b[4] == 'H' && b[5] == ' ')
+			return 5;
+		return 0;
+	case 'H':
+		return (b[1] == 'E' && b[2] == 'A' && b[3] == 'D' && b[4] == ' ') ? 4 : 0;
+	case 'D':
+		return (b[1] == 'E' && b[2] == 'L' && b[3] == 'E' && b[4] == 'T' && b[5] == 'E' &&
+			b[6] == ' ')
+			       ? 6
+			       : 0;
+	case 'O':
+		return (b[1] == 'P' && b[2] == 'T' && b[3] == 'I' && b[4] == 'O' && b[5] == 'N' &&
+			b[6] == 'S' && b[7] == ' ')
+			       ? 7
+			       : 0;
+	case 'C':
+		return (b[1] == 'O' && b[2] == 'N' && b[3] == 'N' && b[4] == 'E' && b[5] == 'C' &&
+			b[6] == 'T' && b[7] == ' ')
+			       ? 7
+			       : 0;
+	case 'T':
+		return (b[1] == 'R' && b[2] == 'A' && b[3] == 'C' && b[4] == 'E' && b[5] == ' ') ? 5
+											     : 0;
+	}
+	return 0;
+}
+
+// True if buf starts a status line: "HTTP/1.x NNN".
+static __always_inline bool is_response(const __u8 *b)
+{
+	return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' &&
+	       b[5] == '1' && b[6] == '.' && b[8] == ' ' && b[9] >= '1' && b[9] <= '5' &&
+	       b[10] >= '0' && b[10] <= '9' && b[11] >= '0' && b[11] <= '9';
+}
+
+static __always_inline __u16 status_at(const __u8 *buf, __u64 off)
+{
+	return (at(buf, off + 9) - '0') * 100 + (at(buf, off + 10) - '0') * 10 +
+	       (at(buf, off + 11) - '0');
+}
+
+// Request parsing, one byte per bpf_loop iteration. The scan state lives in
+// the per-CPU scratch map, not on the stack: the verifier does not track map
+// contents, so the callback is verified once instead of once per distinct
+// value of the offsets.
+struct parse_ctx {
+	struct scratch *s;
+	struct req_info *r;
+};
+
+#define W4(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
+#define W8(a, b, c, d, e, f, g, h) ((__u64)W4(a, b, c, d) | (__u64)W4(e, f, g, h) << 32)
+#define LOWER4 0x20202020u
+#define LOWER8 0x2020202020202020ull
+
+static __always_inline __u64 load8(const __u8 *buf, __u64 i)
+{
+	__u64 v;
+	__builtin_memcpy(&v, buf + (i & BUF_MASK), 8);
+	return v;
+}
+
+static __always_inline __u32 load4(const __u8 *buf, __u64 i)
+{
+	__u32 v;
+	__builtin_memcpy(&v, buf + (i & BUF_MASK), 4);
+	return v;
+}
+
+static __always_inline __u64 skip_ows(const __u8 *buf, __u64 i)
+{
+#pragma unroll
+	for (int k = 0; k < 4; k++) {
+		__u8 c = at(buf, i);
+		if (c != ' ' && c != '\t')
+			break;
+		i++;
+	}
+	return i;
+}
+
+// At a line start i: records the headers this tracer reads.
+static __always_inline void header_line(const __u8 *buf, __u64 i, struct scan_state *st)
+{
+	__u64 w = load8(buf, i) | LOWER8;
+	if (w == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r')) {
+		if ((load4(buf, i + 8) | LOWER4) == W4('e', 'n', 't', ':'))
+			st->tp_off = skip_ows(buf, i + 12);
+		return;
+	}
+	if (w == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-')) {
+		if ((load4(buf, i + 8) | LOWER4) != W4('l', 'e', 'n', 'g') ||
+		    (load4(buf, i + 11) | LOWER4) != W4('g', 't', 'h', ':'))
+			return;
+		__u64 p = skip_ows(buf, i + 15);
+		__u64 v = 0;
+#pragma unroll
+		for (int k = 0; k < 10; k++) {
+			__u8 d = at(buf, p + k);
+			if (d < '0' || d > '9')
+				break;
+			v = v * 10 + (d - '0');
+		}
+		st->content_length = v;
+		return;
+	}
+	if ((load4(buf, i) | LOWER4) == W4('h', 'o', 's', 't') && at(buf, i + 4) == ':') {
+		st->host_off = skip_ows(buf, i + 5);
+		st->host_copy = 1;
+	}
+}
+
+static long parse_cb(__u64 index, void *data)
+{
+	struct parse_ctx *pc = data;
+	struct scratch *s = pc->s;
+	struct req_info *r = pc->r;
+	struct scan_state *st = &s->st;
+	__u64 i = st->start + index;
+	if (i >= st->end)
+		return 1;
+	const __u8 *buf = s->buf;
+	__u8 ch = at(buf, i);
+	if (st->in_path) {
+		if (ch == ' ' || ch == '\r' || ch == '\n') {
+			st->in_path = 0;
+			r->path_len = st->path_len;
+		} else if (st->path_len < PATH_MAX_LEN) {
+			r->path[st->path_len & (PATH_MAX_LEN - 1)] = ch;
+			st->path_len++;
+		}
+		return 0;
+	}
+	if (i != st->line_start) {
+		if (ch == '\n') {
+			if (st->line_start == 0 && i >= 2)
+				st->version_off = i - 2; // "HTTP/1.x\r\n"
+			st->line_start = i + 1;
+			st->host_copy = 0;
+		} else if (st->host_copy && i >= st->host_off && ch != '\r' && ch != ' ') {
+			if (st->host_len < HOST_MAX) {
+				r->host[st->host_len & (HOST_MAX - 1)] = ch;
+				st->host_len++;
+			}
+		}
+		return 0;
+	}
+	if (ch == '\r' || ch == '\n') {
+		st->header_end = i + (ch == '\r' ? 2 : 1);
+		return 1;
+	}
+	header_line(buf, i, st);
+	return 0;
+}
+
+static __always_inline int hexval(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1; // upper case is invalid per W3C trace context
+}
+
+// Parses "vv-<32 hex>-<16 hex>-<2 hex>" at off. Returns true if valid.
+static __always_inline bool parse_traceparent(const __u8 *buf, __u64 off, __u64 end,
+					      __u8 trace_id[16], __u8 parent_id[8], __u8 *flags)
+{
+	if (off + TRACEPARENT_LEN > end)
+		return false;
+	int v1 = hexval(at(buf, off)), v0 = hexval(at(buf, off + 1));
+	if (v1 < 0 || v0 < 0 || (v1 == 15 && v0 == 15))
+		return false;
+	if (at(buf, off + 2) != '-' || at(buf, off + 35) != '-' || at(buf, off + 52) != '-')
+		return false;
+	__u8 after = off + TRACEPARENT_LEN < end ? at(buf, off + TRACEPARENT_LEN) : '\r';
+	if (v1 == 0 && v0 == 0) {
+		if (after != '\r' && after != '\n' && after != ' ' && after != '\t')
+			return false;
+	} else if (after != '\r' && after != '\n' && after != '-') {
+		return false;
+	}
+	__u8 any = 0;
+#pragma unroll
+	for (int k = 0; k < 16; k++) {
+		int hi = hexval(at(buf, off + 3 + 2 * k));
+		int lo = hexval(at(buf, off + 4 + 2 * k));
+		if (hi < 0 || lo < 0)
+			return false;
+		trace_id[k] = (hi << 4) | lo;
+		any |= trace_id[k];
+	}
+	if (!any)
+		return false;
+	any = 0;
+#pragma unroll
+	for (int k = 0; k < 8; k++) {
+		int hi = hexval(at(buf, off + 36 + 2 * k));
+		int lo = hexval(at(buf, off + 37 + 2 * k));
+		if (hi < 0 || lo < 0)
+			return false;
+		parent_id[k] = (hi << 4) | lo;
+		any |= parent_id[k];
+	}
+	if (!any)
+		return false;
+	int fh = hexval(at(buf, off + 53)), fl = hexval(at(buf, off + 54));
+	if (fh < 0 || fl < 0)
+		return false;
+	*flags = (fh << 4) | fl;
+	return true;
+}
+
+static __always_inline bool same_trace(const __u8 *a, const __u8 *b)
+{
+	__u64 a0, a1, b0, b1;
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	return a0 == b0 && a1 == b1;
+}
+
+static __always_inline void random_id(__u8 *id, int words)
+{
+	__u32 any = 0;
+	for (int k = 0; k < words; k++) {
+		__u32 r = bpf_get_prandom_u32();
+		any |= r;
+		__builtin_memcpy(id + 4 * k, &r, 4);
+	}
+	if (!any)
+		id[0] = 1;
+}
+
+// Resolves fd of the current task to its struct sock, if it is a TCP socket.
+static __always_inline struct sock *fd_to_sock(__u32 fd)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return 0;
+	if (fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return 0;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return 0;
+	return sk;
+}
+
+static __always_inline void fill_addrs(struct conn_state *c, struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	c->family = (__u8)family;
+	c->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	c->peer_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__u32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 p = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(c->local_addr, &l, 4);
+		__builtin_memcpy(c->peer_addr, &p, 4);
+	} else {
+		BPF_CORE_READ_INTO(&c->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&c->peer_addr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+// Returns the state of the connection, creating it (or resetting it when the
+// fd now names another socket) if create is set.
+static __always_inline struct conn_state *conn_get(struct conn_key *key, bool create)
+{
+	struct conn_state *c = bpf_map_lookup_elem(&conns, key);
+	if (!create)
+		return c;
+	struct sock *sk = fd_to_sock(key->fd);
+	if (!sk) {
+		if (c)
+			bpf_map_delete_elem(&conns, key);
+		return 0;
+	}
+	if (c && c->sk == (__u64)sk)
+		return c;
+	__u32 zero = 0;
+	struct conn_state *init = bpf_map_lookup_elem(&conn_zero, &zero);
+	if (!init)
+		return 0;
+	if (bpf_map_update_elem(&conns, key, init, BPF_ANY)) {
+		count(COUNTER_CONN_STATE_FULL);
+		return 0;
+	}
+	c = bpf_map_lookup_elem(&conns, key);
+	if (!c)
+		return 0;
+	c->sk = (__u64)sk;
+	fill_addrs(c, sk);
+	return c;
+}
+
+static __always_inline long wakeup_flag(void)
+{
+	if (wakeup_bytes == 0)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void emit(struct conn_state *c, struct req_info *r, __u8 kind,
+				 __u16 status, __u32 tgid)
+{
+	struct http_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_EVENTS_LOST);
+		return;
+	}
+	e->start_ns = r->start_ns;
+	e->end_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->trace_id, r->trace_id, sizeof(e->trace_id));
+	__builtin_memcpy(e->span_id, r->span_id, sizeof(e->span_id));
+	__builtin_memcpy(e->parent_id, r->parent_id, sizeof(e->parent_id));
+	__builtin_memcpy(e->local_addr, c->local_addr, sizeof(e->local_addr));
+	__builtin_memcpy(e->peer_addr, c->peer_addr, sizeof(e->peer_addr));
+	e->pid = tgid;
+	e->tid = r->tid;
+	e->local_port = c->local_port;
+	e->peer_port = c->peer_port;
+	e->status = status;
+	e->kind = kind;
+	e->trace_flags = r->trace_flags;
+	e->method_len = r->method_len;
+	e->path_len = r->path_len;
+	e->host_len = r->host_len;
+	e->proto_minor = r->proto_minor;
+	e->family = c->family;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	__builtin_memcpy(e->method, r->method, sizeof(e->method));
+	__builtin_memcpy(e->path, r->path, sizeof(e->path));
+	__builtin_memcpy(e->host, r->host, sizeof(e->host));
+	bpf_ringbuf_submit(e, wakeup_flag());
+}
+
+// Parses the request starting at off into r: request line, then headers.
+// Leaves the header offsets in s->st. Returns the offset just past the
+// request (headers and a Content-Length body), or 0 if its header block is
+// not complete in the buffer.
+static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n, __u32 mlen,
+					   struct req_info *r)
+{
+	const __u8 *buf = s->buf;
+	r->method_len = mlen;
+#pragma unroll
+	for (int k = 0; k < METHOD_MAX; k++)
+		r->method[k] = k < mlen ? at(buf, off + k) : 0;
+
+	struct scan_state *st = &s->st;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->start = off + mlen + 1;
+	st->end = n;
+	st->in_path = 1;
+	if (st->end <= st->start)
+		return 0;
+	struct parse_ctx pc = {.s = s, .r = r};
+	bpf_loop(BUF_SIZE, parse_cb, &pc, 0);
+	r->host_len = st->host_len;
+	r->proto_minor = st->version_off && at(buf, st->version_off) == '0' ? 0 : 1;
+	if (!st->header_end)
+		return 0;
+	return st->header_end + st->content_length;
+}
+
+static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
+{
+	struct thread_ctx t = {};
+	__builtin_memcpy(t.trace_id, r->trace_id, sizeof(t.trace_id));
+	__builtin_memcpy(t.span_id, r->span_id, sizeof(t.span_id));
+	t.trace_flags = r->trace_flags;
+	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
+}
+
+// Handles one request at offset off of the data just read on (tgid, fd):
+// a SERVER span starts. Returns the offset of the next pipelined request in
+// the buffer, or 0. A global function: verified once, whatever its callers.
+__noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	const __u8 *buf = s->buf;
+	if (off + 16 > n || n > BUF_SIZE)
+		return 0;
+	__u8 head[8];
+#pragma unroll
+	for (int k = 0; k < 8; k++)
+		head[k] = at(buf, off + k);
+	__u32 mlen = request_method_len(head);
+	if (!mlen)
+		return 0;
+	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct conn_state *c = conn_get(&key, off == 0);
+	if (!c)
+		return 0;
+	if (c->srv_count >= PIPELINE_DEPTH) {
+		count(COUNTER_PIPELINE_FULL);
+		return 0;
+	}
+	struct req_info *r = &c->srv[(c->srv_head + c->srv_count) & (PIPELINE_DEPTH - 1)];
+	__builtin_memset(r, 0, sizeof(*r));
+	r->start_ns = bpf_ktime_get_ns();
+	r->tid = (__u32)pid_tgid;
+	__u64 next = parse_request(s, off, n, mlen, r);
+	bool have_parent = false;
+	__u64 tp_off = s->st.tp_off;
+	if (track_request_headers && tp_off)
+		have_parent =
+			parse_traceparent(buf, tp_off, n, r->trace_id, r->parent_id, &r->trace_flags);
+	if (!have_parent) {
+		random_id(r->trace_id, 4);
+		__builtin_memset(r->parent_id, 0, sizeof(r->parent_id));
+		r->trace_flags = 1;
+	}
+	random_id(r->span_id, 2);
+	c->srv_count++;
+	if (c->srv_count == 1)
+		set_thread_ctx(pid_tgid, r);
+	return next < n ? next : 0;
+}
+
+// A response written on (tgid, fd): the oldest pending SERVER span ends.
+__noinline int server_response(__u64 pid_tgid, __u32 fd)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct conn_state *c = conn_get(&key, false);
+	if (!c || c->srv_count == 0)
+		return 0;
+	__u16 status = status_at(s->buf, 0);
+	if (status >= 100 && status < 200 && status != 101)
+		return 0; // interim response (100 Continue): the final one follows
+	struct req_info *r = &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)];
+	emit(c, r, KIND_SERVER, status, key.tgid);
+	c->srv_head = (c->srv_head + 1) & (PIPELINE_DEPTH - 1);
+	c->srv_count--;
+	if (c->srv_count == 0)
+		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
+	else
+		set_thread_ctx(pid_tgid, &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)]);
+	return 0;
+}
+
+// A request written on (tgid, fd): a CLIENT span starts, child of the request
+// the thread is serving, if any.
+__noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	const __u8 *buf = s->buf;
+	if (n < 16 || n > BUF_SIZE)
+		return 0;
+	__u32 mlen = request_method_len(buf);
+	if (!mlen)
+		return 0;
+	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct conn_state *c = conn_get(&key, true);
+	if (!c)
+		return 0;
+	struct req_info *r = &c->cli;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->start_ns = bpf_ktime_get_ns();
+	r->tid = (__u32)pid_tgid;
+	parse_request(s, 0, n, mlen, r);
+	__u64 tp_off = s->st.tp_off;
+	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+	__u8 app_trace[16];
+	__u8 app_parent[8];
+	__u8 app_flags = 0;
+	if (tp_off && parse_traceparent(buf, tp_off, n, app_trace, app_parent, &app_flags)) {
+		// The application propagates itself: its header names this span.
+		__builtin_memcpy(r->trace_id, app_trace, sizeof(r->trace_id));
+		__builtin_memcpy(r->span_id, app_parent, sizeof(r->span_id));
+		r->trace_flags = app_flags;
+		if (t && same_trace(t->trace_id, app_trace))
+			__builtin_memcpy(r->parent_id, t->span_id, sizeof(r->parent_id));
+	} else if (t) {
+		__builtin_memcpy(r->trace_id, t->trace_id, sizeof(r->trace_id));
+		__builtin_memcpy(r->parent_id, t->span_id, sizeof(r->parent_id));
+		r->trace_flags = t->trace_flags;
+		random_id(r->span_id, 2);
+	} else {
+		random_id(r->trace_id, 4);
+		random_id(r->span_id, 2);
+		r->trace_flags = 1;
+	}
+	c->cli_pending = 1;
+	return 0;
+}
+
+// A response read on (tgid, fd): the pending CLIENT span ends.
+__noinline int client_response(__u64 pid_tgid, __u32 fd)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct conn_state *c = conn_get(&key, false);
+	if (!c || !c->cli_pending)
+		return 0;
+	__u16 status = status_at(s->buf, 0);
+	if (status >= 100 && status < 200 && status != 101)
+		return 0;
+	c->cli_pending = 0;
+	emit(c, &c->cli, KIND_CLIENT, status, key.tgid);
+	return 0;
+}
+
+// Resolves the user buffer of a read/write-like syscall and how many bytes of
+// it hold data.
+static __always_inline __u64 data_buffer(__u64 nr, struct pt_regs *regs, __u64 ret, __u64 *len)
+{
+	__u64 arg2 = SYSCALL_ARG2(regs);
+	*len = ret;
+	if (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO)
+		return arg2;
+	__u64 iov_ptr = arg2;
+	if (nr == NR_RECVMSG || nr == NR_SENDMSG) {
+		struct user_msghdr64 msg;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)arg2))
+			return 0;
+		if (msg.iovlen == 0)
+			return 0;
+		iov_ptr = msg.iov;
+	}
+	struct user_iovec iov;
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_ptr))
+		return 0;
+	if (iov.len < *len)
+		*len = iov.len;
+	return iov.base;
+}
+
+SEC("raw_tracepoint/sys_exit")
+int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long ret = (long)ctx->args[1];
+	__u64 nr = SYSCALL_NR(regs);
+	bool is_read;
+	switch (nr) {
+	case NR_READ:
+	case NR_READV:
+	case NR_RECVFROM:
+	case NR_RECVMSG:
+		is_read = true;
+		break;
+	case NR_WRITE:
+	case NR_WRITEV:
+	case NR_SENDTO:
+	case NR_SENDMSG:
+		is_read = false;
+		break;
+	case NR_CLOSE: {
+		if (ret != 0)
+			return 0;
+		struct conn_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
+		bpf_map_delete_elem(&conns, &key);
+		return 0;
+	}
+	default:
+		return 0;
+	}
+	if (ret < 16)
+		return 0;
+
+	struct conn_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
+	__u64 len = 0;
+	__u64 ubuf = data_buffer(nr, regs, (__u64)ret, &len);
+	if (!ubuf || len < 16)
+		return 0;
+	__u8 head[16];
+	if (bpf_probe_read_user(head, sizeof(head), (void *)ubuf))
+		return 0;
+	__u32 mlen = request_method_len(head);
+	bool resp = !mlen && is_response(head);
+	if (!mlen && !resp)
+		return 0;
+
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	__u64 n = len;
+	if (n > BUF_SIZE)
+		n = BUF_SIZE;
+	barrier_var(n);
+	if (n > BUF_SIZE)
+		return 0;
+	if (bpf_probe_read_user(s->buf, n, (void *)ubuf))
+		return 0;
+
+	if (is_read) {
+		if (!mlen) {
+			client_response(pid_tgid, key.fd);
+			return 0;
+		}
+		__u64 off = 0;
+		for (int i = 0; i < PIPELINE_DEPTH; i++) {
+			off = server_request(pid_tgid, key.fd, off, n);
+			if (!off)
+				break;
+		}
+	} else if (mlen) {
+		client_request(pid_tgid, key.fd, n);
+	} else {
+		server_response(pid_tgid, key.fd);
+	}
+	return 0;
+}

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Types shared by httptrace.c and, through bpf2go -type, its Go loader.
+#pragma once
+
+#define BUF_SIZE 1024 // request/response prefix copied for parsing
+#define BUF_MASK (BUF_SIZE - 1)
+#define BUF_PAD 64
+#define METHOD_MAX 16
+#define PATH_MAX_LEN 128
+#define HOST_MAX 64
+#define PIPELINE_DEPTH 4 // pipelined requests tracked per connection
+#define TRACEPARENT_LEN 55
+
+enum span_kind {
+	KIND_SERVER = 1,
+	KIND_CLIENT = 2,
+};
+
+enum counter {
+	COUNTER_EVENTS_LOST = 0,     // ring buffer full: record dropped
+	COUNTER_PIPELINE_FULL = 1,   // more pipelined requests than PIPELINE_DEPTH
+	COUNTER_CONN_STATE_FULL = 2, // connection map update failed
+	COUNTER_MAX = 3,
+};
+
+// One finished request, as sent to user space. No implicit padding.
+struct http_event {
+	__u64 start_ns; // CLOCK_MONOTONIC
+	__u64 end_ns;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_id[8];
+	__u8 local_addr[16]; // IPv4 in the first 4 bytes when family is AF_INET
+	__u8 peer_addr[16];
+	__u32 pid;
+	__u32 tid;
+	__u16 local_port;
+	__u16 peer_port;
+	__u16 status;
+	__u8 kind;
+	__u8 trace_flags;
+	__u8 method_len;
+	__u8 path_len;
+	__u8 host_len;
+	__u8 proto_minor;
+	__u8 family;
+	__u8 _pad[3];
+	char method[METHOD_MAX];
+	char path[PATH_MAX_LEN];
+	char host[HOST_MAX];
+};
+
+struct req_info {
+	__u64 start_ns;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_id[8];
+	__u32 tid;
+	__u8 trace_flags;
+	__u8 method_len;
+	__u8 path_len;
+	__u8 host_len;
+	__u8 proto_minor;
+	__u8 _pad[7];
+	char method[METHOD_MAX];
+	char path[PATH_MAX_LEN];
+	char host[HOST_MAX];
+};
+
+struct conn_key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+struct conn_state {
+	__u64 sk; // the struct sock the fd named when the state was made
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 family;
+	__u8 srv_head;
+	__u8 srv_count;
+	__u8 cli_pending;
+	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
+	struct req_info cli;                 // pending CLIENT request
+};
+
+struct thread_ctx {
+	__u8 trace_id[16];
+	__u8 span_id[8]; // the SERVER span the thread is serving
+	__u8 trace_flags;
+	__u8 _pad[7];
+};

@@ -1,0 +1,184 @@
+//go:build linux && privileged
+
+package httptrace
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
+)
+
+func monoNow(t *testing.T) time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ts.Nano())
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startPython starts python3's http.server and waits until it accepts.
+func startPython(t *testing.T, port int) *exec.Cmd {
+	cmd := exec.Command("python3", "-m", "http.server", fmt.Sprint(port), "--bind", "127.0.0.1", "--protocol", "HTTP/1.1")
+	cmd.Dir = t.TempDir()
+	if err := os.WriteFile(cmd.Dir+"/hello", []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return cmd
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("python server did not start")
+	return nil
+}
+
+func readRequests(t *testing.T, rd *ringbuf.Reader, clock Clock, want int, timeout time.Duration) []spans.Request {
+	var out []spans.Request
+	deadline := time.Now().Add(timeout)
+	for len(out) < want && time.Now().Before(deadline) {
+		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		rec, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r spans.Request
+		if err := Decode(rec.RawSample, clock, &r); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func TestTracerServerAndPipelining(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Load(Options{RingBufferSize: 1 << 20, WakeupRecords: 0, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	clock := NewClock(monoNow(t))
+
+	port := freePort(t)
+	py := startPython(t, port)
+	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := "GET /hello?a=1 HTTP/1.1\r\nHost: example.test:8080\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n" +
+		"HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Drain headers and body.
+		cl := 0
+		for {
+			h, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h == "\r\n" {
+				break
+			}
+			if strings.HasPrefix(strings.ToLower(h), "content-length:") {
+				fmt.Sscanf(strings.TrimSpace(h[15:]), "%d", &cl)
+			}
+		}
+		if i == 1 {
+			cl = 0 // HEAD
+		}
+		if _, err := br.Discard(cl); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("response %d: %s", i, strings.TrimSpace(line))
+	}
+
+	got := readRequests(t, rd, clock, 3, 5*time.Second)
+	if len(got) != 3 {
+		t.Fatalf("got %d requests, want 3: %+v", len(got), got)
+	}
+	if got[0].Path != "/hello?a=1" || got[0].Method != "GET" || got[0].Status != 200 || got[0].Kind != spans.KindServer {
+		t.Errorf("first: %+v", got[0])
+	}
+	if got[0].TraceID.String() != "4bf92f3577b34da6a3ce929d0e0e4736" || got[0].ParentSpanID.String() != "00f067aa0ba902b7" {
+		t.Errorf("traceparent not honoured: trace %s parent %s", got[0].TraceID, got[0].ParentSpanID)
+	}
+	if got[0].Host != "example.test:8080" {
+		t.Errorf("host %q", got[0].Host)
+	}
+	if got[0].Local.Port() != uint16(port) || got[0].Local.Addr().String() != "127.0.0.1" {
+		t.Errorf("local %v", got[0].Local)
+	}
+	if got[2].Path != "/missing" || got[2].Status != 404 {
+		t.Errorf("third: %+v", got[2])
+	}
+	if got[1].ParentSpanID != ([8]byte{}) || got[1].TraceID == got[0].TraceID {
+		t.Errorf("second request must start its own trace: %+v", got[1])
+	}
+	if got[1].Method != "HEAD" || got[1].Status != 200 {
+		t.Errorf("second: %+v", got[1])
+	}
+	for _, r := range got {
+		if !r.End.After(r.Start) && !r.End.Equal(r.Start) {
+			t.Errorf("end before start: %+v", r)
+		}
+		if d := time.Since(r.Start); d < 0 || d > time.Minute {
+			t.Errorf("start time off by %v", d)
+		}
+	}
+}

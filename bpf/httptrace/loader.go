@@ -1,0 +1,206 @@
+//go:build linux
+
+package httptrace
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
+)
+
+// Options configure the tracer at load time.
+type Options struct {
+	// RingBufferSize is the size of the event ring buffer in bytes: a power
+	// of two and a multiple of the page size.
+	RingBufferSize int
+	// WakeupRecords is how many records may be pending in the ring buffer
+	// before the kernel wakes the reader; 0 wakes it for every record.
+	// Between wakeups the reader polls.
+	WakeupRecords int
+	// TrackRequestHeaders parses request headers (traceparent, Host) with
+	// bpf_loop (kernel 5.17).
+	TrackRequestHeaders bool
+}
+
+// Tracer is the loaded and, after Attach, attached HTTP/1.x tracer.
+type Tracer struct {
+	objs httptraceObjects
+	link link.Link
+}
+
+// EventSize is the size of one ring buffer record.
+const EventSize = int(unsafe.Sizeof(httptraceHttpEvent{}))
+
+// Load loads the programs and maps into the kernel. On a verifier refusal the
+// error carries the full verifier log.
+func Load(opts Options) (*Tracer, error) {
+	spec, err := loadHttptrace()
+	if err != nil {
+		return nil, fmt.Errorf("load httptrace spec: %w", err)
+	}
+	if opts.RingBufferSize > 0 {
+		spec.Maps["events"].MaxEntries = uint32(opts.RingBufferSize)
+	}
+	if err := spec.Variables["wakeup_bytes"].Set(uint64(opts.WakeupRecords) * uint64(EventSize+8)); err != nil {
+		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	var track uint8
+	if opts.TrackRequestHeaders {
+		track = 1
+	}
+	if err := spec.Variables["track_request_headers"].Set(track); err != nil {
+		return nil, fmt.Errorf("set track_request_headers: %w", err)
+	}
+	t := &Tracer{}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load httptrace programs: %w\n%+v", err, ve)
+		}
+		return nil, fmt.Errorf("load httptrace programs: %w", err)
+	}
+	return t, nil
+}
+
+// Attach attaches the program to the sys_exit raw tracepoint.
+func (t *Tracer) Attach() error {
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{
+		Name:    "sys_exit",
+		Program: t.objs.HttptraceSysExit,
+	})
+	if err != nil {
+		return fmt.Errorf("attach raw tracepoint sys_exit: %w", err)
+	}
+	t.link = l
+	return nil
+}
+
+// Events is the ring buffer of finished requests.
+func (t *Tracer) Events() *ebpf.Map { return t.objs.Events }
+
+// Trace starts tracing the process pid.
+func (t *Tracer) Trace(pid uint32) error {
+	if err := t.objs.TracedPids.Put(pid, uint32(1)); err != nil {
+		return fmt.Errorf("trace pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// Untrace stops tracing the process pid.
+func (t *Tracer) Untrace(pid uint32) error {
+	if err := t.objs.TracedPids.Delete(pid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("untrace pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// Counters are the kernel-side drop counters, summed over CPUs.
+type Counters struct {
+	EventsLost    uint64 // ring buffer full
+	PipelineFull  uint64 // pipelined requests beyond the tracked depth
+	ConnStateFull uint64 // connection state could not be stored
+}
+
+// ReadCounters sums the per-CPU counters.
+func (t *Tracer) ReadCounters() (Counters, error) {
+	var c Counters
+	read := func(idx httptraceCounter) (uint64, error) {
+		var per []uint64
+		if err := t.objs.Counters.Lookup(uint32(idx), &per); err != nil {
+			return 0, fmt.Errorf("read counter %d: %w", idx, err)
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		return sum, nil
+	}
+	var err error
+	if c.EventsLost, err = read(httptraceCounterCOUNTER_EVENTS_LOST); err != nil {
+		return c, err
+	}
+	if c.PipelineFull, err = read(httptraceCounterCOUNTER_PIPELINE_FULL); err != nil {
+		return c, err
+	}
+	if c.ConnStateFull, err = read(httptraceCounterCOUNTER_CONN_STATE_FULL); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// Close detaches the program and closes every map and program.
+func (t *Tracer) Close() error {
+	var errs []error
+	if t.link != nil {
+		if err := t.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach sys_exit: %w", err))
+		}
+		t.link = nil
+	}
+	if err := t.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close httptrace objects: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Clock converts the kernel's CLOCK_MONOTONIC timestamps to wall time.
+type Clock struct{ bootWall time.Time }
+
+// NewClock captures the offset between CLOCK_MONOTONIC and the wall clock.
+func NewClock(monoNow time.Duration) Clock {
+	return Clock{bootWall: time.Now().Add(-monoNow)}
+}
+
+// Time converts a CLOCK_MONOTONIC timestamp in nanoseconds.
+func (c Clock) Time(ns uint64) time.Time { return c.bootWall.Add(time.Duration(ns)) }
+
+// Decode turns one ring buffer record into a request. Records shorter than
+// an event are rejected.
+func Decode(raw []byte, clock Clock, r *spans.Request) error {
+	if len(raw) < EventSize {
+		return fmt.Errorf("decode http event: record of %d bytes, want %d", len(raw), EventSize)
+	}
+	ev := (*httptraceHttpEvent)(unsafe.Pointer(&raw[0]))
+	r.Kind = spans.Kind(ev.Kind)
+	r.Start = clock.Time(ev.StartNs)
+	r.End = clock.Time(ev.EndNs)
+	r.PID = ev.Pid
+	r.TID = ev.Tid
+	r.Method = cstring(ev.Method[:], ev.MethodLen)
+	r.Path = cstring(ev.Path[:], ev.PathLen)
+	r.Host = cstring(ev.Host[:], ev.HostLen)
+	r.Status = int(ev.Status)
+	r.ProtoMinor = ev.ProtoMinor
+	r.Local = netip.AddrPortFrom(addr(ev.Family, &ev.LocalAddr), ev.LocalPort)
+	r.Peer = netip.AddrPortFrom(addr(ev.Family, &ev.PeerAddr), ev.PeerPort)
+	r.TraceID = pcommon.TraceID(ev.TraceId)
+	r.SpanID = pcommon.SpanID(ev.SpanId)
+	r.ParentSpanID = pcommon.SpanID(ev.ParentId)
+	r.TraceFlags = ev.TraceFlags
+	return nil
+}
+
+const afInet = 2
+
+func addr(family uint8, b *[16]uint8) netip.Addr {
+	if family == afInet {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(*b).Unmap()
+}
+
+func cstring(b []int8, n uint8) string {
+	l := int(n)
+	if l > len(b) {
+		l = len(b)
+	}
+	return string(unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), l))
+}

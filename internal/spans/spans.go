@@ -1,0 +1,563 @@
+// Package spans turns finished HTTP/1.x requests seen by the kernel tracer
+// into OTLP spans (ptrace.Traces) that follow the stable OpenTelemetry HTTP
+// semantic conventions (http.request.method, url.path, server.address, …).
+//
+// Attribute names come from the go.opentelemetry.io/otel/semconv/v1.43.0
+// constants so that a typo is a compile error rather than a silent schema
+// break; only the key strings are used, nothing else from the OTel SDK.
+//
+// A Builder collects spans into one batch: one ResourceSpans per process
+// (keyed by Process.PID), each with a single ScopeSpans for this receiver.
+// Flush hands the batch over and starts a new one. A Builder is not safe for
+// concurrent use; the receiver owns one per reader goroutine.
+package spans
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+)
+
+// ScopeName is the instrumentation scope name set on every ScopeSpans.
+const ScopeName = "github.com/ebpftracing/ebpftracingreceiver"
+
+// Kind says on which side of the connection the request was observed.
+type Kind uint8
+
+const (
+	// KindServer is a request received by the traced process.
+	KindServer Kind = 1
+	// KindClient is a request sent by the traced process.
+	KindClient Kind = 2
+)
+
+// Request is one finished HTTP/1.x request seen by the kernel tracer.
+type Request struct {
+	Kind       Kind
+	Start, End time.Time
+	PID, TID   uint32
+	// Method as on the wire, e.g. "GET". Matched case-sensitively.
+	Method string
+	// Path is the request target as on the wire. It may include "?query";
+	// it is split into url.path and url.query. Absolute-form targets
+	// ("http://host/p") are understood too.
+	Path string
+	// Host is the Host header value if captured ("example.com:8080",
+	// "[::1]:8080"); empty if not.
+	Host string
+	// Status is the response status code, 0 if unknown.
+	Status      int
+	Local, Peer netip.AddrPort
+	// ProtoMinor is the HTTP/1.x minor version: 0 or 1.
+	ProtoMinor   uint8
+	TraceID      pcommon.TraceID
+	SpanID       pcommon.SpanID
+	ParentSpanID pcommon.SpanID // zero if root
+	TraceFlags   uint8          // W3C trace flags, 0x01 sampled
+}
+
+// Process describes the process a request belongs to; it becomes the
+// resource of its spans.
+type Process struct {
+	PID         int
+	ServiceName string
+	ExeName     string
+}
+
+// OTLP SpanFlags bits 8 and 9: whether the parent span context is remote
+// (opentelemetry-proto trace.proto, SPAN_FLAGS_CONTEXT_*_MASK).
+const (
+	flagsContextHasIsRemote uint32 = 0x100
+	flagsContextIsRemote    uint32 = 0x200
+)
+
+// addrCacheMax bounds the address-string cache; when full it is cleared.
+const addrCacheMax = 1024
+
+// Attribute keys, as plain strings for pcommon.Map.
+var (
+	keyMethod         = string(semconv.HTTPRequestMethodKey)
+	keyMethodOriginal = string(semconv.HTTPRequestMethodOriginalKey)
+	keyStatusCode     = string(semconv.HTTPResponseStatusCodeKey)
+	keyURLPath        = string(semconv.URLPathKey)
+	keyURLQuery       = string(semconv.URLQueryKey)
+	keyURLScheme      = string(semconv.URLSchemeKey)
+	keyURLFull        = string(semconv.URLFullKey)
+	keyProtoVersion   = string(semconv.NetworkProtocolVersionKey)
+	keyPeerAddress    = string(semconv.NetworkPeerAddressKey)
+	keyPeerPort       = string(semconv.NetworkPeerPortKey)
+	keyServerAddress  = string(semconv.ServerAddressKey)
+	keyServerPort     = string(semconv.ServerPortKey)
+	keyClientAddress  = string(semconv.ClientAddressKey)
+	keyErrorType      = string(semconv.ErrorTypeKey)
+
+	keyServiceName = string(semconv.ServiceNameKey)
+	keyProcessPID  = string(semconv.ProcessPIDKey)
+	keyExeName     = string(semconv.ProcessExecutableNameKey)
+	keyHostName    = string(semconv.HostNameKey)
+)
+
+// Builder accumulates spans into a ptrace.Traces batch.
+type Builder struct {
+	hostName     string
+	scopeVersion string
+
+	traces ptrace.Traces
+	byPID  map[int]ptrace.SpanSlice
+	n      int
+
+	// addrs caches the text form of recently seen IP addresses so that a
+	// span does not allocate one string per address.
+	addrs map[netip.Addr]string
+	// errTypes caches error.type values for status codes 400..599.
+	errTypes [200]string
+}
+
+// NewBuilder returns a Builder whose resources carry host.name = hostName
+// and whose scope carries the given version.
+func NewBuilder(hostName, scopeVersion string) *Builder {
+	return &Builder{
+		hostName:     hostName,
+		scopeVersion: scopeVersion,
+		traces:       ptrace.NewTraces(),
+		byPID:        make(map[int]ptrace.SpanSlice),
+		addrs:        make(map[netip.Addr]string),
+	}
+}
+
+// Len reports the number of spans appended since the last Flush.
+func (b *Builder) Len() int { return b.n }
+
+// Flush returns the current batch and starts a new, empty one.
+func (b *Builder) Flush() ptrace.Traces {
+	td := b.traces
+	b.traces = ptrace.NewTraces()
+	clear(b.byPID)
+	b.n = 0
+	return td
+}
+
+// Append adds r as a span under the resource of proc. The resource of a PID
+// is created by its first Append in a batch; later calls for the same PID
+// reuse it and do not update its attributes.
+func (b *Builder) Append(r *Request, proc Process) {
+	spans, ok := b.byPID[proc.PID]
+	if !ok {
+		spans = b.newResource(proc)
+		b.byPID[proc.PID] = spans
+	}
+	b.fill(spans.AppendEmpty(), r)
+	b.n++
+}
+
+func (b *Builder) newResource(proc Process) ptrace.SpanSlice {
+	rs := b.traces.ResourceSpans().AppendEmpty()
+	attrs := rs.Resource().Attributes()
+	attrs.EnsureCapacity(4)
+	service := proc.ServiceName
+	if service == "" {
+		// The SDK default from the resource semantic conventions.
+		service = "unknown_service"
+		if proc.ExeName != "" {
+			service += ":" + proc.ExeName
+		}
+	}
+	attrs.PutStr(keyServiceName, service)
+	attrs.PutInt(keyProcessPID, int64(proc.PID))
+	if proc.ExeName != "" {
+		attrs.PutStr(keyExeName, proc.ExeName)
+	}
+	if b.hostName != "" {
+		attrs.PutStr(keyHostName, b.hostName)
+	}
+	ss := rs.ScopeSpans().AppendEmpty()
+	ss.Scope().SetName(ScopeName)
+	ss.Scope().SetVersion(b.scopeVersion)
+	return ss.Spans()
+}
+
+func (b *Builder) fill(span ptrace.Span, r *Request) {
+	span.SetTraceID(r.TraceID)
+	span.SetSpanID(r.SpanID)
+	span.SetParentSpanID(r.ParentSpanID)
+	span.SetStartTimestamp(pcommon.NewTimestampFromTime(r.Start))
+	span.SetEndTimestamp(pcommon.NewTimestampFromTime(r.End))
+	span.SetFlags(spanFlags(r))
+
+	attrs := span.Attributes()
+	attrs.EnsureCapacity(14)
+
+	// Method and span name. No route is known here, so the name is just
+	// the method, or "HTTP" for methods the conventions do not know.
+	if knownMethod(r.Method) {
+		span.SetName(r.Method)
+		attrs.PutStr(keyMethod, r.Method)
+	} else {
+		span.SetName("HTTP")
+		attrs.PutStr(keyMethod, "_OTHER")
+		if r.Method != "" {
+			attrs.PutStr(keyMethodOriginal, r.Method)
+		}
+	}
+
+	t := parseTarget(r.Path)
+	if t.path != "" {
+		attrs.PutStr(keyURLPath, t.path)
+	}
+	if t.query != "" {
+		attrs.PutStr(keyURLQuery, redactQuery(t.query))
+	}
+	attrs.PutStr(keyURLScheme, t.scheme)
+
+	if r.Status != 0 {
+		attrs.PutInt(keyStatusCode, int64(r.Status))
+	}
+	attrs.PutStr(keyProtoVersion, protoVersion(r.ProtoMinor))
+
+	peer := unmap(r.Peer)
+	if peer.IsValid() {
+		attrs.PutStr(keyPeerAddress, b.addrString(peer.Addr()))
+		attrs.PutInt(keyPeerPort, int64(peer.Port()))
+	}
+
+	// Host header first (the origin the client asked for), else the socket.
+	host, port, hasPort := splitHost(r.Host)
+	if host == "" && t.authority != "" {
+		host, port, hasPort = splitHost(t.authority)
+	}
+
+	errorFrom := 500
+	switch r.Kind {
+	case KindServer:
+		span.SetKind(ptrace.SpanKindServer)
+		local := unmap(r.Local)
+		switch {
+		case host != "":
+			attrs.PutStr(keyServerAddress, host)
+			if !hasPort && local.IsValid() {
+				port, hasPort = local.Port(), true
+			}
+			if hasPort {
+				attrs.PutInt(keyServerPort, int64(port))
+			}
+		case local.IsValid():
+			attrs.PutStr(keyServerAddress, b.addrString(local.Addr()))
+			attrs.PutInt(keyServerPort, int64(local.Port()))
+		}
+		if peer.IsValid() {
+			attrs.PutStr(keyClientAddress, b.addrString(peer.Addr()))
+		}
+	case KindClient:
+		span.SetKind(ptrace.SpanKindClient)
+		errorFrom = 400
+		var authority string
+		var peerAuth netip.AddrPort
+		switch {
+		case host != "":
+			if !hasPort {
+				// url.full has no port, so the origin is the scheme default.
+				port, hasPort = defaultPort(t.scheme), true
+			}
+			attrs.PutStr(keyServerAddress, host)
+			attrs.PutInt(keyServerPort, int64(port))
+			authority = r.Host
+			if authority == "" {
+				authority = t.authority
+			}
+		case peer.IsValid():
+			attrs.PutStr(keyServerAddress, b.addrString(peer.Addr()))
+			attrs.PutInt(keyServerPort, int64(peer.Port()))
+			peerAuth = peer
+		}
+		if full := t.full(authority, peerAuth, b); full != "" {
+			attrs.PutStr(keyURLFull, full)
+		}
+	default:
+		span.SetKind(ptrace.SpanKindUnspecified)
+	}
+
+	// Span status: Error from the kind's threshold on, otherwise Unset
+	// (never Ok). Status 0 means no response was seen: nothing is known
+	// about the outcome, so it stays Unset too.
+	if r.Status >= errorFrom {
+		span.Status().SetCode(ptrace.StatusCodeError)
+		attrs.PutStr(keyErrorType, b.errorType(r.Status))
+	}
+}
+
+// spanFlags returns the OTLP span flags: the W3C trace flags in the low
+// byte, plus whether the parent is remote where that is known. A server
+// span's parent can only have come over the wire; a root span has no
+// parent, so it is known not to be remote. A client span's parent is
+// normally a span of the same process, but this layer cannot tell.
+func spanFlags(r *Request) uint32 {
+	f := uint32(r.TraceFlags)
+	switch {
+	case r.ParentSpanID.IsEmpty():
+		f |= flagsContextHasIsRemote
+	case r.Kind == KindServer:
+		f |= flagsContextHasIsRemote | flagsContextIsRemote
+	}
+	return f
+}
+
+// knownMethod reports whether m is one of the methods the HTTP conventions
+// define as known (RFC 9110 plus PATCH). The match is case-sensitive, as
+// methods are on the wire.
+func knownMethod(m string) bool {
+	switch m {
+	case "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH":
+		return true
+	}
+	return false
+}
+
+func protoVersion(minor uint8) string {
+	switch minor {
+	case 0:
+		return "1.0"
+	case 1:
+		return "1.1"
+	}
+	return "1." + strconv.Itoa(int(minor))
+}
+
+func defaultPort(scheme string) uint16 {
+	if scheme == "https" {
+		return 443
+	}
+	return 80
+}
+
+// unmap turns an IPv4-mapped IPv6 address into plain IPv4.
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	if a := ap.Addr(); a.Is4In6() {
+		return netip.AddrPortFrom(a.Unmap(), ap.Port())
+	}
+	return ap
+}
+
+func (b *Builder) addrString(a netip.Addr) string {
+	if s, ok := b.addrs[a]; ok {
+		return s
+	}
+	if len(b.addrs) >= addrCacheMax {
+		clear(b.addrs)
+	}
+	s := a.String()
+	b.addrs[a] = s
+	return s
+}
+
+func (b *Builder) errorType(status int) string {
+	if status < 400 || status >= 400+len(b.errTypes) {
+		return strconv.Itoa(status)
+	}
+	s := &b.errTypes[status-400]
+	if *s == "" {
+		*s = strconv.Itoa(status)
+	}
+	return *s
+}
+
+// splitHost splits a Host header value into host and port. IPv6 literals
+// lose their brackets ("[::1]:8080" gives "::1", 8080). A missing or
+// malformed port gives hasPort false. An unbracketed value with more than
+// one colon is taken as a bare IPv6 address without a port.
+func splitHost(h string) (host string, port uint16, hasPort bool) {
+	if h == "" {
+		return "", 0, false
+	}
+	var rest string
+	if h[0] == '[' {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return h, 0, false
+		}
+		host, rest = h[1:end], h[end+1:]
+		if !strings.HasPrefix(rest, ":") {
+			return host, 0, false
+		}
+		rest = rest[1:]
+	} else {
+		i := strings.LastIndexByte(h, ':')
+		if i < 0 || strings.IndexByte(h[:i], ':') >= 0 {
+			return h, 0, false
+		}
+		host, rest = h[:i], h[i+1:]
+	}
+	port, hasPort = parsePort(rest)
+	return host, port, hasPort
+}
+
+// parsePort parses a decimal port in 1..65535 without allocating.
+func parsePort(s string) (uint16, bool) {
+	if s == "" || len(s) > 5 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n == 0 || n > 65535 {
+		return 0, false
+	}
+	return uint16(n), true
+}
+
+// target is a request target split into its URL parts.
+type target struct {
+	scheme    string
+	authority string // only for absolute-form, userinfo removed
+	userinfo  bool   // absolute-form carried credentials
+	path      string
+	query     string
+	origin    bool // path is a path ("/..."), not "*" or an authority
+}
+
+// parseTarget splits a request target (RFC 9112 section 3.2) into path and
+// query. Absolute-form ("http://host/p?q") also yields scheme and
+// authority. Asterisk-form ("*") and authority-form (CONNECT "host:443")
+// are kept whole as the path.
+func parseTarget(p string) target {
+	t := target{scheme: "http"}
+	if rest, ok := cutPrefixFold(p, "http://"); ok {
+		p = rest
+	} else if rest, ok := cutPrefixFold(p, "https://"); ok {
+		t.scheme = "https"
+		p = rest
+	} else if !strings.HasPrefix(p, "/") {
+		t.path = p
+		return t
+	} else {
+		t.origin = true
+	}
+	if !t.origin {
+		end := strings.IndexAny(p, "/?")
+		if end < 0 {
+			end = len(p)
+		}
+		t.authority, p = p[:end], p[end:]
+		if at := strings.LastIndexByte(t.authority, '@'); at >= 0 {
+			t.authority = t.authority[at+1:]
+			t.userinfo = true
+		}
+		t.origin = true
+	}
+	if path, query, ok := strings.Cut(p, "?"); ok {
+		t.path, t.query = path, query
+	} else {
+		t.path = p
+	}
+	if t.path == "" && t.authority != "" {
+		t.path = "/"
+	}
+	return t
+}
+
+// full builds url.full from the target and the authority the request was
+// sent to, with the query redacted and credentials replaced as the
+// conventions ask. Without an authority string it uses peer (IPv6
+// bracketed); it is empty when there is neither.
+func (t target) full(authority string, peer netip.AddrPort, b *Builder) string {
+	var portBuf [5]byte
+	var port []byte
+	if authority == "" {
+		if !peer.IsValid() {
+			return ""
+		}
+		authority = b.addrString(peer.Addr())
+		port = strconv.AppendUint(portBuf[:0], uint64(peer.Port()), 10)
+	}
+	bracket := port != nil && peer.Addr().Is6()
+	var sb strings.Builder
+	n := len(t.scheme) + 3 + len(authority) + 3 + len(port) + len(t.path) + 1 + len(t.query)
+	if t.userinfo {
+		n += len("REDACTED:REDACTED@")
+	}
+	sb.Grow(n)
+	sb.WriteString(t.scheme)
+	sb.WriteString("://")
+	if t.userinfo {
+		sb.WriteString("REDACTED:REDACTED@")
+	}
+	if bracket {
+		sb.WriteByte('[')
+	}
+	sb.WriteString(authority)
+	if bracket {
+		sb.WriteByte(']')
+	}
+	if port != nil {
+		sb.WriteByte(':')
+		sb.Write(port)
+	}
+	if t.origin {
+		sb.WriteString(t.path)
+		if t.query != "" {
+			sb.WriteByte('?')
+			sb.WriteString(redactQuery(t.query))
+		}
+	}
+	return sb.String()
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// sensitiveQueryKey reports whether k is a query parameter whose value the URL
+// conventions say SHOULD be replaced by "REDACTED" by default.
+func sensitiveQueryKey(k string) bool {
+	switch k {
+	case "AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature":
+		return true
+	}
+	return false
+}
+
+// redactQuery replaces the values of sensitive query parameters with
+// "REDACTED". It returns q itself, without allocating, when there is
+// nothing to redact.
+func redactQuery(q string) string {
+	if !hasSensitiveKey(q) {
+		return q
+	}
+	var sb strings.Builder
+	sb.Grow(len(q) + 8)
+	for i, part := range strings.Split(q, "&") {
+		if i > 0 {
+			sb.WriteByte('&')
+		}
+		if k, _, ok := strings.Cut(part, "="); ok && sensitiveQueryKey(k) {
+			sb.WriteString(k)
+			sb.WriteString("=REDACTED")
+			continue
+		}
+		sb.WriteString(part)
+	}
+	return sb.String()
+}
+
+func hasSensitiveKey(q string) bool {
+	for q != "" {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
+		if k, _, ok := strings.Cut(part, "="); ok && sensitiveQueryKey(k) {
+			return true
+		}
+	}
+	return false
+}
