@@ -1,0 +1,432 @@
+package ebpfreceiver // import "github.com/ebpftracing/ebpftracingreceiver/receiver"
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Values of EBPFConfig.TrafficControlBackend.
+const (
+	// TCBackendAuto picks tcx where the kernel supports it (6.6+), tc otherwise.
+	TCBackendAuto = "auto"
+	// TCBackendTC attaches with a clsact qdisc and cls_bpf filters.
+	TCBackendTC = "tc"
+	// TCBackendTCX attaches with tcx links (kernel 6.6+).
+	TCBackendTCX = "tcx"
+)
+
+// Values of EBPFConfig.ContextPropagation; several may be joined with commas.
+const (
+	PropagationDisabled = "disabled"
+	PropagationAll      = "all"
+	PropagationHeaders  = "headers"
+	PropagationTCP      = "tcp"
+)
+
+// Defaults and limits.
+const (
+	defaultPollInterval   = 500 * time.Millisecond
+	minPollInterval       = 50 * time.Millisecond
+	defaultRingBufferSize = 4 << 20 // 4 MiB
+	minRingBufferSize     = 4 << 10 // one page
+	maxRingBufferSize     = 1 << 30 // 1 GiB
+	defaultWakeupLen      = 64
+	defaultBatchTimeout   = 200 * time.Millisecond
+	defaultBatchLength    = 1000
+)
+
+// Config is the configuration of the ebpf_tracing receiver.
+type Config struct {
+	// Discovery selects the processes to trace.
+	Discovery DiscoveryConfig `mapstructure:"discovery"`
+	// EBPF tunes the BPF programs, the ring buffer and span batching.
+	EBPF EBPFConfig `mapstructure:"ebpf"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// DiscoveryConfig selects the processes to trace.
+type DiscoveryConfig struct {
+	// Instrument lists the selectors; a process matching ANY selector is
+	// traced. At least one selector is required.
+	Instrument []Selector `mapstructure:"instrument"`
+	// PollInterval is how often the process list is rescanned for new and
+	// exited processes. Default 500ms, minimum 50ms.
+	PollInterval time.Duration `mapstructure:"poll_interval"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// Selector matches processes. A process matches when it satisfies every
+// criterion the selector sets; at least one criterion must be set.
+type Selector struct {
+	// OpenPorts matches processes listening on one of these ports: a comma
+	// list of ports and inclusive ranges, e.g. "80,8080-8089".
+	OpenPorts string `mapstructure:"open_ports"`
+	// ExePath is a glob matched against the full executable path, in
+	// path.Match syntax except that "*" and "?" also match "/"; a pattern
+	// without "/" is also matched against the base name. So "*/python3*"
+	// matches "/usr/bin/python3.12", and "java" or "*node*" match by name.
+	// Matching is done by internal/discovery.
+	ExePath string `mapstructure:"exe_path"`
+	// PID matches one process id.
+	PID int `mapstructure:"pid"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// EBPFConfig tunes the BPF programs, the ring buffer and span batching.
+// Fields marked with an environment variable take that variable's value when
+// it is set and non-empty, overriding the YAML value (see applyEnv).
+type EBPFConfig struct {
+	// ContextPropagation selects how the trace context is propagated to
+	// outgoing requests: "disabled" (default), "all", "headers" (inject a
+	// traceparent HTTP header) or "tcp" (TCP options); a comma list such as
+	// "headers,tcp" is accepted. Env: BEYLA_BPF_CONTEXT_PROPAGATION.
+	ContextPropagation string `mapstructure:"context_propagation"`
+	// OverrideBPFLoopEnabled forces the use of the bpf_loop helper (kernel
+	// 5.17+) even where the feature probe says it is unavailable. Default
+	// false. Env: BEYLA_OVERRIDE_BPF_LOOP_ENABLED.
+	OverrideBPFLoopEnabled bool `mapstructure:"override_bpf_loop_enabled"`
+	// TrafficControlBackend selects how the TC programs attach: "auto"
+	// (default: tcx where supported, kernel 6.6+, else tc), "tc" or "tcx".
+	// Env: BEYLA_BPF_TC_BACKEND.
+	TrafficControlBackend string `mapstructure:"traffic_control_backend"`
+	// RingBufferSize is the size of the event ring buffer in bytes: a power
+	// of two from 4096 to 1 GiB. Default 4194304 (4 MiB).
+	RingBufferSize int `mapstructure:"ring_buffer_size"`
+	// WakeupLen is the number of records pending in the ring buffer before
+	// the kernel wakes the reader. Default 64; 0 wakes the reader on every
+	// record, which costs a wakeup per event. Env: BEYLA_BPF_WAKEUP_LEN.
+	WakeupLen int `mapstructure:"wakeup_len"`
+	// BatchTimeout is the longest a record waits in the ring buffer, and a
+	// span in the batch, before being sent on. Default 200ms.
+	// Env: BEYLA_BPF_BATCH_TIMEOUT.
+	BatchTimeout time.Duration `mapstructure:"batch_timeout"`
+	// BatchLength is the largest number of spans in one ConsumeTraces call.
+	// Default 1000. Env: BEYLA_BPF_BATCH_LENGTH.
+	BatchLength int `mapstructure:"batch_length"`
+	// TrackRequestHeaders parses the traceparent header of incoming requests
+	// so server spans join the caller's trace. Default true.
+	// Env: BEYLA_BPF_TRACK_REQUEST_HEADERS.
+	TrackRequestHeaders bool `mapstructure:"track_request_headers"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+func createDefaultConfig() *Config {
+	return &Config{
+		Discovery: DiscoveryConfig{
+			PollInterval: defaultPollInterval,
+		},
+		EBPF: EBPFConfig{
+			ContextPropagation:    PropagationDisabled,
+			TrafficControlBackend: TCBackendAuto,
+			RingBufferSize:        defaultRingBufferSize,
+			WakeupLen:             defaultWakeupLen,
+			BatchTimeout:          defaultBatchTimeout,
+			BatchLength:           defaultBatchLength,
+			TrackRequestHeaders:   true,
+		},
+	}
+}
+
+// Validate checks the whole configuration and returns every problem found,
+// joined with errors.Join; each message starts with the YAML path.
+func (cfg *Config) Validate() error {
+	var errs []error
+	add := func(path string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+	}
+
+	if len(cfg.Discovery.Instrument) == 0 {
+		errs = append(errs, errors.New("discovery.instrument: at least one selector is needed (open_ports, exe_path or pid)"))
+	}
+	for i, s := range cfg.Discovery.Instrument {
+		p := fmt.Sprintf("discovery.instrument[%d]", i)
+		if s.OpenPorts == "" && s.ExePath == "" && s.PID == 0 {
+			errs = append(errs, fmt.Errorf("%s: set at least one of open_ports, exe_path or pid", p))
+			continue
+		}
+		if s.OpenPorts != "" {
+			_, err := s.PortRanges()
+			add(p+".open_ports", err)
+		}
+		if s.ExePath != "" {
+			if _, err := path.Match(s.ExePath, ""); err != nil {
+				add(p+".exe_path", fmt.Errorf("invalid glob %q: %w", s.ExePath, err))
+			}
+		}
+		if s.PID < 0 {
+			add(p+".pid", fmt.Errorf("must not be negative, got %d", s.PID))
+		}
+	}
+	if cfg.Discovery.PollInterval < minPollInterval {
+		add("discovery.poll_interval", fmt.Errorf("must be at least %v, got %v", minPollInterval, cfg.Discovery.PollInterval))
+	}
+
+	e := cfg.EBPF
+	add("ebpf.context_propagation", checkPropagation(e.ContextPropagation))
+	add("ebpf.traffic_control_backend", checkTCBackend(e.TrafficControlBackend))
+	add("ebpf.ring_buffer_size", checkRingBufferSize(e.RingBufferSize))
+	add("ebpf.wakeup_len", checkWakeupLen(e.WakeupLen))
+	add("ebpf.batch_timeout", checkBatchTimeout(e.BatchTimeout))
+	add("ebpf.batch_length", checkBatchLength(e.BatchLength))
+	return errors.Join(errs...)
+}
+
+// The check* helpers return a message without the path so Validate can
+// prefix the YAML path and applyEnv the variable name.
+
+func checkPropagation(s string) error {
+	_, err := parsePropagation(s)
+	return err
+}
+
+func checkTCBackend(s string) error {
+	switch s {
+	case TCBackendAuto, TCBackendTC, TCBackendTCX:
+		return nil
+	}
+	return fmt.Errorf("unknown value %q; want auto, tc or tcx", s)
+}
+
+func checkRingBufferSize(n int) error {
+	if n < minRingBufferSize || n > maxRingBufferSize || n&(n-1) != 0 {
+		return fmt.Errorf("must be a power of two from %d to %d bytes, got %d", minRingBufferSize, maxRingBufferSize, n)
+	}
+	return nil
+}
+
+func checkWakeupLen(n int) error {
+	if n < 0 {
+		return fmt.Errorf("must not be negative, got %d", n)
+	}
+	return nil
+}
+
+func checkBatchTimeout(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("must be positive, got %v", d)
+	}
+	return nil
+}
+
+func checkBatchLength(n int) error {
+	if n < 1 {
+		return fmt.Errorf("must be at least 1, got %d", n)
+	}
+	return nil
+}
+
+// Propagation is the parsed form of EBPFConfig.ContextPropagation.
+type Propagation struct {
+	// Headers injects a traceparent header into outgoing HTTP requests.
+	Headers bool
+	// TCP carries the trace context in TCP options.
+	TCP bool
+}
+
+// Propagation parses ContextPropagation. The error names the YAML path.
+func (c EBPFConfig) Propagation() (Propagation, error) {
+	p, err := parsePropagation(c.ContextPropagation)
+	if err != nil {
+		return Propagation{}, fmt.Errorf("ebpf.context_propagation: %w", err)
+	}
+	return p, nil
+}
+
+// parsePropagation parses a comma list of all, headers, tcp or disabled;
+// the empty string means disabled. Tokens are trimmed and case-insensitive.
+func parsePropagation(s string) (Propagation, error) {
+	var p Propagation
+	if strings.TrimSpace(s) == "" {
+		return p, nil
+	}
+	tokens := strings.Split(s, ",")
+	for _, tok := range tokens {
+		switch strings.ToLower(strings.TrimSpace(tok)) {
+		case PropagationAll:
+			p.Headers, p.TCP = true, true
+		case PropagationHeaders:
+			p.Headers = true
+		case PropagationTCP:
+			p.TCP = true
+		case PropagationDisabled:
+			if len(tokens) > 1 {
+				return Propagation{}, fmt.Errorf("%q cannot be combined with other values in %q", PropagationDisabled, s)
+			}
+		default:
+			return Propagation{}, fmt.Errorf("unknown value %q; want all, headers, tcp or disabled", strings.TrimSpace(tok))
+		}
+	}
+	return p, nil
+}
+
+// PortRange is an inclusive range of TCP ports; Lo == Hi for a single port.
+type PortRange struct {
+	Lo, Hi uint16
+}
+
+// Contains reports whether port is in the range.
+func (r PortRange) Contains(port uint16) bool {
+	return r.Lo <= port && port <= r.Hi
+}
+
+// PortRanges parses OpenPorts ("80,8080-8089") in the order given; an empty
+// OpenPorts gives no ranges. The error does not name the YAML path, which
+// the caller knows (Validate prefixes discovery.instrument[i].open_ports).
+func (s Selector) PortRanges() ([]PortRange, error) {
+	if strings.TrimSpace(s.OpenPorts) == "" {
+		return nil, nil
+	}
+	var out []PortRange
+	for item := range strings.SplitSeq(s.OpenPorts, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			return nil, fmt.Errorf("empty entry in %q", s.OpenPorts)
+		}
+		loStr, hiStr, isRange := strings.Cut(item, "-")
+		lo, err := parsePort(loStr)
+		if err != nil {
+			return nil, err
+		}
+		hi := lo
+		if isRange {
+			if hi, err = parsePort(hiStr); err != nil {
+				return nil, err
+			}
+			if lo > hi {
+				return nil, fmt.Errorf("range %q starts after it ends", item)
+			}
+		}
+		out = append(out, PortRange{Lo: lo, Hi: hi})
+	}
+	return out, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	s = strings.TrimSpace(s)
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("invalid port %q; want a number from 1 to 65535", s)
+	}
+	return uint16(n), nil
+}
+
+// envVar is one BEYLA_* variable read by applyEnv.
+type envVar struct {
+	name  string
+	apply func(e *EBPFConfig, v string) error
+}
+
+// beylaEnvVars lists the Beyla environment variables applyEnv reads, in the
+// order they are applied and reported.
+func beylaEnvVars() []envVar {
+	return []envVar{
+		{"BEYLA_BPF_CONTEXT_PROPAGATION", func(e *EBPFConfig, v string) error {
+			if err := checkPropagation(v); err != nil {
+				return err
+			}
+			e.ContextPropagation = v
+			return nil
+		}},
+		{"BEYLA_OVERRIDE_BPF_LOOP_ENABLED", func(e *EBPFConfig, v string) error {
+			return parseEnvBool(v, &e.OverrideBPFLoopEnabled)
+		}},
+		{"BEYLA_BPF_TC_BACKEND", func(e *EBPFConfig, v string) error {
+			if err := checkTCBackend(v); err != nil {
+				return err
+			}
+			e.TrafficControlBackend = v
+			return nil
+		}},
+		{"BEYLA_BPF_WAKEUP_LEN", func(e *EBPFConfig, v string) error {
+			return parseEnvInt(v, checkWakeupLen, &e.WakeupLen)
+		}},
+		{"BEYLA_BPF_BATCH_TIMEOUT", func(e *EBPFConfig, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("invalid duration %q; want e.g. 200ms", v)
+			}
+			if err := checkBatchTimeout(d); err != nil {
+				return err
+			}
+			e.BatchTimeout = d
+			return nil
+		}},
+		{"BEYLA_BPF_BATCH_LENGTH", func(e *EBPFConfig, v string) error {
+			return parseEnvInt(v, checkBatchLength, &e.BatchLength)
+		}},
+		{"BEYLA_BPF_TRACK_REQUEST_HEADERS", func(e *EBPFConfig, v string) error {
+			return parseEnvBool(v, &e.TrackRequestHeaders)
+		}},
+	}
+}
+
+func parseEnvBool(v string, dst *bool) error {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("invalid boolean %q; want true or false", v)
+	}
+	*dst = b
+	return nil
+}
+
+func parseEnvInt(v string, check func(int) error, dst *int) error {
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return fmt.Errorf("invalid integer %q", v)
+	}
+	if err := check(n); err != nil {
+		return err
+	}
+	*dst = n
+	return nil
+}
+
+// applyEnv is the one place that reads environment variables. It applies
+// the Beyla variables that users of Beyla already set:
+//
+//	BEYLA_BPF_CONTEXT_PROPAGATION    ebpf.context_propagation
+//	BEYLA_OVERRIDE_BPF_LOOP_ENABLED  ebpf.override_bpf_loop_enabled
+//	BEYLA_BPF_TC_BACKEND             ebpf.traffic_control_backend
+//	BEYLA_BPF_WAKEUP_LEN             ebpf.wakeup_len
+//	BEYLA_BPF_BATCH_TIMEOUT          ebpf.batch_timeout
+//	BEYLA_BPF_BATCH_LENGTH           ebpf.batch_length
+//	BEYLA_BPF_TRACK_REQUEST_HEADERS  ebpf.track_request_headers
+//
+// A variable that is set and non-empty WINS over the YAML value, as it does
+// in Beyla, so a deployment can tune a shared collector config per host; an
+// empty variable counts as unset. lookup is os.LookupEnv outside tests.
+//
+// overrides lists, in the order above, the names of the variables applied;
+// the receiver logs them once at Start. A value that does not parse or is
+// out of range leaves its field unchanged and adds an error that names the
+// variable; all such errors are joined.
+func applyEnv(cfg *Config, lookup func(string) (string, bool)) (overrides []string, err error) {
+	var errs []error
+	for _, ev := range beylaEnvVars() {
+		v, ok := lookup(ev.name)
+		v = strings.TrimSpace(v)
+		if !ok || v == "" {
+			continue
+		}
+		if err := ev.apply(&cfg.EBPF, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ev.name, err))
+			continue
+		}
+		overrides = append(overrides, ev.name)
+	}
+	return overrides, errors.Join(errs...)
+}

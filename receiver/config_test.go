@@ -1,0 +1,382 @@
+package ebpfreceiver
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/confmaptest"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/metadata"
+)
+
+func TestLoadConfig(t *testing.T) {
+	cm, err := confmaptest.LoadConf(filepath.Join("..", "testdata", "config.yaml"))
+	require.NoError(t, err)
+
+	defaults := func(instrument ...Selector) *Config {
+		c := createDefaultConfig()
+		c.Discovery.Instrument = instrument
+		return c
+	}
+
+	tests := []struct {
+		name    string
+		want    *Config  // checked when wantErr is empty
+		wantErr []string // every message must appear in the joined error
+	}{
+		{
+			name: "",
+			want: defaults(Selector{OpenPorts: "8080"}),
+		},
+		{
+			name: "all_fields",
+			want: &Config{
+				Discovery: DiscoveryConfig{
+					Instrument: []Selector{
+						{OpenPorts: "80,8080-8089"},
+						{ExePath: "*/python3*"},
+						{PID: 4242},
+						{OpenPorts: "443", ExePath: "/usr/sbin/nginx"},
+					},
+					PollInterval: 2 * time.Second,
+				},
+				EBPF: EBPFConfig{
+					ContextPropagation:     "headers,tcp",
+					OverrideBPFLoopEnabled: true,
+					TrafficControlBackend:  TCBackendTCX,
+					RingBufferSize:         16 << 20,
+					WakeupLen:              0,
+					BatchTimeout:           time.Second,
+					BatchLength:            50,
+					TrackRequestHeaders:    false,
+				},
+			},
+		},
+		{
+			name:    "no_instrument",
+			wantErr: []string{"discovery.instrument: at least one selector is needed (open_ports, exe_path or pid)"},
+		},
+		{
+			name:    "empty_selector",
+			wantErr: []string{"discovery.instrument[1]: set at least one of open_ports, exe_path or pid"},
+		},
+		{
+			name:    "bad_ports",
+			wantErr: []string{`discovery.instrument[2].open_ports: range "9000-80" starts after it ends`},
+		},
+		{
+			name: "bad_port_number",
+			wantErr: []string{
+				`discovery.instrument[0].open_ports: invalid port "http"; want a number from 1 to 65535`,
+				`discovery.instrument[1].open_ports: invalid port "70000"; want a number from 1 to 65535`,
+				`discovery.instrument[2].open_ports: empty entry in "80,,81"`,
+			},
+		},
+		{
+			name:    "bad_glob",
+			wantErr: []string{`discovery.instrument[0].exe_path: invalid glob "/usr/bin/[python": syntax error in pattern`},
+		},
+		{
+			name:    "negative_pid",
+			wantErr: []string{"discovery.instrument[0].pid: must not be negative, got -5"},
+		},
+		{
+			name:    "bad_propagation",
+			wantErr: []string{`ebpf.context_propagation: unknown value "al"; want all, headers, tcp or disabled`},
+		},
+		{
+			name:    "disabled_combined",
+			wantErr: []string{`ebpf.context_propagation: "disabled" cannot be combined with other values in "disabled,tcp"`},
+		},
+		{
+			name:    "bad_tc_backend",
+			wantErr: []string{`ebpf.traffic_control_backend: unknown value "xdp"; want auto, tc or tcx`},
+		},
+		{
+			name:    "bad_ring_buffer_size",
+			wantErr: []string{"ebpf.ring_buffer_size: must be a power of two from 4096 to 1073741824 bytes, got 5000"},
+		},
+		{
+			name:    "small_ring_buffer",
+			wantErr: []string{"ebpf.ring_buffer_size: must be a power of two from 4096 to 1073741824 bytes, got 2048"},
+		},
+		{
+			name:    "huge_ring_buffer",
+			wantErr: []string{"ebpf.ring_buffer_size: must be a power of two from 4096 to 1073741824 bytes, got 2147483648"},
+		},
+		{
+			name:    "poll_too_fast",
+			wantErr: []string{"discovery.poll_interval: must be at least 50ms, got 10ms"},
+		},
+		{
+			name: "negative_values",
+			wantErr: []string{
+				"ebpf.wakeup_len: must not be negative, got -1",
+				"ebpf.batch_timeout: must be positive, got -1s",
+				"ebpf.batch_length: must be at least 1, got -3",
+			},
+		},
+		{
+			name: "zero_batch",
+			wantErr: []string{
+				"ebpf.batch_timeout: must be positive, got 0s",
+				"ebpf.batch_length: must be at least 1, got 0",
+			},
+		},
+		{
+			name: "many_problems",
+			wantErr: []string{
+				"discovery.instrument: at least one selector is needed (open_ports, exe_path or pid)",
+				"discovery.poll_interval: must be at least 50ms, got 1ms",
+				`ebpf.context_propagation: unknown value "al"; want all, headers, tcp or disabled`,
+				`ebpf.traffic_control_backend: unknown value "bpf"; want auto, tc or tcx`,
+			},
+		},
+	}
+
+	for _, tt := range tests {
+		id := component.NewIDWithName(metadata.Type, tt.name)
+		t.Run(id.String(), func(t *testing.T) {
+			cfg := NewFactory().CreateDefaultConfig()
+			sub, err := cm.Sub(id.String())
+			require.NoError(t, err)
+			require.NoError(t, sub.Unmarshal(cfg))
+
+			err = confmap.Validate(cfg)
+			if len(tt.wantErr) == 0 {
+				require.NoError(t, err)
+				assert.Equal(t, tt.want, cfg)
+				return
+			}
+			require.Error(t, err)
+			for _, msg := range tt.wantErr {
+				assert.Contains(t, err.Error(), msg)
+			}
+			// One line per problem: nothing reported twice.
+			assert.Len(t, splitLines(err.Error()), len(tt.wantErr))
+		})
+	}
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := range len(s) {
+		if s[i] == '\n' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+func TestLoadConfigUnknownField(t *testing.T) {
+	cm := confmap.NewFromStringMap(map[string]any{
+		"ebpf": map[string]any{"ring_buffer": 4096},
+	})
+	cfg := createDefaultConfig()
+	err := cm.Unmarshal(cfg)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ring_buffer")
+}
+
+func TestCreateDefaultConfig(t *testing.T) {
+	cfg := createDefaultConfig()
+	assert.Equal(t, 500*time.Millisecond, cfg.Discovery.PollInterval)
+	assert.Equal(t, PropagationDisabled, cfg.EBPF.ContextPropagation)
+	assert.False(t, cfg.EBPF.OverrideBPFLoopEnabled)
+	assert.Equal(t, TCBackendAuto, cfg.EBPF.TrafficControlBackend)
+	assert.Equal(t, 4194304, cfg.EBPF.RingBufferSize)
+	assert.Equal(t, 64, cfg.EBPF.WakeupLen)
+	assert.Equal(t, 200*time.Millisecond, cfg.EBPF.BatchTimeout)
+	assert.Equal(t, 1000, cfg.EBPF.BatchLength)
+	assert.True(t, cfg.EBPF.TrackRequestHeaders)
+
+	// The defaults are valid once a selector is given.
+	cfg.Discovery.Instrument = []Selector{{PID: 1}}
+	require.NoError(t, cfg.Validate())
+}
+
+func TestPropagation(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Propagation
+		wantErr string
+	}{
+		{in: "", want: Propagation{}},
+		{in: "disabled", want: Propagation{}},
+		{in: "all", want: Propagation{Headers: true, TCP: true}},
+		{in: "headers", want: Propagation{Headers: true}},
+		{in: "tcp", want: Propagation{TCP: true}},
+		{in: "headers,tcp", want: Propagation{Headers: true, TCP: true}},
+		{in: " tcp , headers ", want: Propagation{Headers: true, TCP: true}},
+		{in: "Headers", want: Propagation{Headers: true}},
+		{in: "all,headers", want: Propagation{Headers: true, TCP: true}},
+		{in: "al", wantErr: `ebpf.context_propagation: unknown value "al"; want all, headers, tcp or disabled`},
+		{in: "headers,", wantErr: `ebpf.context_propagation: unknown value ""; want all, headers, tcp or disabled`},
+		{in: "disabled,all", wantErr: `ebpf.context_propagation: "disabled" cannot be combined with other values in "disabled,all"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := EBPFConfig{ContextPropagation: tt.in}.Propagation()
+			if tt.wantErr != "" {
+				require.EqualError(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestPortRanges(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []PortRange
+		wantErr string
+	}{
+		{in: "", want: nil},
+		{in: "80", want: []PortRange{{80, 80}}},
+		{in: "80,8080-8089", want: []PortRange{{80, 80}, {8080, 8089}}},
+		{in: " 443 , 1-65535 ", want: []PortRange{{443, 443}, {1, 65535}}},
+		{in: "8000-8000", want: []PortRange{{8000, 8000}}},
+		{in: "0", wantErr: `invalid port "0"; want a number from 1 to 65535`},
+		{in: "65536", wantErr: `invalid port "65536"; want a number from 1 to 65535`},
+		{in: "-80", wantErr: `invalid port ""; want a number from 1 to 65535`},
+		{in: "80-", wantErr: `invalid port ""; want a number from 1 to 65535`},
+		{in: "1-2-3", wantErr: `invalid port "2-3"; want a number from 1 to 65535`},
+		{in: "90-80", wantErr: `range "90-80" starts after it ends`},
+		{in: "80,", wantErr: `empty entry in "80,"`},
+		{in: "http", wantErr: `invalid port "http"; want a number from 1 to 65535`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := Selector{OpenPorts: tt.in}.PortRanges()
+			if tt.wantErr != "" {
+				require.EqualError(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+
+	r := PortRange{Lo: 8080, Hi: 8089}
+	assert.True(t, r.Contains(8080))
+	assert.True(t, r.Contains(8089))
+	assert.False(t, r.Contains(8090))
+	assert.False(t, r.Contains(80))
+}
+
+func mapLookup(env map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	}
+}
+
+func TestApplyEnvWins(t *testing.T) {
+	cfg := &Config{
+		Discovery: DiscoveryConfig{Instrument: []Selector{{PID: 1}}, PollInterval: time.Second},
+		EBPF: EBPFConfig{
+			ContextPropagation:     "headers",
+			OverrideBPFLoopEnabled: false,
+			TrafficControlBackend:  TCBackendTC,
+			RingBufferSize:         1 << 20,
+			WakeupLen:              10,
+			BatchTimeout:           time.Second,
+			BatchLength:            10,
+			TrackRequestHeaders:    false,
+		},
+	}
+	overrides, err := applyEnv(cfg, mapLookup(map[string]string{
+		"BEYLA_BPF_CONTEXT_PROPAGATION":   "all",
+		"BEYLA_OVERRIDE_BPF_LOOP_ENABLED": "true",
+		"BEYLA_BPF_TC_BACKEND":            "tcx",
+		"BEYLA_BPF_WAKEUP_LEN":            "0",
+		"BEYLA_BPF_BATCH_TIMEOUT":         "50ms",
+		"BEYLA_BPF_BATCH_LENGTH":          "7",
+		"BEYLA_BPF_TRACK_REQUEST_HEADERS": "1",
+		"OTEL_EBPF_BPF_BATCH_LENGTH":      "99", // not read
+	}))
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		"BEYLA_BPF_CONTEXT_PROPAGATION",
+		"BEYLA_OVERRIDE_BPF_LOOP_ENABLED",
+		"BEYLA_BPF_TC_BACKEND",
+		"BEYLA_BPF_WAKEUP_LEN",
+		"BEYLA_BPF_BATCH_TIMEOUT",
+		"BEYLA_BPF_BATCH_LENGTH",
+		"BEYLA_BPF_TRACK_REQUEST_HEADERS",
+	}, overrides)
+	assert.Equal(t, EBPFConfig{
+		ContextPropagation:     "all",
+		OverrideBPFLoopEnabled: true,
+		TrafficControlBackend:  TCBackendTCX,
+		RingBufferSize:         1 << 20, // no variable
+		WakeupLen:              0,
+		BatchTimeout:           50 * time.Millisecond,
+		BatchLength:            7,
+		TrackRequestHeaders:    true,
+	}, cfg.EBPF)
+	assert.Equal(t, time.Second, cfg.Discovery.PollInterval)
+	require.NoError(t, cfg.Validate())
+}
+
+func TestApplyEnvUnsetAndEmpty(t *testing.T) {
+	cfg := createDefaultConfig()
+	want := *cfg
+	overrides, err := applyEnv(cfg, mapLookup(map[string]string{
+		"BEYLA_BPF_BATCH_LENGTH": "",
+		"BEYLA_BPF_WAKEUP_LEN":   "  ",
+	}))
+	require.NoError(t, err)
+	assert.Empty(t, overrides)
+	assert.Equal(t, &want, cfg)
+}
+
+func TestApplyEnvBadValues(t *testing.T) {
+	cfg := createDefaultConfig()
+	want := *cfg
+	overrides, err := applyEnv(cfg, mapLookup(map[string]string{
+		"BEYLA_BPF_CONTEXT_PROPAGATION":   "al",
+		"BEYLA_OVERRIDE_BPF_LOOP_ENABLED": "yes",
+		"BEYLA_BPF_TC_BACKEND":            "xdp",
+		"BEYLA_BPF_WAKEUP_LEN":            "-1",
+		"BEYLA_BPF_BATCH_TIMEOUT":         "200",
+		"BEYLA_BPF_BATCH_LENGTH":          "many",
+		"BEYLA_BPF_TRACK_REQUEST_HEADERS": "on",
+	}))
+	require.Error(t, err)
+	assert.Empty(t, overrides)
+	assert.Equal(t, &want, cfg, "a bad value must leave its field unchanged")
+	for _, msg := range []string{
+		`BEYLA_BPF_CONTEXT_PROPAGATION: unknown value "al"; want all, headers, tcp or disabled`,
+		`BEYLA_OVERRIDE_BPF_LOOP_ENABLED: invalid boolean "yes"; want true or false`,
+		`BEYLA_BPF_TC_BACKEND: unknown value "xdp"; want auto, tc or tcx`,
+		`BEYLA_BPF_WAKEUP_LEN: must not be negative, got -1`,
+		`BEYLA_BPF_BATCH_TIMEOUT: invalid duration "200"; want e.g. 200ms`,
+		`BEYLA_BPF_BATCH_LENGTH: invalid integer "many"`,
+		`BEYLA_BPF_TRACK_REQUEST_HEADERS: invalid boolean "on"; want true or false`,
+	} {
+		assert.Contains(t, err.Error(), msg)
+	}
+	assert.Len(t, splitLines(err.Error()), 7)
+}
+
+func TestApplyEnvPartial(t *testing.T) {
+	cfg := createDefaultConfig()
+	overrides, err := applyEnv(cfg, mapLookup(map[string]string{
+		"BEYLA_BPF_BATCH_LENGTH": "5",
+		"BEYLA_BPF_WAKEUP_LEN":   "x",
+	}))
+	require.EqualError(t, err, `BEYLA_BPF_WAKEUP_LEN: invalid integer "x"`)
+	assert.Equal(t, []string{"BEYLA_BPF_BATCH_LENGTH"}, overrides)
+	assert.Equal(t, 5, cfg.EBPF.BatchLength)
+	assert.Equal(t, defaultWakeupLen, cfg.EBPF.WakeupLen)
+}

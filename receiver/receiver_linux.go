@@ -1,0 +1,363 @@
+//go:build linux
+
+package ebpfreceiver // import "github.com/ebpftracing/ebpftracingreceiver/receiver"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/component/componentstatus"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/receiverhelper"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/metadata"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
+)
+
+// exitedGrace is how long the process metadata of an exited process is kept,
+// so records still in the ring buffer get their resource.
+const exitedGrace = 10 * time.Second
+
+type tracesReceiver struct {
+	set          receiver.Settings
+	cfg          *Config
+	envOverrides []string
+	next         consumer.Traces
+
+	// Set by Start, released by Shutdown.
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	tracer    *httptrace.Tracer
+	reader    *ringbuf.Reader
+	watcher   *discovery.Watcher
+	telemetry *metadata.TelemetryBuilder
+	obsrecv   *receiverhelper.ObsReport
+
+	mu    sync.Mutex
+	procs map[uint32]*procEntry
+}
+
+type procEntry struct {
+	proc   spans.Process
+	exited time.Time // zero while running
+}
+
+func newTracesReceiver(set receiver.Settings, cfg *Config, envOverrides []string, next consumer.Traces) (receiver.Traces, error) {
+	return &tracesReceiver{
+		set:          set,
+		cfg:          cfg,
+		envOverrides: envOverrides,
+		next:         next,
+		procs:        map[uint32]*procEntry{},
+	}, nil
+}
+
+// Start probes the kernel, loads and attaches the tracer, selects the running
+// processes and starts the discovery and ring buffer reader goroutines. When
+// it returns without error the probes are attached.
+func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err error) {
+	logger := r.set.Logger
+	for _, o := range r.envOverrides {
+		logger.Info("configuration overridden by environment", zap.String("variable", o))
+	}
+	if err := kernelprobe.CheckPrivileges(); err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("ebpf_tracing: remove memlock limit: %w", err)
+	}
+	report, err := kernelprobe.Probe()
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	if !report.BPFLoop && !r.cfg.EBPF.OverrideBPFLoopEnabled {
+		return errors.New("ebpf_tracing: the bpf_loop helper (kernel 5.17+) is unavailable: " +
+			"set ebpf.override_bpf_loop_enabled (BEYLA_OVERRIDE_BPF_LOOP_ENABLED) only if the kernel backports it")
+	}
+	criteria, err := r.cfg.Discovery.criteria()
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+
+	// Everything opened from here on is closed again if Start fails.
+	defer func() {
+		if err != nil {
+			_ = r.release()
+		}
+	}()
+	r.telemetry, err = metadata.NewTelemetryBuilder(r.set.TelemetrySettings)
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: telemetry: %w", err)
+	}
+	r.obsrecv, err = receiverhelper.NewObsReport(receiverhelper.ObsReportSettings{
+		ReceiverID:             r.set.ID,
+		Transport:              "ebpf",
+		ReceiverCreateSettings: r.set,
+	})
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: obsreport: %w", err)
+	}
+	r.tracer, err = httptrace.Load(httptrace.Options{
+		RingBufferSize:      r.cfg.EBPF.RingBufferSize,
+		WakeupRecords:       r.cfg.EBPF.WakeupLen,
+		TrackRequestHeaders: r.cfg.EBPF.TrackRequestHeaders,
+	})
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	if err = r.tracer.Attach(); err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	r.reader, err = ringbuf.NewReader(r.tracer.Events())
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: open ring buffer reader: %w", err)
+	}
+
+	watcher := discovery.NewWatcher(criteria, discovery.Options{Interval: r.cfg.Discovery.PollInterval}, logger)
+	r.watcher = watcher
+	added, _, err := watcher.Scan()
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: discover processes: %w", err)
+	}
+	for _, p := range added {
+		r.onAdd(p)
+	}
+
+	logger.Info("ebpf_tracing started",
+		zap.String("attach", "raw_tracepoint/sys_exit"),
+		zap.Bool("bpf_loop", report.BPFLoop),
+		zap.String("cgroup_v2", report.CgroupV2),
+		zap.String("lockdown", report.Lockdown),
+		zap.Int("processes", len(added)))
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	clock := httptrace.NewClock(monotonicNow())
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		watcher.Run(runCtx, r.onAdd, r.onRemove)
+	}()
+	go func() {
+		defer r.wg.Done()
+		if err := r.readLoop(runCtx, clock); err != nil {
+			componentstatus.ReportStatus(host, componentstatus.NewFatalErrorEvent(err))
+		}
+	}()
+	return nil
+}
+
+// Shutdown stops the goroutines, detaches the programs and closes the maps.
+// It is safe without Start and when called twice, and gives up waiting for
+// the goroutines when ctx ends.
+func (r *tracesReceiver) Shutdown(ctx context.Context) error {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	var errs []error
+	if r.reader != nil {
+		// Interrupts the reader's ReadInto.
+		if err := r.reader.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close ring buffer reader: %w", err))
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("wait for ebpf_tracing goroutines: %w", ctx.Err()))
+	}
+	r.reader = nil
+	errs = append(errs, r.release())
+	return errors.Join(errs...)
+}
+
+// release detaches and closes what Start opened, in reverse order.
+func (r *tracesReceiver) release() error {
+	var errs []error
+	if r.watcher != nil {
+		if err := r.watcher.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close process watcher: %w", err))
+		}
+		r.watcher = nil
+	}
+	if r.reader != nil {
+		if err := r.reader.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close ring buffer reader: %w", err))
+		}
+		r.reader = nil
+	}
+	if r.tracer != nil {
+		if err := r.tracer.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.tracer = nil
+	}
+	if r.telemetry != nil {
+		r.telemetry.Shutdown()
+		r.telemetry = nil
+	}
+	return errors.Join(errs...)
+}
+
+func (r *tracesReceiver) onAdd(p discovery.Process) {
+	if err := r.tracer.Trace(uint32(p.PID)); err != nil {
+		r.set.Logger.Warn("cannot trace process", zap.Int("pid", p.PID), zap.Error(err))
+		return
+	}
+	r.mu.Lock()
+	r.procs[uint32(p.PID)] = &procEntry{proc: spans.Process{PID: p.PID, ServiceName: p.ServiceName, ExeName: p.ExeName}}
+	n := r.instrumentedLocked()
+	r.mu.Unlock()
+	r.telemetry.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), n)
+}
+
+func (r *tracesReceiver) onRemove(pid int) {
+	_ = r.tracer.Untrace(uint32(pid))
+	r.mu.Lock()
+	if e, ok := r.procs[uint32(pid)]; ok {
+		e.exited = time.Now()
+	}
+	n := r.instrumentedLocked()
+	r.mu.Unlock()
+	r.telemetry.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), n)
+}
+
+func (r *tracesReceiver) instrumentedLocked() int64 {
+	var n int64
+	for _, e := range r.procs {
+		if e.exited.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
+// process returns the resource of pid, and forgets processes that exited
+// more than exitedGrace ago.
+func (r *tracesReceiver) process(pid uint32) spans.Process {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.procs[pid]; ok {
+		return e.proc
+	}
+	return spans.Process{PID: int(pid)}
+}
+
+func (r *tracesReceiver) purgeExited(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for pid, e := range r.procs {
+		if !e.exited.IsZero() && now.Sub(e.exited) > exitedGrace {
+			delete(r.procs, pid)
+		}
+	}
+}
+
+// readLoop is the one reader of the ring buffer: it decodes records, batches
+// spans and hands them to the next consumer every BatchTimeout or
+// BatchLength spans, whichever comes first.
+func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) error {
+	hostName, _ := os.Hostname()
+	builder := spans.NewBuilder(hostName, r.set.BuildInfo.Version)
+	batchTimeout := r.cfg.EBPF.BatchTimeout
+	batchLength := r.cfg.EBPF.BatchLength
+	var (
+		rec      ringbuf.Record
+		req      spans.Request
+		read     int64
+		lastLost uint64
+	)
+	flush := func() {
+		if read > 0 {
+			r.telemetry.ReceiverEbpfTracingEventsRead.Add(ctx, read)
+			read = 0
+		}
+		if c, err := r.tracer.ReadCounters(); err == nil && c.EventsLost > lastLost {
+			r.telemetry.ReceiverEbpfTracingEventsLost.Add(ctx, int64(c.EventsLost-lastLost))
+			lastLost = c.EventsLost
+		}
+		n := builder.Len()
+		if n == 0 {
+			return
+		}
+		td := builder.Flush()
+		opCtx := r.obsrecv.StartTracesOp(ctx)
+		err := r.next.ConsumeTraces(opCtx, td)
+		r.obsrecv.EndTracesOp(opCtx, "http", n, err)
+		r.telemetry.ReceiverEbpfTracingSpansEmitted.Add(ctx, int64(n))
+		if err != nil {
+			r.telemetry.ReceiverEbpfTracingConsumerErrors.Add(ctx, 1)
+		}
+	}
+	deadline := time.Now().Add(batchTimeout)
+	r.reader.SetDeadline(deadline)
+	for {
+		err := r.reader.ReadInto(&rec)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, ringbuf.ErrClosed):
+			flush()
+			return nil
+		case err != nil:
+			flush()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read ring buffer: %w", err)
+		default:
+			read++
+			if derr := httptrace.Decode(rec.RawSample, clock, &req); derr == nil {
+				builder.Append(&req, r.process(req.PID))
+			}
+			if builder.Len() < batchLength && time.Now().Before(deadline) {
+				continue
+			}
+		}
+		flush()
+		now := time.Now()
+		r.purgeExited(now)
+		deadline = now.Add(batchTimeout)
+		r.reader.SetDeadline(deadline)
+	}
+}
+
+func monotonicNow() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
+}
+
+// criteria turns the selectors into discovery criteria.
+func (d DiscoveryConfig) criteria() ([]discovery.Criteria, error) {
+	out := make([]discovery.Criteria, 0, len(d.Instrument))
+	for i, s := range d.Instrument {
+		ranges, err := s.PortRanges()
+		if err != nil {
+			return nil, fmt.Errorf("discovery.instrument[%d].open_ports: %w", i, err)
+		}
+		c := discovery.Criteria{ExeGlob: s.ExePath, PID: s.PID}
+		for _, pr := range ranges {
+			c.Ports = append(c.Ports, discovery.PortRange{Lo: pr.Lo, Hi: pr.Hi})
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
