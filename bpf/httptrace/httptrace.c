@@ -398,6 +398,14 @@ static __always_inline bool same_trace(const __u8 *a, const __u8 *b)
 	return a0 == b0 && a1 == b1;
 }
 
+static __always_inline bool same_span(const __u8 *a, const __u8 *b)
+{
+	__u64 x, y;
+	__builtin_memcpy(&x, a, 8);
+	__builtin_memcpy(&y, b, 8);
+	return x == y;
+}
+
 static __always_inline void random_id(__u8 *id, int words)
 {
 	__u32 any = 0;
@@ -632,12 +640,21 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 		return 0; // interim response (100 Continue): the final one follows
 	struct req_info *r = &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)];
 	emit(c, r, KIND_SERVER, status, key.tgid);
+	// The context was set on the thread that read the request, which is not
+	// always the one writing the response (Go moves goroutines between
+	// threads): end it there, unless that thread has moved on to another
+	// request.
+	__u64 reader = (pid_tgid & 0xffffffff00000000ull) | r->tid;
+	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &reader);
+	bool owned = t && same_span(t->span_id, r->span_id);
 	c->srv_head = (c->srv_head + 1) & (PIPELINE_DEPTH - 1);
 	c->srv_count--;
-	if (c->srv_count == 0)
-		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
-	else
-		set_thread_ctx(pid_tgid, &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)]);
+	if (owned) {
+		if (c->srv_count == 0)
+			bpf_map_delete_elem(&thread_ctxs, &reader);
+		else
+			set_thread_ctx(reader, &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)]);
+	}
 	return 0;
 }
 
