@@ -1,0 +1,395 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Lang names one of the test apps under apps/.
+type Lang string
+
+// The test apps.
+const (
+	Python Lang = "python"
+	Node   Lang = "node"
+	Java   Lang = "java"
+	Go     Lang = "go"
+)
+
+// AllLangs returns every test app language, in a fixed order.
+func AllLangs() []Lang { return []Lang{Python, Node, Java, Go} }
+
+// DefaultService is the OTEL_SERVICE_NAME the tests give each language's app.
+func DefaultService(l Lang) string {
+	switch l {
+	case Python:
+		return "py-svc"
+	default:
+		return string(l) + "-svc"
+	}
+}
+
+// readyTimeout is how long an app may take to print "ready".
+func readyTimeout(l Lang) time.Duration {
+	if l == Java {
+		return 30 * time.Second
+	}
+	return 15 * time.Second
+}
+
+// App is a running test app.
+type App struct {
+	Lang    Lang
+	Service string
+	Port    int
+	PID     int
+	// StartUp is the time from exec to "ready" on stdout.
+	StartUp time.Duration
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *syncBuffer
+}
+
+// Addr is the app's host:port.
+func (a *App) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port)) }
+
+// URL is the app's http URL for pathAndQuery ("/hello?i=1").
+func (a *App) URL(pathAndQuery string) string { return "http://" + a.Addr() + pathAndQuery }
+
+// Output returns what the app wrote on stdout and stderr so far.
+func (a *App) Output() string { return a.out.String() }
+
+// StartApp starts the lang app on 127.0.0.1:port with OTEL_SERVICE_NAME set
+// to service, waits until it prints "ready", and kills its process group when
+// the test ends (printing its output if the test failed).
+func StartApp(t testing.TB, lang Lang, port int, service string) *App {
+	t.Helper()
+	root := RepoRoot(t)
+	dir := filepath.Join(root, "test", "e2e", "apps", string(lang))
+	portArg := strconv.Itoa(port)
+	var cmd *exec.Cmd
+	switch lang {
+	case Python:
+		cmd = exec.Command("python3", "-u", filepath.Join(dir, "server.py"), portArg)
+	case Node:
+		cmd = exec.Command("node", filepath.Join(dir, "server.js"), portArg)
+	case Java:
+		classes := buildJavaApp(t, dir)
+		cmd = exec.Command("java", "-cp", classes, "Server", portArg)
+	case Go:
+		cmd = exec.Command(buildGoApp(t, root, dir), portArg)
+	default:
+		t.Fatalf("unknown test app language %q", lang)
+	}
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "OTEL_SERVICE_NAME="+service, "PORT="+portArg)
+	app := &App{Lang: lang, Service: service, Port: port, cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
+	ready := make(chan struct{})
+	cmd.Stdout = &readyWriter{buf: app.out, ready: ready}
+	cmd.Stderr = app.out
+	startProcessGroup(t, cmd, nil, app.done, func() string { return fmt.Sprintf("%s app (%s, port %d)", lang, service, port) }, app.out)
+	app.PID = cmd.Process.Pid
+	start := time.Now()
+	select {
+	case <-ready:
+		app.StartUp = time.Since(start)
+	case <-app.done:
+		t.Fatalf("%s app exited before it was ready: %v\n%s", lang, cmd.ProcessState, app.out)
+	case <-time.After(readyTimeout(lang)):
+		t.Fatalf("%s app not ready after %v:\n%s", lang, readyTimeout(lang), app.out)
+	}
+	return app
+}
+
+// startProcessGroup starts cmd in its own process group (as cred's user when
+// cred is set), closes done when it exits, and on cleanup kills the whole
+// group, waits, and logs out if the test failed.
+func startProcessGroup(t testing.TB, cmd *exec.Cmd, cred *syscall.Credential, done chan struct{}, name func() string, out *syncBuffer) {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name(), err)
+	}
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s (pid %d) still running 10s after SIGKILL", name(), cmd.Process.Pid)
+		}
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", name(), out)
+		}
+	})
+}
+
+// buildJavaApp compiles Server.java once into a cache directory keyed by the
+// source's hash: javac costs ~2.5 s, `java -cp` of the classes starts in
+// ~0.2 s, while `java Server.java` recompiles at every start (~2.1 s).
+func buildJavaApp(t testing.TB, dir string) string {
+	t.Helper()
+	src := filepath.Join(dir, "Server.java")
+	out := cacheDir(t, "java", src)
+	if _, err := os.Stat(filepath.Join(out, "Server.class")); err == nil {
+		return out
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(out), "build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	if b, err := exec.Command("javac", "-d", tmp, src).CombinedOutput(); err != nil {
+		t.Fatalf("javac %s: %v\n%s", src, err, b)
+	}
+	publish(t, tmp, out)
+	return out
+}
+
+// buildGoApp builds apps/go once into a cache directory keyed by the source's
+// hash and the Go version, and returns the binary's path.
+func buildGoApp(t testing.TB, root, dir string) string {
+	t.Helper()
+	out := cacheDir(t, "go", filepath.Join(dir, "main.go"))
+	bin := filepath.Join(out, "goapp")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(out), "build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, "goapp"), "./test/e2e/apps/go")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./test/e2e/apps/go: %v\n%s", err, b)
+	}
+	publish(t, tmp, out)
+	return bin
+}
+
+// cacheDir names (without creating) $TMPDIR/ebpftracing-e2e/<kind>-<hash of
+// src and the Go version>, and creates its parent.
+func cacheDir(t testing.TB, kind, src string) string {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	h.Write(b)
+	io.WriteString(h, runtime.Version())
+	parent := filepath.Join(os.TempDir(), "ebpftracing-e2e")
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(parent, kind+"-"+hex.EncodeToString(h.Sum(nil))[:16])
+}
+
+// publish renames a finished build directory into place; a concurrent build
+// that got there first wins.
+func publish(t testing.TB, tmp, out string) {
+	t.Helper()
+	if err := os.Rename(tmp, out); err != nil {
+		if _, statErr := os.Stat(out); statErr != nil {
+			t.Fatalf("publish build: %v", err)
+		}
+	}
+}
+
+// RepoRoot walks up from the working directory to the directory holding
+// go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// FreePorts returns n distinct TCP ports that were free on 127.0.0.1.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// FreePort returns one TCP port that was free on 127.0.0.1.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	return FreePorts(t, 1)[0]
+}
+
+// Curl runs /usr/bin/curl -sS with args and returns its stdout; it fails the
+// test if curl exits non-zero (add --fail yourself to fail on HTTP errors).
+func Curl(t testing.TB, args ...string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("/usr/bin/curl", append([]string{"-sS", "--max-time", "30"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("curl %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// NewClient returns an HTTP/1.1 client with no limit on connections per host,
+// whose idle connections are closed when the test ends.
+func NewClient(t testing.TB) *http.Client {
+	tr := &http.Transport{
+		MaxConnsPerHost:     0,
+		MaxIdleConns:        1000,
+		MaxIdleConnsPerHost: 1000,
+		IdleConnTimeout:     30 * time.Second,
+		ForceAttemptHTTP2:   false,
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// PipelinedResponse is one response read by Pipeline.
+type PipelinedResponse struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Pipeline opens one TCP connection to addr, writes a GET request for each
+// path in a single write (HTTP/1.1 pipelining), and reads the responses in
+// order.
+func Pipeline(t testing.TB, addr string, paths []string) []PipelinedResponse {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	var req strings.Builder
+	for i, p := range paths {
+		fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: e2e-pipeline\r\n", p, addr)
+		if i == len(paths)-1 {
+			req.WriteString("Connection: close\r\n")
+		}
+		req.WriteString("\r\n")
+	}
+	if _, err := io.WriteString(conn, req.String()); err != nil {
+		t.Fatalf("write pipelined requests: %v", err)
+	}
+	r := bufio.NewReader(conn)
+	out := make([]PipelinedResponse, 0, len(paths))
+	for _, p := range paths {
+		resp, err := http.ReadResponse(r, &http.Request{Method: http.MethodGet})
+		if err != nil {
+			t.Fatalf("read pipelined response for %s: %v", p, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("read pipelined body for %s: %v", p, err)
+		}
+		out = append(out, PipelinedResponse{Status: resp.StatusCode, Header: resp.Header, Body: body})
+	}
+	return out
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers and readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Contains reports whether s has been written.
+func (b *syncBuffer) Contains(s string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Contains(b.buf.Bytes(), []byte(s))
+}
+
+// readyWriter copies an app's stdout into buf and closes ready once a line
+// "ready" has been written.
+type readyWriter struct {
+	buf   *syncBuffer
+	ready chan struct{}
+	line  []byte
+	seen  bool
+}
+
+func (w *readyWriter) Write(p []byte) (int, error) {
+	n, err := w.buf.Write(p)
+	if w.seen {
+		return n, err
+	}
+	for _, c := range p {
+		if c != '\n' {
+			w.line = append(w.line, c)
+			continue
+		}
+		if strings.TrimSpace(string(w.line)) == "ready" {
+			w.seen = true
+			close(w.ready)
+			return n, err
+		}
+		w.line = w.line[:0]
+	}
+	return n, err
+}

@@ -1,0 +1,94 @@
+// End-to-end test app: Node.js standard library HTTP/1.1 server.
+//
+// Usage: node server.js <port>   (or PORT in the environment)
+//
+// One event loop (Node has no thread per request), keep-alive on, outbound
+// calls with http.get. Endpoints are the same in every language; see
+// test/e2e/doc.go.
+'use strict';
+
+const crypto = require('crypto');
+const http = require('http');
+
+function sha256(buf) {
+  return crypto.createHash('sha256').update(buf).digest('hex');
+}
+
+function headersDigest(rawHeaders) {
+  const lines = [];
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    lines.push(`${rawHeaders[i].toLowerCase()}: ${rawHeaders[i + 1]}\n`);
+  }
+  lines.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return sha256(Buffer.from(lines.join(''), 'utf8'));
+}
+
+function handle(req, res) {
+  const traceparent = req.headers['traceparent'] || '';
+  const url = new URL(req.url, 'http://localhost');
+
+  const reply = (code, body, contentType) => {
+    const headers = { 'X-Received-Traceparent': traceparent };
+    const buf = Buffer.from(body || '', 'utf8');
+    if (code !== 204 && code !== 304) {
+      headers['Content-Type'] = contentType || 'text/plain';
+      headers['Content-Length'] = buf.length;
+    }
+    res.writeHead(code, headers);
+    res.end(code !== 204 && code !== 304 ? buf : undefined);
+  };
+  const replyJSON = (code, obj) => {
+    obj.traceparent = traceparent;
+    reply(code, JSON.stringify(obj), 'application/json');
+  };
+
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    const body = Buffer.concat(chunks);
+    if (req.method === 'GET' && url.pathname === '/hello') {
+      reply(200, 'hello');
+    } else if (req.method === 'GET' && url.pathname.startsWith('/status/')) {
+      const code = Number.parseInt(url.pathname.slice('/status/'.length), 10);
+      if (code >= 200 && code <= 599) {
+        reply(code);
+      } else {
+        reply(400, 'bad status code');
+      }
+    } else if (req.method === 'GET' && url.pathname === '/call') {
+      const target = url.searchParams.get('url');
+      if (!target) {
+        reply(400, 'missing url');
+        return;
+      }
+      const out = http.get(target, { timeout: 10000 }, (down) => {
+        const parts = [];
+        down.on('data', (c) => parts.push(c));
+        down.on('end', () => {
+          replyJSON(200, { status: down.statusCode, body: Buffer.concat(parts).toString('utf8') });
+        });
+      });
+      out.on('timeout', () => out.destroy(new Error('timeout')));
+      out.on('error', (err) => replyJSON(502, { error: String(err) }));
+    } else if (req.method === 'GET' && url.pathname === '/headers') {
+      const merged = {};
+      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+        const key = req.rawHeaders[i].toLowerCase();
+        const value = req.rawHeaders[i + 1];
+        merged[key] = key in merged ? `${merged[key]}, ${value}` : value;
+      }
+      replyJSON(200, { headers: merged, sha256: headersDigest(req.rawHeaders) });
+    } else if (req.method === 'POST' && url.pathname === '/echo') {
+      replyJSON(200, { len: body.length, sha256: sha256(body) });
+    } else {
+      reply(404, 'not found');
+    }
+  });
+}
+
+const port = Number.parseInt(process.argv[2] || process.env.PORT, 10);
+const server = http.createServer(handle);
+server.keepAliveTimeout = 30000;
+server.listen({ host: '127.0.0.1', port, backlog: 1024 }, () => {
+  process.stdout.write('ready\n');
+});

@@ -1,0 +1,114 @@
+"""End-to-end test app: Python standard library HTTP/1.1 server.
+
+Usage: python3 server.py <port>   (or PORT in the environment)
+
+Thread per connection (ThreadingHTTPServer), keep-alive (protocol_version
+HTTP/1.1), outbound calls with urllib on the serving thread. Endpoints are the
+same in every language; see test/e2e/doc.go.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def headers_digest(pairs):
+    lines = sorted(f"{name.lower()}: {value}\n" for name, value in pairs)
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "e2e-python"
+    sys_version = ""
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        pass
+
+    def traceparent(self):
+        return self.headers.get("traceparent", "")
+
+    def reply(self, code, body=b"", content_type="text/plain"):
+        self.send_response(code)
+        self.send_header("X-Received-Traceparent", self.traceparent())
+        if code not in (204, 304):
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and code not in (204, 304):
+            self.wfile.write(body)
+
+    def reply_json(self, code, obj):
+        obj["traceparent"] = self.traceparent()
+        self.reply(code, json.dumps(obj).encode("utf-8"), "application/json")
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
+        if path == "/hello":
+            self.reply(200, b"hello")
+        elif path.startswith("/status/"):
+            try:
+                code = int(path[len("/status/"):])
+            except ValueError:
+                code = 0
+            if 200 <= code <= 599:
+                self.reply(code)
+            else:
+                self.reply(400, b"bad status code")
+        elif path == "/call":
+            target = urllib.parse.parse_qs(url.query).get("url", [""])[0]
+            if not target:
+                self.reply(400, b"missing url")
+                return
+            try:
+                with urllib.request.urlopen(target, timeout=10) as resp:
+                    status, body = resp.status, resp.read()
+            except urllib.error.HTTPError as err:
+                status, body = err.code, err.read()
+            except Exception as err:  # connection refused, timeout, ...
+                self.reply_json(502, {"error": str(err)})
+                return
+            self.reply_json(200, {"status": status, "body": body.decode("utf-8", "replace")})
+        elif path == "/headers":
+            pairs = list(self.headers.items())
+            merged = {}
+            for name, value in pairs:
+                key = name.lower()
+                merged[key] = merged[key] + ", " + value if key in merged else value
+            self.reply_json(200, {"headers": merged, "sha256": headers_digest(pairs)})
+        else:
+            self.reply(404, b"not found")
+
+    def do_POST(self):
+        path = urllib.parse.urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        if path == "/echo":
+            self.reply_json(200, {"len": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        else:
+            self.reply(404, b"not found")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+def main():
+    port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ["PORT"])
+    server = Server(("127.0.0.1", port), Handler)
+    print("ready", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
