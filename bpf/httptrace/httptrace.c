@@ -786,34 +786,66 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	default:
 		return 0;
 	}
-	if (ret < 16)
-		return 0;
-
 	struct conn_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
 	__u64 len = 0;
+	if (ret == 1 && is_read) {
+		// Go's HTTP server reads one byte in the background while a
+		// handler runs: it can be the first byte of the next request.
+		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		if (!c)
+			return 0;
+		__u64 ubuf = data_buffer(nr, regs, 1, &len);
+		if (ubuf && len == 1 && !bpf_probe_read_user(&c->prefix, 1, (void *)ubuf))
+			c->has_prefix = 1;
+		return 0;
+	}
+	if (ret < 15)
+		return 0;
 	__u64 ubuf = data_buffer(nr, regs, (__u64)ret, &len);
-	if (!ubuf || len < 16)
+	if (!ubuf || len < 15)
 		return 0;
 	__u8 head[16];
 	if (bpf_probe_read_user(head, sizeof(head), (void *)ubuf))
 		return 0;
 	__u32 mlen = request_method_len(head);
 	bool resp = !mlen && is_response(head);
-	if (!mlen && !resp)
+	__u8 prefix = 0;
+	__u64 shift = 0;
+	if (!mlen && !resp) {
+		if (!is_read)
+			return 0;
+		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		if (!c || !c->has_prefix)
+			return 0;
+		c->has_prefix = 0;
+		prefix = c->prefix;
+		__u8 joined[16];
+		joined[0] = prefix;
+		__builtin_memcpy(joined + 1, head, 15);
+		mlen = request_method_len(joined);
+		if (!mlen)
+			return 0;
+		shift = 1;
+	} else if (len < 16) {
 		return 0;
+	}
 
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return 0;
 	__u64 n = len;
-	if (n > BUF_SIZE)
-		n = BUF_SIZE;
+	if (n > BUF_SIZE - 1)
+		n = BUF_SIZE - 1;
 	barrier_var(n);
-	if (n > BUF_SIZE)
+	if (n > BUF_SIZE - 1)
 		return 0;
-	if (bpf_probe_read_user(s->buf, n, (void *)ubuf))
+	if (bpf_probe_read_user(s->buf + shift, n, (void *)ubuf))
 		return 0;
+	if (shift) {
+		s->buf[0] = prefix;
+		n++;
+	}
 
 	if (is_read) {
 		if (!mlen) {

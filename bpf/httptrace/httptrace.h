@@ -82,6 +82,9 @@ struct conn_state {
 	__u8 srv_head;
 	__u8 srv_count;
 	__u8 cli_pending;
+	__u8 prefix;     // a 1-byte read (Go's background read) awaiting the rest
+	__u8 has_prefix;
+	__u8 _pad[6];
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
 	struct req_info cli;                 // pending CLIENT request
 };

@@ -30,6 +30,9 @@ type httptraceConnState struct {
 	SrvHead    uint8
 	SrvCount   uint8
 	CliPending uint8
+	Prefix     uint8
+	HasPrefix  uint8
+	Pad        [6]uint8
 	Srv        [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64

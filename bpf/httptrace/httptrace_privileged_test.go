@@ -182,3 +182,79 @@ func TestTracerServerAndPipelining(t *testing.T) {
 		}
 	}
 }
+
+// A server that reads the first byte of the next request on its own, as Go's
+// net/http background read does, still gets its request traced.
+func TestTracerOneBytePrefixRead(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	clock := NewClock(monoNow(t))
+
+	port := freePort(t)
+	script := fmt.Sprintf(`
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", %d))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+c.recv(4096)
+c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+first = c.recv(1)
+rest = c.recv(4096)
+c.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+c.close()
+`, port)
+	py := exec.Command("python3", "-c", script)
+	out, err := py.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := py.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = py.Process.Kill(); _ = py.Wait() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 512)
+	for _, path := range []string{"/first", "/second"} {
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := readRequests(t, rd, clock, 2, 5*time.Second)
+	if len(got) != 2 {
+		t.Fatalf("got %d requests, want 2: %+v", len(got), got)
+	}
+	if got[1].Path != "/second" || got[1].Method != "GET" || got[1].Status != 201 {
+		t.Errorf("request after a 1-byte read: %+v", got[1])
+	}
+}
