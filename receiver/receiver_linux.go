@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
@@ -41,6 +42,7 @@ type tracesReceiver struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	tracer    *httptrace.Tracer
+	prop      *ctxprop.Propagator
 	reader    *ringbuf.Reader
 	watcher   *discovery.Watcher
 	telemetry *metadata.TelemetryBuilder
@@ -91,6 +93,14 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
+	propagation, err := r.cfg.EBPF.Propagation()
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	if propagation.TCP {
+		logger.Warn("ebpf.context_propagation: the TCP packet-level carrier (for TLS) is not available in this version; " +
+			"plaintext HTTP headers are injected when headers (or all) is set")
+	}
 
 	// Everything opened from here on is closed again if Start fails.
 	defer func() {
@@ -121,6 +131,14 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if err = r.tracer.Attach(); err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
+	if propagation.Headers {
+		if r.prop, err = ctxprop.Load(r.tracer.Shared()); err != nil {
+			return fmt.Errorf("ebpf_tracing: %w", err)
+		}
+		if err = r.prop.Attach(report.CgroupV2); err != nil {
+			return fmt.Errorf("ebpf_tracing: ebpf.context_propagation %q: %w", r.cfg.EBPF.ContextPropagation, err)
+		}
+	}
 	r.reader, err = ringbuf.NewReader(r.tracer.Events())
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: open ring buffer reader: %w", err)
@@ -138,6 +156,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 
 	logger.Info("ebpf_tracing started",
 		zap.String("attach", "raw_tracepoint/sys_exit"),
+		zap.Bool("inject_headers", r.prop != nil),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
@@ -203,6 +222,12 @@ func (r *tracesReceiver) release() error {
 			errs = append(errs, fmt.Errorf("close ring buffer reader: %w", err))
 		}
 		r.reader = nil
+	}
+	if r.prop != nil {
+		if err := r.prop.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.prop = nil
 	}
 	if r.tracer != nil {
 		if err := r.tracer.Close(); err != nil {

@@ -15,6 +15,10 @@
 #include <bpf/bpf_endian.h>
 
 #include "httptrace.h"
+#include "http.h"
+#include "maps/traced_pids.h"
+#include "maps/thread_ctxs.h"
+#include "maps/client_ids.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -24,14 +28,6 @@ volatile const __u64 wakeup_bytes = 0;
 // Parse request headers (incoming traceparent, Host). Needs bpf_loop (5.17).
 volatile const __u8 track_request_headers = 1;
 
-// Processes to trace, filled by user space: tgid -> 1.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u32);
-	__type(value, __u32);
-} traced_pids SEC(".maps");
-
 // Per-connection state of traced processes, (tgid, fd) -> state.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -39,14 +35,6 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
-
-// Context of the request a thread is serving, pid_tgid -> context.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct thread_ctx);
-} thread_ctxs SEC(".maps");
 
 // One record per finished request. Size set by the loader.
 struct {
@@ -164,44 +152,6 @@ static __always_inline __u8 at(const __u8 *buf, __u64 i)
 	return buf[i & BUF_MASK];
 }
 
-// Length of the method if buf starts a request line ("GET /..."), else 0.
-static __always_inline __u32 request_method_len(const __u8 *b)
-{
-	switch (b[0]) {
-	case 'G':
-		return (b[1] == 'E' && b[2] == 'T' && b[3] == ' ') ? 3 : 0;
-	case 'P':
-		if (b[1] == 'U' && b[2] == 'T' && b[3] == ' ')
-			return 3;
-		if (b[1] == 'O' && b[2] == 'S' && b[3] == 'T' && b[4] == ' ')
-			return 4;
-		if (b[1] == 'A' && b[2] == 'T' && b[3] == 'C' && b[4] == 'H' && b[5] == ' ')
-			return 5;
-		return 0;
-	case 'H':
-		return (b[1] == 'E' && b[2] == 'A' && b[3] == 'D' && b[4] == ' ') ? 4 : 0;
-	case 'D':
-		return (b[1] == 'E' && b[2] == 'L' && b[3] == 'E' && b[4] == 'T' && b[5] == 'E' &&
-			b[6] == ' ')
-			       ? 6
-			       : 0;
-	case 'O':
-		return (b[1] == 'P' && b[2] == 'T' && b[3] == 'I' && b[4] == 'O' && b[5] == 'N' &&
-			b[6] == 'S' && b[7] == ' ')
-			       ? 7
-			       : 0;
-	case 'C':
-		return (b[1] == 'O' && b[2] == 'N' && b[3] == 'N' && b[4] == 'E' && b[5] == 'C' &&
-			b[6] == 'T' && b[7] == ' ')
-			       ? 7
-			       : 0;
-	case 'T':
-		return (b[1] == 'R' && b[2] == 'A' && b[3] == 'C' && b[4] == 'E' && b[5] == ' ') ? 5
-											     : 0;
-	}
-	return 0;
-}
-
 // True if buf starts a status line: "HTTP/1.x NNN".
 static __always_inline bool is_response(const __u8 *b)
 {
@@ -225,10 +175,6 @@ struct parse_ctx {
 	struct req_info *r;
 };
 
-#define W4(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
-#define W8(a, b, c, d, e, f, g, h) ((__u64)W4(a, b, c, d) | (__u64)W4(e, f, g, h) << 32)
-#define LOWER4 0x20202020u
-#define LOWER8 0x2020202020202020ull
 
 static __always_inline __u64 load8(const __u8 *buf, __u64 i)
 {
@@ -386,36 +332,6 @@ static __always_inline bool parse_traceparent(const __u8 *buf, __u64 off, __u64 
 		return false;
 	*flags = (fh << 4) | fl;
 	return true;
-}
-
-static __always_inline bool same_trace(const __u8 *a, const __u8 *b)
-{
-	__u64 a0, a1, b0, b1;
-	__builtin_memcpy(&a0, a, 8);
-	__builtin_memcpy(&a1, a + 8, 8);
-	__builtin_memcpy(&b0, b, 8);
-	__builtin_memcpy(&b1, b + 8, 8);
-	return a0 == b0 && a1 == b1;
-}
-
-static __always_inline bool same_span(const __u8 *a, const __u8 *b)
-{
-	__u64 x, y;
-	__builtin_memcpy(&x, a, 8);
-	__builtin_memcpy(&y, b, 8);
-	return x == y;
-}
-
-static __always_inline void random_id(__u8 *id, int words)
-{
-	__u32 any = 0;
-	for (int k = 0; k < words; k++) {
-		__u32 r = bpf_get_prandom_u32();
-		any |= r;
-		__builtin_memcpy(id + 4 * k, &r, 4);
-	}
-	if (!any)
-		id[0] = 1;
 }
 
 // Resolves fd of the current task to its struct sock, if it is a TCP socket.
@@ -686,7 +602,15 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 	__u8 app_trace[16];
 	__u8 app_parent[8];
 	__u8 app_flags = 0;
-	if (tp_off && parse_traceparent(buf, tp_off, n, app_trace, app_parent, &app_flags)) {
+	struct client_ids *injected = bpf_map_lookup_elem(&client_ids, &pid_tgid);
+	if (injected) {
+		// ctxprop injected a traceparent into this very write.
+		__builtin_memcpy(r->trace_id, injected->trace_id, sizeof(r->trace_id));
+		__builtin_memcpy(r->span_id, injected->span_id, sizeof(r->span_id));
+		__builtin_memcpy(r->parent_id, injected->parent_id, sizeof(r->parent_id));
+		r->trace_flags = injected->trace_flags;
+		bpf_map_delete_elem(&client_ids, &pid_tgid);
+	} else if (tp_off && parse_traceparent(buf, tp_off, n, app_trace, app_parent, &app_flags)) {
 		// The application propagates itself: its header names this span.
 		__builtin_memcpy(r->trace_id, app_trace, sizeof(r->trace_id));
 		__builtin_memcpy(r->span_id, app_parent, sizeof(r->span_id));

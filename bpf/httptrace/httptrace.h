@@ -88,10 +88,3 @@ struct conn_state {
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
 	struct req_info cli;                 // pending CLIENT request
 };
-
-struct thread_ctx {
-	__u8 trace_id[16];
-	__u8 span_id[8]; // the SERVER span the thread is serving
-	__u8 trace_flags;
-	__u8 _pad[7];
-};

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type httptraceClientIds struct {
+	_          structs.HostLayout
+	TraceId    [16]uint8
+	SpanId     [8]uint8
+	ParentId   [8]uint8
+	TraceFlags uint8
+	Pad        [7]uint8
+}
+
 type httptraceConnKey struct {
 	_    structs.HostLayout
 	Tgid uint32
@@ -138,6 +147,7 @@ type httptraceThreadCtx struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	httptraceMapClientIds           = "client_ids"
 	httptraceMapConnZero            = "conn_zero"
 	httptraceMapConns               = "conns"
 	httptraceMapCounters            = "counters"
@@ -201,6 +211,7 @@ type httptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceMapSpecs struct {
+	ClientIds  *ebpf.MapSpec `ebpf:"client_ids"`
 	ConnZero   *ebpf.MapSpec `ebpf:"conn_zero"`
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
@@ -240,6 +251,7 @@ func (o *httptraceObjects) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceMaps struct {
+	ClientIds  *ebpf.Map `ebpf:"client_ids"`
 	ConnZero   *ebpf.Map `ebpf:"conn_zero"`
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Counters   *ebpf.Map `ebpf:"counters"`
@@ -251,6 +263,7 @@ type httptraceMaps struct {
 
 func (m *httptraceMaps) Close() error {
 	return _HttptraceClose(
+		m.ClientIds,
 		m.ConnZero,
 		m.Conns,
 		m.Counters,

@@ -204,3 +204,15 @@ func cstring(b []int8, n uint8) string {
 	}
 	return string(unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), l))
 }
+
+// SharedMaps are the maps ctxprop shares with this tracer.
+type SharedMaps struct {
+	TracedPids *ebpf.Map // tgid -> 1: processes to trace
+	ThreadCtxs *ebpf.Map // pid_tgid -> context of the request a thread serves
+	ClientIDs  *ebpf.Map // pid_tgid -> ids of an injected traceparent
+}
+
+// Shared returns the maps to hand to ctxprop.Load.
+func (t *Tracer) Shared() SharedMaps {
+	return SharedMaps{TracedPids: t.objs.TracedPids, ThreadCtxs: t.objs.ThreadCtxs, ClientIDs: t.objs.ClientIds}
+}

@@ -1,0 +1,195 @@
+//go:build linux && privileged
+
+package ctxprop
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
+)
+
+// A thread-per-request Python server: GET /call?port=N calls
+// 127.0.0.1:N/ with urllib (optionally setting its own traceparent) and
+// returns the downstream's body; any other path returns the traceparent
+// header(s) it received.
+const pyServer = `
+import sys, urllib.request, urllib.parse
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        u = urllib.parse.urlparse(self.path)
+        q = urllib.parse.parse_qs(u.query)
+        if u.path == "/call":
+            req = urllib.request.Request("http://127.0.0.1:%s/" % q["port"][0])
+            if "tp" in q:
+                req.add_header("traceparent", q["tp"][0])
+            body = urllib.request.urlopen(req).read()
+        else:
+            body = "|".join(self.headers.get_all("traceparent") or []).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+`
+
+func startPy(t *testing.T) (int, int) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command("python3", "-c", pyServer, fmt.Sprint(port))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid, port
+}
+
+func get(t *testing.T, url string) string {
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestInjectTraceparent(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	report, err := kernelprobe.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(tr.Shared())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Attach(report.CgroupV2); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	proxyPid, proxyPort := startPy(t)
+	_, downPort := startPy(t) // not traced: reports what it received
+	if err := tr.Trace(uint32(proxyPid)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Injected: the downstream gets exactly one header naming the CLIENT span.
+	got := get(t, fmt.Sprintf("http://127.0.0.1:%d/call?port=%d", proxyPort, downPort))
+	reqs := read(t, rd, 2)
+	var server, client spans.Request
+	for _, r := range reqs {
+		if r.Kind == spans.KindServer {
+			server = r
+		} else {
+			client = r
+		}
+	}
+	want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID)
+	if got != want {
+		t.Fatalf("downstream received %q, want %q", got, want)
+	}
+	if client.TraceID != server.TraceID || client.ParentSpanID != server.SpanID {
+		t.Errorf("client span not a child of the server span: %+v / %+v", client, server)
+	}
+
+	// The application's own header is kept and not duplicated.
+	own := "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
+	got = get(t, fmt.Sprintf("http://127.0.0.1:%d/call?port=%d&tp=%s", proxyPort, downPort, own))
+	if got != own {
+		t.Fatalf("downstream received %q, want only the app's %q", got, own)
+	}
+	reqs = read(t, rd, 2)
+	for _, r := range reqs {
+		if r.Kind == spans.KindClient && (r.TraceID.String() != strings.Repeat("a", 32) || r.SpanID.String() != strings.Repeat("b", 16)) {
+			t.Errorf("client span does not use the app's ids: %+v", r)
+		}
+	}
+	c, err := p.ReadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Injected != 1 || c.AppHeader != 1 {
+		t.Errorf("counters %+v, want 1 injected and 1 app header", c)
+	}
+
+	// A request that is not served under a traced request gets nothing.
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", downPort)); got != "" {
+		t.Errorf("untraced request received %q", got)
+	}
+}
+
+func read(t *testing.T, rd *ringbuf.Reader, want int) []spans.Request {
+	var out []spans.Request
+	clock := httptrace.NewClock(0)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(out) < want && time.Now().Before(deadline) {
+		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		rec, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r spans.Request
+		if err := httptrace.Decode(rec.RawSample, clock, &r); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	if len(out) != want {
+		t.Fatalf("got %d records, want %d", len(out), want)
+	}
+	return out
+}

@@ -1,0 +1,130 @@
+//go:build linux
+
+package ctxprop
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+)
+
+// Propagator is the loaded, and after Attach attached, header injector.
+type Propagator struct {
+	objs      ctxpropObjects
+	sockops   link.Link
+	skMsgOn   bool
+	cgroupDir string
+}
+
+// Load loads the programs, sharing httptrace's maps. On a verifier refusal
+// the error carries the verifier log.
+func Load(shared httptrace.SharedMaps) (*Propagator, error) {
+	spec, err := loadCtxprop()
+	if err != nil {
+		return nil, fmt.Errorf("load ctxprop spec: %w", err)
+	}
+	p := &Propagator{}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		"traced_pids": shared.TracedPids,
+		"thread_ctxs": shared.ThreadCtxs,
+		"client_ids":  shared.ClientIDs,
+	}}
+	if err := spec.LoadAndAssign(&p.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load ctxprop programs: %w\n%+v", err, ve)
+		}
+		return nil, fmt.Errorf("load ctxprop programs: %w", err)
+	}
+	return p, nil
+}
+
+// Attach attaches sk_msg to the sockhash and sockops to the cgroup v2
+// directory cgroupDir (the hierarchy's root sees every connection of the
+// host; the program only keeps those of traced processes). The sockops link
+// is a BPF link with multi-attach semantics: other sockops programs on the
+// cgroup (Cilium's, for instance) keep running.
+func (p *Propagator) Attach(cgroupDir string) error {
+	if cgroupDir == "" {
+		return errors.New("attach sockops: no cgroup v2 hierarchy is mounted: mount it (or the host's /sys/fs/cgroup) to inject headers")
+	}
+	err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  p.objs.CtxpropSocks.FD(),
+		Program: p.objs.CtxpropSkMsg,
+		Attach:  ebpf.AttachSkMsgVerdict,
+	})
+	if err != nil {
+		return fmt.Errorf("attach sk_msg to sockhash: %w", err)
+	}
+	p.skMsgOn = true
+	l, err := link.AttachCgroup(link.CgroupOptions{
+		Path:    cgroupDir,
+		Attach:  ebpf.AttachCGroupSockOps,
+		Program: p.objs.CtxpropSockops,
+	})
+	if err != nil {
+		return fmt.Errorf("attach sockops to cgroup %s: %w", cgroupDir, err)
+	}
+	p.sockops = l
+	p.cgroupDir = cgroupDir
+	return nil
+}
+
+// Counters are the injector's counters, summed over CPUs.
+type Counters struct {
+	Injected       uint64 // headers injected
+	AppHeader      uint64 // requests that had their own traceparent
+	HeadersTooLong uint64 // header blocks too long to search: not injected
+	PushFailed     uint64 // the kernel could not grow the message
+}
+
+// ReadCounters sums the per-CPU counters.
+func (p *Propagator) ReadCounters() (Counters, error) {
+	var c Counters
+	for idx, dst := range map[ctxpropPropCounter]*uint64{
+		ctxpropPropCounterPROP_INJECTED:         &c.Injected,
+		ctxpropPropCounterPROP_APP_HEADER:       &c.AppHeader,
+		ctxpropPropCounterPROP_HEADERS_TOO_LONG: &c.HeadersTooLong,
+		ctxpropPropCounterPROP_PUSH_FAILED:      &c.PushFailed,
+	} {
+		var per []uint64
+		if err := p.objs.PropCounters.Lookup(uint32(idx), &per); err != nil {
+			return c, fmt.Errorf("read ctxprop counter %d: %w", idx, err)
+		}
+		for _, v := range per {
+			*dst += v
+		}
+	}
+	return c, nil
+}
+
+// Close detaches sockops from the cgroup and sk_msg from the sockhash, and
+// closes the programs and maps. Sockets leave the sockhash with it.
+func (p *Propagator) Close() error {
+	var errs []error
+	if p.sockops != nil {
+		if err := p.sockops.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach sockops from cgroup %s: %w", p.cgroupDir, err))
+		}
+		p.sockops = nil
+	}
+	if p.skMsgOn {
+		err := link.RawDetachProgram(link.RawDetachProgramOptions{
+			Target:  p.objs.CtxpropSocks.FD(),
+			Program: p.objs.CtxpropSkMsg,
+			Attach:  ebpf.AttachSkMsgVerdict,
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("detach sk_msg from sockhash: %w", err))
+		}
+		p.skMsgOn = false
+	}
+	if err := p.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close ctxprop objects: %w", err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,20 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+#pragma once
+
+// The trace context of the request a thread is serving: set by httptrace when
+// the thread reads a request, ended when the response is written; read when
+// the thread writes an outgoing request (span parent, injected header).
+struct thread_ctx {
+	__u8 trace_id[16];
+	__u8 span_id[8]; // the SERVER span the thread is serving
+	__u8 trace_flags;
+	__u8 _pad[7];
+};
+
+// Context of the request a thread is serving, pid_tgid -> context.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct thread_ctx);
+} thread_ctxs SEC(".maps");
