@@ -27,6 +27,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 volatile const __u64 wakeup_bytes = 0;
 // Parse request headers (incoming traceparent, Host). Needs bpf_loop (5.17).
 volatile const __u8 track_request_headers = 1;
+// bpf_loop is available (5.17). Without it only the request line is parsed,
+// with a bounded loop: no headers (traceparent, Host), no pipelining.
+volatile const __u8 use_bpf_loop = 1;
 
 // Per-connection state of traced processes, (tgid, fd) -> state.
 struct {
@@ -474,7 +477,15 @@ static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n
 	if (st->end <= st->start)
 		return 0;
 	struct parse_ctx pc = {.s = s, .r = r};
-	bpf_loop(BUF_SIZE, parse_cb, &pc, 0);
+	if (use_bpf_loop) {
+		bpf_loop(BUF_SIZE, parse_cb, &pc, 0);
+	} else {
+		for (__u32 i = 0; i < PATH_MAX_LEN + 1; i++) {
+			if (!st->in_path)
+				break;
+			parse_cb(i, &pc);
+		}
+	}
 	r->host_len = st->host_len;
 	r->proto_minor = st->version_off && at(buf, st->version_off) == '0' ? 0 : 1;
 	if (!st->header_end)

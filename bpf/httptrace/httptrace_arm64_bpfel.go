@@ -159,6 +159,7 @@ const (
 	httptraceVarTrackRequestHeaders = "track_request_headers"
 	httptraceVarUnusedCounter       = "unused_counter"
 	httptraceVarUnusedHttpEvent     = "unused_http_event"
+	httptraceVarUseBpfLoop          = "use_bpf_loop"
 	httptraceVarWakeupBytes         = "wakeup_bytes"
 )
 
@@ -228,6 +229,7 @@ type httptraceVariableSpecs struct {
 	TrackRequestHeaders *ebpf.VariableSpec `ebpf:"track_request_headers"`
 	UnusedCounter       *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedHttpEvent     *ebpf.VariableSpec `ebpf:"unused_http_event"`
+	UseBpfLoop          *ebpf.VariableSpec `ebpf:"use_bpf_loop"`
 	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -281,6 +283,7 @@ type httptraceVariables struct {
 	TrackRequestHeaders *ebpf.Variable `ebpf:"track_request_headers"`
 	UnusedCounter       *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedHttpEvent     *ebpf.Variable `ebpf:"unused_http_event"`
+	UseBpfLoop          *ebpf.Variable `ebpf:"use_bpf_loop"`
 	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

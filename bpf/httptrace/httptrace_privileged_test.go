@@ -258,3 +258,50 @@ c.close()
 		t.Errorf("request after a 1-byte read: %+v", got[1])
 	}
 }
+
+// Without bpf_loop (kernels before 5.17) the request line is still parsed,
+// and headers are not.
+func TestTracerWithoutBPFLoop(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, NoBPFLoop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	port := freePort(t)
+	py := startPython(t, port)
+	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /hello?x=1 HTTP/1.1\r\nHost: h\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+	got := readRequests(t, rd, NewClock(monoNow(t)), 1, 5*time.Second)
+	if len(got) != 1 {
+		t.Fatalf("got %d requests", len(got))
+	}
+	r := got[0]
+	if r.Method != "GET" || r.Path != "/hello?x=1" || r.Status != 200 {
+		t.Errorf("request line not parsed: %+v", r)
+	}
+	if r.Host != "" || r.ParentSpanID != ([8]byte{}) || r.TraceID.String() == "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("headers parsed without bpf_loop: %+v", r)
+	}
+}

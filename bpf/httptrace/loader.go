@@ -25,9 +25,11 @@ type Options struct {
 	// before the kernel wakes the reader; 0 wakes it for every record.
 	// Between wakeups the reader polls.
 	WakeupRecords int
-	// TrackRequestHeaders parses request headers (traceparent, Host) with
-	// bpf_loop (kernel 5.17).
+	// TrackRequestHeaders honours the traceparent of incoming requests.
 	TrackRequestHeaders bool
+	// NoBPFLoop parses requests without the bpf_loop helper (kernels before
+	// 5.17): the request line only, no headers and no pipelining.
+	NoBPFLoop bool
 }
 
 // Tracer is the loaded and, after Attach, attached HTTP/1.x tracer.
@@ -58,6 +60,13 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	if err := spec.Variables["track_request_headers"].Set(track); err != nil {
 		return nil, fmt.Errorf("set track_request_headers: %w", err)
+	}
+	var loop uint8 = 1
+	if opts.NoBPFLoop {
+		loop = 0
+	}
+	if err := spec.Variables["use_bpf_loop"].Set(loop); err != nil {
+		return nil, fmt.Errorf("set use_bpf_loop: %w", err)
 	}
 	t := &Tracer{}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
