@@ -70,8 +70,16 @@ test: mounts
 	$(MAKE) distro
 	go test -count=1 -tags privileged -timeout 45m ./... 2>&1
 
-bench:
-	go run ./test/bench
+# Overhead measurement (wrk without/with the collector), as root; pass flags
+# with BENCH_FLAGS="-wakeup-len 0 -rounds 5". See test/bench/main.go.
+bench: mounts
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench needs root (the collector loads eBPF programs)"; exit 1; fi
+	@if ! command -v wrk >/dev/null; then \
+		echo "installing wrk"; \
+		$(APT_GET) update && $(APT_GET) install -y wrk; \
+	fi
+	$(MAKE) distro
+	go run ./test/bench $(BENCH_FLAGS)
 
 lint:
 	go vet ./...

@@ -164,7 +164,8 @@ type runResult struct {
 	wrk   wrkResult
 
 	serverCPU  time.Duration // server utime+stime during wrk
-	wrkCPU     time.Duration // wrk's own user+system time
+	otherCPU   float64       // share of the machine busy outside server, wrk, collector and bench during wrk
+	others     []int         // otelcol-ebpf processes not started here, seen just before or after wrk
 	coll       collectorSample
 	spans      int // spans at the sink after the flush wait
 	lateSpans  int // more spans that arrived by the time the collector exited
@@ -249,6 +250,9 @@ func run(ctx context.Context, o options) (err error) {
 	logf("server pid %d on %s; wrk -t%d -c%d -d%s; collector %s; ebpf: %s",
 		server.pid(), url, o.threads, o.connections, o.duration, o.collector, ebpfDesc(o.ebpf))
 
+	if pids := otherCollectors(); len(pids) > 0 {
+		logf("WARNING: other otelcol-ebpf processes are running (pids %v): their BPF programs and load distort the measurement", pids)
+	}
 	if o.warmup > 0 {
 		logf("warm-up %s (not recorded)", o.warmup)
 		if _, err := w.run(ctx, o.warmup); err != nil {
@@ -266,33 +270,72 @@ func run(ctx context.Context, o options) (err error) {
 			if with {
 				cfg := collectorConfig(serverPort, sink.endpoint(), metricsPort, o.ebpf)
 				if err := withCollector(ctx, o, tmp, cfg, metricsPort, server, sink, w, &r); err != nil {
-					keepTmp = true
+					keepTmp = ctx.Err() == nil
 					return fmt.Errorf("round %d WITH: %w", round, err)
 				}
 			} else {
-				before, err := cpuTime(server.pid())
-				if err != nil {
-					return err
-				}
-				if r.wrk, err = w.run(ctx, o.duration); err != nil {
+				if err := r.measure(ctx, w, o.duration, server.pid(), 0); err != nil {
 					return fmt.Errorf("round %d WITHOUT: %w", round, err)
 				}
-				after, err := cpuTime(server.pid())
-				if err != nil {
-					return err
-				}
-				r.serverCPU = after - before
 				// Nothing instruments the server: the sink must stay empty.
 				if n, _ := sink.take(); n != 0 {
 					return fmt.Errorf("round %d WITHOUT: the sink received %d spans with no collector running", round, n)
 				}
 			}
-			r.wrkCPU = r.wrk.cpu
 			logf("%s", r.progress())
 			results = append(results, r)
 		}
 	}
 	printReport(os.Stdout, o, results)
+	return nil
+}
+
+// measure runs wrk for d and samples CPU time around it: the server's, and
+// the share of the machine's busy time that neither the server, wrk, the
+// collector (collPID, 0 for none) nor this process account for (other
+// processes, kernel threads, and interrupt time not charged to a task).
+func (r *runResult) measure(ctx context.Context, w wrkRunner, d time.Duration, serverPID, collPID int) error {
+	pids := []int{serverPID, os.Getpid()}
+	if collPID != 0 {
+		pids = append(pids, collPID)
+	}
+	sample := func() (busy, total time.Duration, own []time.Duration, err error) {
+		if busy, total, err = machineCPU(); err != nil {
+			return
+		}
+		own = make([]time.Duration, len(pids))
+		for i, pid := range pids {
+			if own[i], err = cpuTime(pid); err != nil {
+				return
+			}
+		}
+		return
+	}
+	r.others = otherCollectors(collPID)
+	busy0, total0, own0, err := sample()
+	if err != nil {
+		return err
+	}
+	if r.wrk, err = w.run(ctx, d); err != nil {
+		return err
+	}
+	busy1, total1, own1, err := sample()
+	if err != nil {
+		return err
+	}
+	for _, pid := range otherCollectors(collPID) {
+		if !slices.Contains(r.others, pid) {
+			r.others = append(r.others, pid)
+		}
+	}
+	r.serverCPU = own1[0] - own0[0]
+	other := busy1 - busy0 - r.wrk.cpu
+	for i := range pids {
+		other -= own1[i] - own0[i]
+	}
+	if total1 > total0 {
+		r.otherCPU = max(0, float64(other)/float64(total1-total0))
+	}
 	return nil
 }
 
@@ -319,7 +362,7 @@ func withCollector(ctx context.Context, o options, tmp, cfg string, metricsPort 
 		if err == nil && stopErr != nil {
 			err = stopErr
 		}
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w\ncollector log (%s), last lines:\n%s", err, logPath, tail(coll.output(), 30))
 		}
 	}()
@@ -345,18 +388,9 @@ func withCollector(ctx context.Context, o options, tmp, cfg string, metricsPort 
 	if err != nil {
 		return err
 	}
-	srvBefore, err := cpuTime(server.pid())
-	if err != nil {
+	if err := r.measure(ctx, w, o.duration, server.pid(), coll.pid()); err != nil {
 		return err
 	}
-	if r.wrk, err = w.run(ctx, o.duration); err != nil {
-		return err
-	}
-	srvAfter, err := cpuTime(server.pid())
-	if err != nil {
-		return err
-	}
-	r.serverCPU = srvAfter - srvBefore
 	if err := sleep(ctx, o.flushWait); err != nil {
 		return err
 	}
@@ -620,6 +654,57 @@ func cpuTime(pid int) (time.Duration, error) {
 		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
 	return time.Duration(ut+st) * time.Second / userHZ, nil
+}
+
+// machineCPU sums the first line of /proc/stat: busy is every state but
+// idle and iowait; total includes them.
+func machineCPU() (busy, total time.Duration, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	// user nice system idle iowait irq softirq steal (guest time is
+	// already in user).
+	for i, s := range f[1:9] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		d := time.Duration(v) * time.Second / userHZ
+		total += d
+		if i != 3 && i != 4 {
+			busy += d
+		}
+	}
+	return busy, total, nil
+}
+
+// otherCollectors lists the otelcol-ebpf processes running now that this
+// bench did not start: their BPF programs run on every syscall of the
+// machine and their load competes with the measurement.
+func otherCollectors(own ...int) []int {
+	matches, _ := filepath.Glob("/proc/[0-9]*/comm")
+	var out []int
+	for _, m := range matches {
+		b, err := os.ReadFile(m)
+		if err != nil || strings.TrimSpace(string(b)) != "otelcol-ebpf" {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(m)))
+		if err != nil || slices.Contains(own, pid) {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join(filepath.Dir(m), "stat")); err == nil && bytes.Contains(st, []byte(") Z ")) {
+			continue // a zombie has no programs attached
+		}
+		out = append(out, pid)
+	}
+	return out
 }
 
 // vmHWM is the peak resident set size of pid in bytes.
@@ -922,10 +1007,10 @@ func (r runResult) mode() string {
 }
 
 func (r runResult) progress() string {
-	s := fmt.Sprintf("round %d %-7s %9.0f req/s  p50 %-9s p99 %-9s %d requests",
-		r.round, r.mode(), r.wrk.reqPerSec, fmtDur(r.wrk.p50), fmtDur(r.wrk.p99), r.wrk.requests)
+	s := fmt.Sprintf("round %d %-7s %9.0f req/s  p50 %-9s p99 %-9s %d requests, server %.1f µs/req, other CPU %.0f%%",
+		r.round, r.mode(), r.wrk.reqPerSec, fmtDur(r.wrk.p50), fmtDur(r.wrk.p99), r.wrk.requests, r.serverCPUPerReq(), 100*r.otherCPU)
 	if r.with {
-		s += fmt.Sprintf("  collector %.1f µs/req, VmHWM %.1f MiB, spans/req %.4f, lost %.0f",
+		s += fmt.Sprintf("; collector %.1f µs/req, VmHWM %.1f MiB, spans/req %.4f, lost %.0f",
 			r.collCPUPerReq(), mib(r.coll.hwm), r.spansPerReq(), r.coll.lost)
 	}
 	return s
@@ -940,7 +1025,7 @@ func (r runResult) serverCPUPerReq() float64 {
 }
 
 func (r runResult) wrkCPUPerReq() float64 {
-	return float64(r.wrkCPU.Microseconds()) / float64(r.wrk.requests)
+	return float64(r.wrk.cpu.Microseconds()) / float64(r.wrk.requests)
 }
 
 func (r runResult) spansPerReq() float64 { return float64(r.spans) / float64(r.wrk.requests) }
@@ -995,18 +1080,18 @@ func printReport(w io.Writer, o options, rs []runResult) {
 	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency`, %d rounds (WITHOUT, WITH alternating); collector: batch → otlp_http (gzip); ebpf: %s\n\n",
 		host, utsString(uts.Release[:]), runtime.NumCPU(), runtime.Version(), o.threads, o.connections, o.duration, o.rounds, ebpfDesc(o.ebpf))
 
-	fmt.Fprintln(w, "| round | collector | req/s | p50 | p99 | requests | errors | server CPU µs/req | wrk CPU µs/req | collector CPU µs/req | collector VmHWM MiB | spans/req | events lost |")
-	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| round | collector | req/s | p50 | p99 | requests | errors | server CPU µs/req | wrk CPU µs/req | collector CPU µs/req | collector VmHWM MiB | spans/req | events lost | other CPU |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
 		errs := r.wrk.sockErrs + r.wrk.non2xx
 		if !r.with {
-			fmt.Fprintf(w, "| %d | without | %.0f | %s | %s | %d | %d | %.2f | %.2f | – | – | – | – |\n",
-				r.round, r.wrk.reqPerSec, fmtDur(r.wrk.p50), fmtDur(r.wrk.p99), r.wrk.requests, errs, r.serverCPUPerReq(), r.wrkCPUPerReq())
+			fmt.Fprintf(w, "| %d | without | %.0f | %s | %s | %d | %d | %.2f | %.2f | – | – | – | – | %.0f%% |\n",
+				r.round, r.wrk.reqPerSec, fmtDur(r.wrk.p50), fmtDur(r.wrk.p99), r.wrk.requests, errs, r.serverCPUPerReq(), r.wrkCPUPerReq(), 100*r.otherCPU)
 			continue
 		}
-		fmt.Fprintf(w, "| %d | with | %.0f | %s | %s | %d | %d | %.2f | %.2f | %.2f | %.1f | %.4f | %.0f |\n",
+		fmt.Fprintf(w, "| %d | with | %.0f | %s | %s | %d | %d | %.2f | %.2f | %.2f | %.1f | %.4f | %.0f | %.0f%% |\n",
 			r.round, r.wrk.reqPerSec, fmtDur(r.wrk.p50), fmtDur(r.wrk.p99), r.wrk.requests, errs, r.serverCPUPerReq(), r.wrkCPUPerReq(),
-			r.collCPUPerReq(), mib(r.coll.hwm), r.spansPerReq(), r.coll.lost)
+			r.collCPUPerReq(), mib(r.coll.hwm), r.spansPerReq(), r.coll.lost, 100*r.otherCPU)
 	}
 
 	rps := func(r runResult) float64 { return r.wrk.reqPerSec }
@@ -1034,7 +1119,7 @@ func printReport(w io.Writer, o options, rs []runResult) {
 	fmt.Fprintln(w, "|---|---:|---:|---:|---|---|")
 	fmt.Fprintf(w, "| throughput (req/s) | %.0f | %.0f | ×%.3f | ≥ %.2f | %s |\n", rpsA, rpsB, tput, targetThroughputRatio, verdict(tput >= targetThroughputRatio))
 	fmt.Fprintf(w, "| p99 latency | %s | %s | ×%.3f | ≤ %.2f | %s |\n", fmtDur(time.Duration(p99A)), fmtDur(time.Duration(p99B)), p99r, targetP99Ratio, verdict(p99r <= targetP99Ratio))
-	fmt.Fprintf(w, "| server CPU per request | %.2f µs | %.2f µs | +%.2f µs | – | – |\n", srvA, srvB, srvB-srvA)
+	fmt.Fprintf(w, "| server CPU per request | %.2f µs | %.2f µs | %+.2f µs | – | – |\n", srvA, srvB, srvB-srvA)
 	fmt.Fprintf(w, "| collector CPU per request | – | %.2f µs | %.2f µs | – | – |\n", collCPU, collCPU)
 	fmt.Fprintf(w, "| collector peak RSS (VmHWM, max) | – | %.1f MiB | %.1f MiB | ≤ %d MiB | %s |\n", mib(hwm), mib(hwm), targetPeakRSSMiB, verdict(mib(hwm) <= targetPeakRSSMiB))
 	fmt.Fprintf(w, "| spans exported per request | – | %.4f | %.4f | 1.00 ± %.2f | %s |\n", spr, spr, targetSpansPerReqTol, verdict(spr >= 1-targetSpansPerReqTol && spr <= 1+targetSpansPerReqTol))
@@ -1051,6 +1136,12 @@ func printReport(w io.Writer, o options, rs []runResult) {
 		notes = append(notes, fmt.Sprintf("the exporter failed to send or enqueue %.0f spans", failed))
 	}
 	for _, r := range rs {
+		if len(r.others) > 0 {
+			notes = append(notes, fmt.Sprintf("round %d %s: other otelcol-ebpf processes were running (pids %v): this run is not a clean measurement", r.round, r.mode(), r.others))
+		}
+		if r.otherCPU > 0.10 {
+			notes = append(notes, fmt.Sprintf("round %d %s: %.0f%% of the machine was busy outside the server, wrk, the collector and the bench: the machine was not quiet", r.round, r.mode(), 100*r.otherCPU))
+		}
 		if n := r.wrk.sockErrs + r.wrk.non2xx; n > 0 {
 			notes = append(notes, fmt.Sprintf("round %d %s: wrk reported %d socket errors and %d non-2xx responses", r.round, r.mode(), r.wrk.sockErrs, r.wrk.non2xx))
 		}
@@ -1063,7 +1154,7 @@ func printReport(w io.Writer, o options, rs []runResult) {
 	for _, n := range notes {
 		fmt.Fprintln(w, "- "+n)
 	}
-	fmt.Fprintln(w, "- collector CPU is its utime+stime from just before wrk until the flush wait ended, over the requests wrk completed; server and wrk CPU include the time the kernel spends in the BPF programs on their syscalls")
+	fmt.Fprintln(w, "- collector CPU is its utime+stime from just before wrk until the flush wait ended, over the requests wrk completed; server and wrk CPU include the time the kernel spends in the BPF programs on their syscalls; other CPU is the share of the machine busy outside the server, wrk, the collector and the bench (with its sink) during wrk, interrupt time included")
 }
 
 func utsString(b []int8) string {
