@@ -108,6 +108,9 @@ const enum counter *unused_counter __attribute__((unused));
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
 #define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, di)
 #define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, si)
+#define SYSCALL_NR_BTF(regs) ((regs)->orig_ax)
+#define SYSCALL_ARG1_BTF(regs) ((regs)->di)
+#define SYSCALL_ARG2_BTF(regs) ((regs)->si)
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_CLOSE 57
 #define NR_READ 63
@@ -121,6 +124,9 @@ const enum counter *unused_counter __attribute__((unused));
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
 #define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, orig_x0)
 #define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, regs[1])
+#define SYSCALL_NR_BTF(regs) ((regs)->syscallno)
+#define SYSCALL_ARG1_BTF(regs) ((regs)->orig_x0)
+#define SYSCALL_ARG2_BTF(regs) ((regs)->regs[1])
 #endif
 
 #define AF_INET 2
@@ -663,9 +669,8 @@ __noinline int client_response(__u64 pid_tgid, __u32 fd)
 
 // Resolves the user buffer of a read/write-like syscall and how many bytes of
 // it hold data.
-static __always_inline __u64 data_buffer(__u64 nr, struct pt_regs *regs, __u64 ret, __u64 *len)
+static __always_inline __u64 data_buffer(__u64 nr, __u64 arg2, __u64 ret, __u64 *len)
 {
-	__u64 arg2 = SYSCALL_ARG2(regs);
 	*len = ret;
 	if (nr == NR_READ || nr == NR_WRITE || nr == NR_RECVFROM || nr == NR_SENDTO)
 		return arg2;
@@ -686,17 +691,11 @@ static __always_inline __u64 data_buffer(__u64 nr, struct pt_regs *regs, __u64 r
 	return iov.base;
 }
 
-SEC("raw_tracepoint/sys_exit")
-int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+// The work of both entry points, once the process is known to be traced:
+// nr, arg1 and arg2 are the system call's number and first two arguments.
+static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64 arg1, __u64 arg2)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
-	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
-		return 0;
-
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	long ret = (long)ctx->args[1];
-	__u64 nr = SYSCALL_NR(regs);
 	bool is_read;
 	switch (nr) {
 	case NR_READ:
@@ -714,14 +713,14 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	case NR_CLOSE: {
 		if (ret != 0)
 			return 0;
-		struct conn_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
+		struct conn_key key = {.tgid = tgid, .fd = (__u32)arg1};
 		bpf_map_delete_elem(&conns, &key);
 		return 0;
 	}
 	default:
 		return 0;
 	}
-	struct conn_key key = {.tgid = tgid, .fd = (__u32)SYSCALL_ARG1(regs)};
+	struct conn_key key = {.tgid = tgid, .fd = (__u32)arg1};
 	__u64 len = 0;
 	if (ret == 1 && is_read) {
 		// Go's HTTP server reads one byte in the background while a
@@ -729,14 +728,14 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
 		if (!c)
 			return 0;
-		__u64 ubuf = data_buffer(nr, regs, 1, &len);
+		__u64 ubuf = data_buffer(nr, arg2, 1, &len);
 		if (ubuf && len == 1 && !bpf_probe_read_user(&c->prefix, 1, (void *)ubuf))
 			c->has_prefix = 1;
 		return 0;
 	}
 	if (ret < 15)
 		return 0;
-	__u64 ubuf = data_buffer(nr, regs, (__u64)ret, &len);
+	__u64 ubuf = data_buffer(nr, arg2, (__u64)ret, &len);
 	if (!ubuf || len < 15)
 		return 0;
 	__u8 head[16];
@@ -799,4 +798,31 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		server_response(pid_tgid, key.fd);
 	}
 	return 0;
+}
+
+// Default variant: a BTF-typed tracepoint program reads the registers
+// directly, without a helper call per field.
+SEC("tp_btf/sys_exit")
+int httptrace_sys_exit_btf(__u64 *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	return on_sys_exit(pid_tgid, SYSCALL_NR_BTF(regs), (long)ctx[1], SYSCALL_ARG1_BTF(regs),
+			   SYSCALL_ARG2_BTF(regs));
+}
+
+// Fallback variant for kernels without BTF-typed tracepoints.
+SEC("raw_tracepoint/sys_exit")
+int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	return on_sys_exit(pid_tgid, SYSCALL_NR(regs), (long)ctx->args[1], SYSCALL_ARG1(regs),
+			   SYSCALL_ARG2(regs));
 }

@@ -83,16 +83,25 @@ func readRequests(t *testing.T, rd *ringbuf.Reader, clock Clock, want int, timeo
 }
 
 func TestTracerServerAndPipelining(t *testing.T) {
+	for _, v := range []string{VariantTPBTF, VariantRawTP} {
+		t.Run(v, func(t *testing.T) { testServerAndPipelining(t, v) })
+	}
+}
+
+func testServerAndPipelining(t *testing.T, variant string) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := Load(Options{RingBufferSize: 1 << 20, WakeupRecords: 0, TrackRequestHeaders: true})
+	tr, err := Load(Options{RingBufferSize: 1 << 20, WakeupRecords: 0, TrackRequestHeaders: true, Variant: variant})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
 	if err := tr.Attach(); err != nil {
 		t.Fatal(err)
+	}
+	if tr.Variant() != variant {
+		t.Fatalf("attached %s, want %s", tr.Variant(), variant)
 	}
 	rd, err := ringbuf.NewReader(tr.Events())
 	if err != nil {

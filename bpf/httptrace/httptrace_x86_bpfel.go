@@ -147,20 +147,21 @@ type httptraceThreadCtx struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	httptraceMapClientIds           = "client_ids"
-	httptraceMapConnZero            = "conn_zero"
-	httptraceMapConns               = "conns"
-	httptraceMapCounters            = "counters"
-	httptraceMapEvents              = "events"
-	httptraceMapScratchMap          = "scratch_map"
-	httptraceMapThreadCtxs          = "thread_ctxs"
-	httptraceMapTracedPids          = "traced_pids"
-	httptraceProgHttptraceSysExit   = "httptrace_sys_exit"
-	httptraceVarTrackRequestHeaders = "track_request_headers"
-	httptraceVarUnusedCounter       = "unused_counter"
-	httptraceVarUnusedHttpEvent     = "unused_http_event"
-	httptraceVarUseBpfLoop          = "use_bpf_loop"
-	httptraceVarWakeupBytes         = "wakeup_bytes"
+	httptraceMapClientIds            = "client_ids"
+	httptraceMapConnZero             = "conn_zero"
+	httptraceMapConns                = "conns"
+	httptraceMapCounters             = "counters"
+	httptraceMapEvents               = "events"
+	httptraceMapScratchMap           = "scratch_map"
+	httptraceMapThreadCtxs           = "thread_ctxs"
+	httptraceMapTracedPids           = "traced_pids"
+	httptraceProgHttptraceSysExit    = "httptrace_sys_exit"
+	httptraceProgHttptraceSysExitBtf = "httptrace_sys_exit_btf"
+	httptraceVarTrackRequestHeaders  = "track_request_headers"
+	httptraceVarUnusedCounter        = "unused_counter"
+	httptraceVarUnusedHttpEvent      = "unused_http_event"
+	httptraceVarUseBpfLoop           = "use_bpf_loop"
+	httptraceVarWakeupBytes          = "wakeup_bytes"
 )
 
 // loadHttptrace returns the embedded CollectionSpec for httptrace.
@@ -205,7 +206,8 @@ type httptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceProgramSpecs struct {
-	HttptraceSysExit *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
+	HttptraceSysExit    *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
+	HttptraceSysExitBtf *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit_btf"`
 }
 
 // httptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -291,12 +293,14 @@ type httptraceVariables struct {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptracePrograms struct {
-	HttptraceSysExit *ebpf.Program `ebpf:"httptrace_sys_exit"`
+	HttptraceSysExit    *ebpf.Program `ebpf:"httptrace_sys_exit"`
+	HttptraceSysExitBtf *ebpf.Program `ebpf:"httptrace_sys_exit_btf"`
 }
 
 func (p *httptracePrograms) Close() error {
 	return _HttptraceClose(
 		p.HttptraceSysExit,
+		p.HttptraceSysExitBtf,
 	)
 }
 

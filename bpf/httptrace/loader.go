@@ -30,12 +30,29 @@ type Options struct {
 	// NoBPFLoop parses requests without the bpf_loop helper (kernels before
 	// 5.17): the request line only, no headers and no pipelining.
 	NoBPFLoop bool
+	// Variant forces an attach variant (VariantTPBTF or VariantRawTP);
+	// empty picks the first that loads and attaches, in that order.
+	Variant string
 }
+
+// Attach variants, in order of preference.
+const (
+	// VariantTPBTF is a BTF-typed tracepoint (tp_btf/sys_exit): registers
+	// are read directly.
+	VariantTPBTF = "tp_btf/sys_exit"
+	// VariantRawTP is a raw tracepoint (raw_tp/sys_exit): registers are read
+	// with a helper call each.
+	VariantRawTP = "raw_tp/sys_exit"
+)
 
 // Tracer is the loaded and, after Attach, attached HTTP/1.x tracer.
 type Tracer struct {
-	objs httptraceObjects
-	link link.Link
+	spec    *ebpf.CollectionSpec
+	objs    httptraceMaps
+	prog    *ebpf.Program
+	link    link.Link
+	variant string
+	want    string
 }
 
 // EventSize is the size of one ring buffer record.
@@ -68,29 +85,90 @@ func Load(opts Options) (*Tracer, error) {
 	if err := spec.Variables["use_bpf_loop"].Set(loop); err != nil {
 		return nil, fmt.Errorf("set use_bpf_loop: %w", err)
 	}
-	t := &Tracer{}
+	t := &Tracer{spec: spec, want: opts.Variant}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load httptrace programs: %w\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load httptrace programs: %w", err)
+		return nil, fmt.Errorf("load httptrace maps: %w", err)
 	}
 	return t, nil
 }
 
-// Attach attaches the program to the sys_exit raw tracepoint.
+// Attach loads the program of the first variant the kernel accepts and
+// attaches it: tp_btf, else raw_tp. The error of each refused variant is
+// returned when none works, with the verifier log if there is one.
 func (t *Tracer) Attach() error {
-	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{
-		Name:    "sys_exit",
-		Program: t.objs.HttptraceSysExit,
-	})
-	if err != nil {
-		return fmt.Errorf("attach raw tracepoint sys_exit: %w", err)
+	variants := []struct{ name, prog string }{
+		{VariantTPBTF, "httptrace_sys_exit_btf"},
+		{VariantRawTP, "httptrace_sys_exit"},
 	}
-	t.link = l
+	var errs []error
+	for _, v := range variants {
+		if t.want != "" && t.want != v.name {
+			continue
+		}
+		err := t.attachVariant(v.name, v.prog)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", v.name, err))
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("attach httptrace: unknown variant %q", t.want)
+	}
+	return fmt.Errorf("attach httptrace: %w", errors.Join(errs...))
+}
+
+func (t *Tracer) attachVariant(name, prog string) error {
+	ps := t.spec.Programs[prog]
+	if ps == nil {
+		return fmt.Errorf("no program %s", prog)
+	}
+	coll := &ebpf.CollectionSpec{
+		Maps:      t.spec.Maps,
+		Programs:  map[string]*ebpf.ProgramSpec{prog: ps},
+		Variables: t.spec.Variables,
+		Types:     t.spec.Types,
+		ByteOrder: t.spec.ByteOrder,
+	}
+	c, err := ebpf.NewCollectionWithOptions(coll, ebpf.CollectionOptions{MapReplacements: t.mapReplacements()})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load: %w\n%+v", err, ve)
+		}
+		return fmt.Errorf("load: %w", err)
+	}
+	p := c.DetachProgram(prog)
+	c.Close() // the maps are t.objs', replaced: they stay open
+	var l link.Link
+	switch name {
+	case VariantTPBTF:
+		l, err = link.AttachTracing(link.TracingOptions{Program: p})
+	default:
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: p})
+	}
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("attach: %w", err)
+	}
+	t.prog, t.link, t.variant = p, l, name
 	return nil
 }
+
+func (t *Tracer) mapReplacements() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		"traced_pids": t.objs.TracedPids,
+		"conns":       t.objs.Conns,
+		"thread_ctxs": t.objs.ThreadCtxs,
+		"client_ids":  t.objs.ClientIds,
+		"events":      t.objs.Events,
+		"counters":    t.objs.Counters,
+		"scratch_map": t.objs.ScratchMap,
+		"conn_zero":   t.objs.ConnZero,
+	}
+}
+
+// Variant is the attach variant in use, after Attach.
+func (t *Tracer) Variant() string { return t.variant }
 
 // Events is the ring buffer of finished requests.
 func (t *Tracer) Events() *ebpf.Map { return t.objs.Events }
@@ -150,9 +228,15 @@ func (t *Tracer) Close() error {
 	var errs []error
 	if t.link != nil {
 		if err := t.link.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach sys_exit: %w", err))
+			errs = append(errs, fmt.Errorf("detach %s: %w", t.variant, err))
 		}
 		t.link = nil
+	}
+	if t.prog != nil {
+		if err := t.prog.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s program: %w", t.variant, err))
+		}
+		t.prog = nil
 	}
 	if err := t.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close httptrace objects: %w", err))

@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,6 +76,94 @@ func (a *App) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(
 
 // URL is the app's http URL for pathAndQuery ("/hello?i=1").
 func (a *App) URL(pathAndQuery string) string { return "http://" + a.Addr() + pathAndQuery }
+
+// CallURL is the app's /call URL for target, with more query parameters given
+// as name, value pairs ("pad", "2000").
+func (a *App) CallURL(target string, params ...string) string {
+	q := url.Values{"url": {target}}
+	for i := 0; i+1 < len(params); i += 2 {
+		q.Add(params[i], params[i+1])
+	}
+	return a.URL("/call?" + q.Encode())
+}
+
+// ChainURL is the URL of a chain of /call requests: apps[0] calls apps[1],
+// …, and the last app calls its own path last ("/headers"). params are added
+// to every /call URL and to last.
+func ChainURL(apps []*App, last string, params ...string) string {
+	target := apps[len(apps)-1].URL(last)
+	if len(params) > 0 {
+		q := url.Values{}
+		for i := 0; i+1 < len(params); i += 2 {
+			q.Add(params[i], params[i+1])
+		}
+		sep := "?"
+		if strings.Contains(last, "?") {
+			sep = "&"
+		}
+		target += sep + q.Encode()
+	}
+	for i := len(apps) - 2; i >= 0; i-- {
+		target = apps[i].CallURL(target, params...)
+	}
+	return target
+}
+
+// Pattern is the first n bytes of "0123456789" repeated: what /call sends as
+// its pad=n header value and body=n POST body.
+func Pattern(n int) []byte {
+	if n <= 0 {
+		return nil
+	}
+	return bytes.Repeat([]byte("0123456789"), n/10+1)[:n]
+}
+
+// Hop is the JSON body of one app's response in a chain of /call requests.
+type Hop struct {
+	// Traceparent is the first traceparent header the app received, ""
+	// when none; TraceparentCount is how many it received.
+	Traceparent      string `json:"traceparent"`
+	TraceparentCount int    `json:"traceparent_count"`
+	// Status and Body are the downstream's status and body, for /call.
+	Status int    `json:"status"`
+	Body   string `json:"body"`
+	// Error is /call's error when the outbound request failed.
+	Error string `json:"error"`
+	// Headers and SHA256 are /headers' fields; SHA256 and Len /echo's.
+	Headers map[string]string `json:"headers"`
+	SHA256  string            `json:"sha256"`
+	Len     int               `json:"len"`
+}
+
+// ParseChain decodes a chain of /call responses: hop 0 is body, the JSON
+// response of the app called first; while a hop's Body (the downstream's
+// response, a JSON string inside the JSON) is itself a JSON object, it is the
+// next hop. So a Python /call → Node /call → Go /headers chain gives three
+// hops, the last with Headers.
+func ParseChain(body string) ([]Hop, error) {
+	var hops []Hop
+	for {
+		var h Hop
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(body), &fields); err != nil {
+			return hops, fmt.Errorf("hop %d: %w: %q", len(hops), err, body)
+		}
+		if _, ok := fields["traceparent_count"]; !ok {
+			return hops, fmt.Errorf("hop %d: no traceparent_count: %q", len(hops), body)
+		}
+		if err := json.Unmarshal([]byte(body), &h); err != nil {
+			return hops, fmt.Errorf("hop %d: %w: %q", len(hops), err, body)
+		}
+		hops = append(hops, h)
+		if h.Error != "" {
+			return hops, fmt.Errorf("hop %d: %s", len(hops)-1, h.Error)
+		}
+		if !strings.HasPrefix(strings.TrimSpace(h.Body), "{") {
+			return hops, nil
+		}
+		body = h.Body
+	}
+}
 
 // Output returns what the app wrote on stdout and stderr so far.
 func (a *App) Output() string { return a.out.String() }

@@ -12,12 +12,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,6 +45,38 @@ func get(t *testing.T, c *http.Client, u string, hdr map[string]string) (int, ht
 	return resp.StatusCode, resp.Header, body
 }
 
+// rawRequest writes req on a new connection to addr and reads one response.
+func rawRequest(t *testing.T, addr, req string) PipelinedResponse {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = io.WriteString(conn, req)
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return PipelinedResponse{Status: resp.StatusCode, Header: resp.Header, Body: body}
+}
+
+// callChain GETs a chain of /call requests (see ChainURL) and returns its
+// hops, sending the extra headers hdr and requiring n hops, each /call answered 200 with a 200 downstream.
+func callChain(t *testing.T, c *http.Client, u string, hdr map[string]string, n int) []Hop {
+	t.Helper()
+	code, _, body := get(t, c, u, hdr)
+	require.Equal(t, 200, code, "%s", body)
+	hops, err := ParseChain(string(body))
+	require.NoError(t, err, "%s", body)
+	require.Len(t, hops, n, "%s", body)
+	for i, hop := range hops[:n-1] {
+		require.Equal(t, 200, hop.Status, "hop %d: %s", i, body)
+	}
+	return hops
+}
+
 // TestAppsServe starts every test app and checks every endpoint, so the
 // privileged tests can trust the apps. It needs no privileges.
 func TestAppsServe(t *testing.T) {
@@ -52,6 +86,20 @@ func TestAppsServe(t *testing.T) {
 		apps[l] = StartApp(t, l, ports[i], DefaultService(l))
 		t.Logf("%s app ready in %v (pid %d)", l, apps[l].StartUp.Round(time.Millisecond), apps[l].PID)
 	}
+	t.Run("chain", func(t *testing.T) {
+		chain := []*App{apps[Python], apps[Node], apps[Java], apps[Go]}
+		c := NewClient(t)
+		hops := callChain(t, c, ChainURL(chain, "/headers", "chain", "x"), map[string]string{"traceparent": testTraceparent}, len(chain))
+		assert.Equal(t, testTraceparent, hops[0].Traceparent)
+		assert.Equal(t, 1, hops[0].TraceparentCount)
+		for i, h := range hops[1:] {
+			// Nothing propagates the context without the collector.
+			assert.Equal(t, 0, h.TraceparentCount, "hop %d", i+1)
+			assert.Empty(t, h.Traceparent, "hop %d", i+1)
+		}
+		last := hops[len(hops)-1]
+		assert.Equal(t, apps[Go].Addr(), last.Headers["host"])
+	})
 	for i, l := range AllLangs() {
 		app := apps[l]
 		other := apps[AllLangs()[(i+1)%len(AllLangs())]]
@@ -192,6 +240,92 @@ func TestAppsServe(t *testing.T) {
 				assert.Len(t, got.Headers, len(sent), "%v", got.Headers)
 				assert.Equal(t, hex.EncodeToString(wantSum[:]), got.SHA256)
 				assert.Equal(t, testTraceparent, got.Traceparent)
+			})
+
+			t.Run("traceparent_count", func(t *testing.T) {
+				const second = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+				for _, tc := range []struct {
+					sent  []string
+					first string
+				}{
+					{nil, ""},
+					{[]string{testTraceparent}, testTraceparent},
+					{[]string{testTraceparent, second}, testTraceparent},
+				} {
+					var req strings.Builder
+					req.WriteString("GET /headers HTTP/1.1\r\nHost: " + app.Addr() + "\r\n")
+					for _, tp := range tc.sent {
+						req.WriteString("traceparent: " + tp + "\r\n")
+					}
+					req.WriteString("Connection: close\r\n\r\n")
+					resp := rawRequest(t, app.Addr(), req.String())
+					require.Equal(t, 200, resp.Status, "%s", resp.Body)
+					hops, err := ParseChain(string(resp.Body))
+					require.NoError(t, err)
+					assert.Equal(t, len(tc.sent), hops[0].TraceparentCount, "%s", resp.Body)
+					assert.Equal(t, tc.first, hops[0].Traceparent, "%s", resp.Body)
+					assert.Equal(t, tc.first, resp.Header.Get("X-Received-Traceparent"))
+				}
+			})
+
+			t.Run("call options", func(t *testing.T) {
+				// traceparent=: the app sets the header itself.
+				hops := callChain(t, c, app.CallURL(other.URL("/headers"), "traceparent", testTraceparent), nil, 2)
+				assert.Equal(t, 0, hops[0].TraceparentCount)
+				assert.Equal(t, testTraceparent, hops[1].Traceparent)
+				assert.Equal(t, 1, hops[1].TraceparentCount)
+				assert.Equal(t, testTraceparent, hops[1].Headers["traceparent"])
+
+				// pad=: an X-Pad header of that many bytes; no traceparent.
+				for _, n := range []int{2000, 8000} {
+					hops = callChain(t, c, app.CallURL(other.URL("/headers"), "pad", fmt.Sprint(n)), nil, 2)
+					assert.Equal(t, string(Pattern(n)), hops[1].Headers["x-pad"], "pad=%d", n)
+					assert.Equal(t, other.Addr(), hops[1].Headers["host"])
+					assert.Equal(t, 0, hops[1].TraceparentCount)
+					assert.NotContains(t, hops[1].Headers, "traceparent")
+				}
+
+				// method=POST&body=: a body of that many bytes.
+				const n = 1 << 20
+				sum := sha256.Sum256(Pattern(n))
+				hops = callChain(t, c, app.CallURL(other.URL("/echo"), "method", "POST", "body", fmt.Sprint(n)), nil, 2)
+				assert.Equal(t, n, hops[1].Len)
+				assert.Equal(t, hex.EncodeToString(sum[:]), hops[1].SHA256)
+			})
+
+			t.Run("call opens a new connection", func(t *testing.T) {
+				var mu sync.Mutex
+				conns, closes := 0, 0
+				down := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					_, _ = io.Copy(io.Discard, r.Body)
+					mu.Lock()
+					if r.Close {
+						closes++
+					}
+					mu.Unlock()
+					fmt.Fprint(w, "hello")
+				}))
+				down.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+					if st == http.StateNew {
+						mu.Lock()
+						conns++
+						mu.Unlock()
+					}
+				}
+				down.Start()
+				t.Cleanup(down.Close)
+				for i := range 3 {
+					params := []string{"i", fmt.Sprint(i)}
+					if i == 2 {
+						params = append(params, "method", "POST", "body", "10")
+					}
+					code, _, body := get(t, c, app.CallURL(down.URL+"/hello", params...), nil)
+					require.Equal(t, 200, code, "%s", body)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				assert.Equal(t, 3, conns, "connections opened for 3 calls")
+				assert.Equal(t, 3, closes, "requests with Connection: close")
 			})
 
 			t.Run("keep-alive", func(t *testing.T) {

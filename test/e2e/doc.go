@@ -40,6 +40,22 @@
 // the app after the collector, waits 1.5 s and expects the first request's
 // span.
 //
+// # Context propagation
+//
+// propagation_privileged_test.go runs the collector with
+// ebpf.context_propagation: all (disabled in TestPropagationDisabled) and
+// sends chains of /call requests, Python → Node → Java → Go /headers and the
+// like. ChainURL builds the nested URL with a chain=<tag> parameter on every
+// hop, so each SERVER span (url.query) and CLIENT span (url.full) names its
+// chain; the parameter sorts before url=, so a truncated url.query keeps it.
+// ParseChain decodes the nested JSON answer into one Hop per app: the
+// traceparent it received and how many. The tests check that the spans form
+// one trace (every SERVER span a child of the upstream CLIENT span, every
+// CLIENT span of its own SERVER span) and that each app received exactly
+// 00-<trace>-<upstream CLIENT span id>-01. Every outbound /call opens a new
+// connection, after the collector started: connections opened before are
+// not injected.
+//
 // # Test apps
 //
 // apps/python/server.py, apps/node/server.js, apps/java/Server.java and
@@ -52,17 +68,27 @@
 //	GET  /hello         200 "hello"
 //	GET  /status/<code> that status (200..599), empty body
 //	POST /echo          200 {"len": N, "sha256": "<hex of body>", "traceparent": ...}
-//	GET  /call?url=<u>  one outbound GET to u with the language's standard
+//	GET  /call?url=<u>  one outbound request to u with the language's standard
 //	                    client, on the serving thread where the language has
-//	                    one; 200 {"status": <downstream status>,
+//	                    one, on a new connection (no pooled keep-alive
+//	                    connection); 200 {"status": <downstream status>,
 //	                    "body": "<downstream body>", "traceparent": ...}
-//	                    (502 {"error": ...} when the call fails)
+//	                    (502 {"error": ...} when the call fails). Optional
+//	                    parameters: traceparent=<v> sets that header on the
+//	                    outbound request; pad=<n> adds an X-Pad header of n
+//	                    bytes; method=POST&body=<n> posts n bytes (with
+//	                    Content-Type: application/octet-stream). Pad and body
+//	                    are the first n bytes of "0123456789" repeated. X-Pad
+//	                    is written before traceparent (except by Go, which
+//	                    sorts header names: Traceparent, then X-Pad).
 //	GET  /headers       200 {"headers": {lowercase name: value, repeated
 //	                    values joined by ", "}, "sha256": <digest>, "traceparent": ...}
 //
 // Every response carries X-Received-Traceparent with the incoming traceparent
-// header (empty when there was none); "traceparent" in the JSON bodies is the
-// same value. The /headers digest is the hex SHA-256 of the received header
-// fields written as "lowercase-name: value\n" lines, one per field value,
-// sorted bytewise and concatenated, so it is the same in every language.
+// header (the first one; empty when there was none); "traceparent" in the
+// JSON bodies is the same value and "traceparent_count" the number of
+// traceparent header fields received, so a duplicate shows. The /headers
+// digest is the hex SHA-256 of the received header fields written as
+// "lowercase-name: value\n" lines, one per field value, sorted bytewise and
+// concatenated, so it is the same in every language.
 package e2e

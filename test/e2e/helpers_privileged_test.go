@@ -48,6 +48,13 @@ type appSpec struct {
 // instruments exactly those ports, then waits until every app is traced.
 func startFleet(t *testing.T, specs ...appSpec) *fleet {
 	t.Helper()
+	return startFleetEBPF(t, nil, specs...)
+}
+
+// startFleetEBPF is startFleet with more ebpf.<key>: <value> settings
+// (CollectorConfig.EBPF).
+func startFleetEBPF(t *testing.T, ebpf map[string]string, specs ...appSpec) *fleet {
+	t.Helper()
 	f := &fleet{sink: StartSink(t), apps: map[string]*App{}}
 	ports := FreePorts(t, len(specs))
 	for i, s := range specs {
@@ -58,6 +65,7 @@ func startFleet(t *testing.T, specs ...appSpec) *fleet {
 	f.col = StartCollector(t, CollectorConfig{
 		Instrument:   []Selector{PortsSelector(ports...)},
 		SinkEndpoint: f.sink.Endpoint(),
+		EBPF:         ebpf,
 	})
 	for _, s := range specs {
 		waitTraced(t, f.sink, f.apps[s.service])

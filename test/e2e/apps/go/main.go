@@ -2,12 +2,13 @@
 //
 // Usage: goapp <port>   (or PORT in the environment)
 //
-// A goroutine per connection, keep-alive on, outbound calls with the default
-// net/http client. Endpoints are the same in every language; see
-// test/e2e/doc.go.
+// A goroutine per connection, keep-alive on, outbound calls with a net/http
+// client, each on a new connection (DisableKeepAlives). Endpoints are the same
+// in every language; see test/e2e/doc.go.
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -40,10 +42,49 @@ func main() {
 	}
 }
 
-var client = &http.Client{Timeout: 10 * time.Second}
+// client opens a new connection per call: no pooled keep-alive connection.
+var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// pattern is the first n bytes of 0123456789 repeated: /call's pad and body.
+func pattern(n int) []byte {
+	if n <= 0 {
+		return nil
+	}
+	return bytes.Repeat([]byte("0123456789"), n/10+1)[:n]
+}
+
+// call sends /call's outbound request: to the url query parameter, with
+// method (GET), traceparent, pad (an X-Pad header of that many bytes) and body
+// (a POST body of that many bytes) from the other parameters.
+func call(q url.Values) (*http.Response, error) {
+	method := q.Get("method")
+	if method == "" {
+		method = http.MethodGet
+	}
+	var body io.Reader
+	if method == http.MethodPost {
+		n, _ := strconv.Atoi(q.Get("body"))
+		body = bytes.NewReader(pattern(n))
+	}
+	req, err := http.NewRequest(method, q.Get("url"), body)
+	if err != nil {
+		return nil, err
+	}
+	if tp := q.Get("traceparent"); tp != "" {
+		req.Header.Set("traceparent", tp)
+	}
+	if n, _ := strconv.Atoi(q.Get("pad")); n > 0 {
+		req.Header.Set("X-Pad", string(pattern(n)))
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	return client.Do(req)
+}
 
 func handle(w http.ResponseWriter, r *http.Request) {
 	traceparent := r.Header.Get("traceparent")
+	count := len(r.Header.Values("Traceparent"))
 	w.Header().Set("X-Received-Traceparent", traceparent)
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -61,23 +102,23 @@ func handle(w http.ResponseWriter, r *http.Request) {
 		}
 		reply(w, code, "")
 	case r.Method == http.MethodGet && r.URL.Path == "/call":
-		target := r.URL.Query().Get("url")
-		if target == "" {
+		q := r.URL.Query()
+		if q.Get("url") == "" {
 			reply(w, http.StatusBadRequest, "missing url")
 			return
 		}
-		resp, err := client.Get(target)
+		resp, err := call(q)
 		if err != nil {
-			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error(), "traceparent": traceparent})
+			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error(), "traceparent": traceparent, "traceparent_count": count})
 			return
 		}
 		down, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil {
-			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error(), "traceparent": traceparent})
+			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error(), "traceparent": traceparent, "traceparent_count": count})
 			return
 		}
-		replyJSON(w, http.StatusOK, map[string]any{"status": resp.StatusCode, "body": string(down), "traceparent": traceparent})
+		replyJSON(w, http.StatusOK, map[string]any{"status": resp.StatusCode, "body": string(down), "traceparent": traceparent, "traceparent_count": count})
 	case r.Method == http.MethodGet && r.URL.Path == "/headers":
 		// net/http moves Host out of the header map; put it back so the
 		// digest covers what was on the wire, as in the other apps.
@@ -94,10 +135,10 @@ func handle(w http.ResponseWriter, r *http.Request) {
 		}
 		sort.Strings(lines)
 		sum := sha256.Sum256([]byte(strings.Join(lines, "")))
-		replyJSON(w, http.StatusOK, map[string]any{"headers": merged, "sha256": hex.EncodeToString(sum[:]), "traceparent": traceparent})
+		replyJSON(w, http.StatusOK, map[string]any{"headers": merged, "sha256": hex.EncodeToString(sum[:]), "traceparent": traceparent, "traceparent_count": count})
 	case r.Method == http.MethodPost && r.URL.Path == "/echo":
 		sum := sha256.Sum256(body)
-		replyJSON(w, http.StatusOK, map[string]any{"len": len(body), "sha256": hex.EncodeToString(sum[:]), "traceparent": traceparent})
+		replyJSON(w, http.StatusOK, map[string]any{"len": len(body), "sha256": hex.EncodeToString(sum[:]), "traceparent": traceparent, "traceparent_count": count})
 	default:
 		reply(w, http.StatusNotFound, "not found")
 	}

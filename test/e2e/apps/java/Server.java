@@ -4,7 +4,8 @@
 //
 // com.sun.net.httpserver with a cached thread pool (a thread per request),
 // keep-alive on, outbound calls with HttpURLConnection on the serving thread
-// (java.net.http.HttpClient would write from its own selector thread).
+// (java.net.http.HttpClient would write from its own selector thread), each
+// on a new connection (http.keepAlive=false: Connection: close).
 // Endpoints are the same in every language; see test/e2e/doc.go.
 
 import com.sun.net.httpserver.Headers;
@@ -30,6 +31,8 @@ import java.util.concurrent.Executors;
 public class Server {
     public static void main(String[] args) throws IOException {
         int port = Integer.parseInt(args.length > 0 ? args[0] : System.getenv("PORT"));
+        // A new connection per outbound call: no pooled keep-alive connection.
+        System.setProperty("http.keepAlive", "false");
         HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 1024);
         server.createContext("/", Server::handle);
         server.setExecutor(Executors.newCachedThreadPool());
@@ -53,6 +56,25 @@ public class Server {
         return v == null ? "" : v;
     }
 
+    static int traceparentCount(HttpExchange ex) {
+        List<String> v = ex.getRequestHeaders().get("Traceparent");
+        return v == null ? 0 : v.size();
+    }
+
+    /** The first n bytes of 0123456789 repeated: /call's pad and body. */
+    static byte[] pattern(int n) {
+        byte[] b = new byte[Math.max(n, 0)];
+        for (int i = 0; i < b.length; i++) {
+            b[i] = (byte) ('0' + i % 10);
+        }
+        return b;
+    }
+
+    static int intParam(String rawQuery, String name) {
+        String v = queryParam(rawQuery, name);
+        return v == null || v.isEmpty() ? 0 : Integer.parseInt(v);
+    }
+
     static void route(HttpExchange ex) throws Exception {
         String method = ex.getRequestMethod();
         String path = ex.getRequestURI().getPath();
@@ -72,10 +94,17 @@ public class Server {
                 reply(ex, 400, "bad status code", "text/plain");
             }
         } else if (method.equals("GET") && path.equals("/call")) {
-            String target = queryParam(ex.getRequestURI().getRawQuery(), "url");
+            String query = ex.getRequestURI().getRawQuery();
+            String target = queryParam(query, "url");
             if (target == null || target.isEmpty()) {
                 reply(ex, 400, "missing url", "text/plain");
                 return;
+            }
+            String tp = queryParam(query, "traceparent");
+            int pad = intParam(query, "pad");
+            String outMethod = queryParam(query, "method");
+            if (outMethod == null || outMethod.isEmpty()) {
+                outMethod = "GET";
             }
             int status;
             String downBody;
@@ -83,6 +112,23 @@ public class Server {
                 HttpURLConnection conn = (HttpURLConnection) URI.create(target).toURL().openConnection();
                 conn.setConnectTimeout(10000);
                 conn.setReadTimeout(10000);
+                conn.setRequestMethod(outMethod);
+                // X-Pad before traceparent: an own traceparent after a large header.
+                if (pad > 0) {
+                    conn.setRequestProperty("X-Pad", new String(pattern(pad), StandardCharsets.US_ASCII));
+                }
+                if (tp != null && !tp.isEmpty()) {
+                    conn.setRequestProperty("traceparent", tp);
+                }
+                if (outMethod.equals("POST")) {
+                    byte[] payload = pattern(intParam(query, "body"));
+                    conn.setRequestProperty("Content-Type", "application/octet-stream");
+                    conn.setDoOutput(true);
+                    conn.setFixedLengthStreamingMode(payload.length);
+                    try (OutputStream os = conn.getOutputStream()) {
+                        os.write(payload);
+                    }
+                }
                 status = conn.getResponseCode();
                 InputStream in = status >= 400 ? conn.getErrorStream() : conn.getInputStream();
                 downBody = in == null ? "" : new String(in.readAllBytes(), StandardCharsets.UTF_8);
@@ -157,6 +203,7 @@ public class Server {
 
     static void replyJSON(HttpExchange ex, int code, Map<String, Object> obj) throws IOException {
         obj.put("traceparent", traceparent(ex));
+        obj.put("traceparent_count", traceparentCount(ex));
         reply(ex, code, toJSON(obj), "application/json");
     }
 

@@ -3,8 +3,8 @@
 // Usage: node server.js <port>   (or PORT in the environment)
 //
 // One event loop (Node has no thread per request), keep-alive on, outbound
-// calls with http.get. Endpoints are the same in every language; see
-// test/e2e/doc.go.
+// calls with http.request, each on a new connection (agent: false). Endpoints
+// are the same in every language; see test/e2e/doc.go.
 'use strict';
 
 const crypto = require('crypto');
@@ -12,6 +12,11 @@ const http = require('http');
 
 function sha256(buf) {
   return crypto.createHash('sha256').update(buf).digest('hex');
+}
+
+// The first n bytes of 0123456789 repeated: /call's pad and body.
+function pattern(n) {
+  return n > 0 ? Buffer.alloc(n, '0123456789') : Buffer.alloc(0);
 }
 
 function headersDigest(rawHeaders) {
@@ -24,7 +29,18 @@ function headersDigest(rawHeaders) {
 }
 
 function handle(req, res) {
-  const traceparent = req.headers['traceparent'] || '';
+  // The first traceparent field and how many there were (req.headers would
+  // join repeated ones with ", ").
+  let traceparent = '';
+  let traceparentCount = 0;
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i].toLowerCase() === 'traceparent') {
+      if (traceparentCount === 0) {
+        traceparent = req.rawHeaders[i + 1];
+      }
+      traceparentCount++;
+    }
+  }
   const url = new URL(req.url, 'http://localhost');
 
   const reply = (code, body, contentType) => {
@@ -39,6 +55,7 @@ function handle(req, res) {
   };
   const replyJSON = (code, obj) => {
     obj.traceparent = traceparent;
+    obj.traceparent_count = traceparentCount;
     reply(code, JSON.stringify(obj), 'application/json');
   };
 
@@ -61,7 +78,23 @@ function handle(req, res) {
         reply(400, 'missing url');
         return;
       }
-      const out = http.get(target, { timeout: 10000 }, (down) => {
+      const headers = {}; // X-Pad before traceparent: an own traceparent after a large header
+      const pad = Number.parseInt(url.searchParams.get('pad') || '0', 10);
+      if (pad > 0) {
+        headers['X-Pad'] = pattern(pad).toString('ascii');
+      }
+      const tp = url.searchParams.get('traceparent');
+      if (tp) {
+        headers['traceparent'] = tp;
+      }
+      const method = url.searchParams.get('method') || 'GET';
+      let payload;
+      if (method === 'POST') {
+        payload = pattern(Number.parseInt(url.searchParams.get('body') || '0', 10));
+        headers['Content-Type'] = 'application/octet-stream';
+        headers['Content-Length'] = payload.length;
+      }
+      const out = http.request(target, { method, headers, agent: false, timeout: 10000 }, (down) => {
         const parts = [];
         down.on('data', (c) => parts.push(c));
         down.on('end', () => {
@@ -70,6 +103,7 @@ function handle(req, res) {
       });
       out.on('timeout', () => out.destroy(new Error('timeout')));
       out.on('error', (err) => replyJSON(502, { error: String(err) }));
+      out.end(payload);
     } else if (req.method === 'GET' && url.pathname === '/headers') {
       const merged = {};
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {

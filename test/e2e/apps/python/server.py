@@ -3,8 +3,9 @@
 Usage: python3 server.py <port>   (or PORT in the environment)
 
 Thread per connection (ThreadingHTTPServer), keep-alive (protocol_version
-HTTP/1.1), outbound calls with urllib on the serving thread. Endpoints are the
-same in every language; see test/e2e/doc.go.
+HTTP/1.1), outbound calls with urllib on the serving thread, each on a new
+connection (urllib sends Connection: close). Endpoints are the same in every
+language; see test/e2e/doc.go.
 """
 
 import hashlib
@@ -15,6 +16,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+PATTERN = b"0123456789"
+
+
+def pattern(n):
+    """The first n bytes of 0123456789 repeated: /call's pad and body."""
+    return (PATTERN * (n // len(PATTERN) + 1))[:n]
 
 
 def headers_digest(pairs):
@@ -33,6 +42,9 @@ class Handler(BaseHTTPRequestHandler):
     def traceparent(self):
         return self.headers.get("traceparent", "")
 
+    def traceparent_count(self):
+        return len(self.headers.get_all("traceparent") or [])
+
     def reply(self, code, body=b"", content_type="text/plain"):
         self.send_response(code)
         self.send_header("X-Received-Traceparent", self.traceparent())
@@ -45,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def reply_json(self, code, obj):
         obj["traceparent"] = self.traceparent()
+        obj["traceparent_count"] = self.traceparent_count()
         self.reply(code, json.dumps(obj).encode("utf-8"), "application/json")
 
     def do_GET(self):
@@ -62,12 +75,28 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.reply(400, b"bad status code")
         elif path == "/call":
-            target = urllib.parse.parse_qs(url.query).get("url", [""])[0]
+            query = urllib.parse.parse_qs(url.query)
+
+            def param(name):
+                return query.get(name, [""])[0]
+
+            target = param("url")
             if not target:
                 self.reply(400, b"missing url")
                 return
+            headers = {}  # X-Pad before traceparent: an own traceparent after a large header
+            if int(param("pad") or 0) > 0:
+                headers["X-Pad"] = pattern(int(param("pad"))).decode("ascii")
+            if param("traceparent"):
+                headers["traceparent"] = param("traceparent")
+            method = param("method") or "GET"
+            data = None
+            if method == "POST":
+                data = pattern(int(param("body") or 0))
+                headers["Content-Type"] = "application/octet-stream"
+            req = urllib.request.Request(target, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(target, timeout=10) as resp:
+                with urllib.request.urlopen(req, timeout=10) as resp:
                     status, body = resp.status, resp.read()
             except urllib.error.HTTPError as err:
                 status, body = err.code, err.read()
