@@ -234,6 +234,8 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	for (int k = 0; k < TP_HEADER_LEN; k++)
 		data[k] = hdr[k];
 	bpf_map_update_elem(&client_ids, &pid_tgid, &ids, BPF_ANY);
+	if (t->inherited)
+		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
 	prop_count(PROP_INJECTED);
 	return SK_PASS;
 }

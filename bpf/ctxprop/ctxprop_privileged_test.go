@@ -28,7 +28,7 @@ import (
 // returns the downstream's body; any other path returns the traceparent
 // header(s) it received.
 const pyServer = `
-import sys, urllib.request, urllib.parse
+import sys, threading, urllib.request, urllib.parse
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -36,11 +36,19 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         u = urllib.parse.urlparse(self.path)
         q = urllib.parse.parse_qs(u.query)
-        if u.path == "/call":
+        if u.path in ("/call", "/thread-call"):
             req = urllib.request.Request("http://127.0.0.1:%s/" % q["port"][0])
             if "tp" in q:
                 req.add_header("traceparent", q["tp"][0])
-            body = urllib.request.urlopen(req).read()
+            out = []
+            call = lambda: out.append(urllib.request.urlopen(req).read())
+            if u.path == "/call":
+                call()
+            else:
+                th = threading.Thread(target=call)
+                th.start()
+                th.join()
+            body = out[0]
         else:
             body = "|".join(self.headers.get_all("traceparent") or []).encode()
         self.send_response(200)
@@ -155,17 +163,33 @@ func TestInjectTraceparent(t *testing.T) {
 			t.Errorf("client span does not use the app's ids: %+v", r)
 		}
 	}
-	c, err := p.ReadCounters()
-	if err != nil {
-		t.Fatal(err)
+	// A thread created while serving inherits the context.
+	got = get(t, fmt.Sprintf("http://127.0.0.1:%d/thread-call?port=%d", proxyPort, downPort))
+	reqs = read(t, rd, 2)
+	for _, r := range reqs {
+		if r.Kind == spans.KindServer {
+			server = r
+		} else {
+			client = r
+		}
 	}
-	if c.Injected != 1 || c.AppHeader != 1 {
-		t.Errorf("counters %+v, want 1 injected and 1 app header", c)
+	if want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID); got != want {
+		t.Errorf("call from a new thread: downstream received %q, want %q", got, want)
+	}
+	if client.TraceID != server.TraceID || client.ParentSpanID != server.SpanID {
+		t.Errorf("call from a new thread is not a child of the server span: %+v / %+v", client, server)
 	}
 
 	// A request that is not served under a traced request gets nothing.
 	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", downPort)); got != "" {
 		t.Errorf("untraced request received %q", got)
+	}
+	c, err := p.ReadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Injected != 2 || c.AppHeader != 1 {
+		t.Errorf("counters %+v, want 2 injected and 1 app header", c)
 	}
 }
 

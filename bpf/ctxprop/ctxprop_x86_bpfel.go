@@ -48,7 +48,8 @@ type ctxpropThreadCtx struct {
 	TraceId    [16]uint8
 	SpanId     [8]uint8
 	TraceFlags uint8
-	Pad        [7]uint8
+	Inherited  uint8
+	Pad        [6]uint8
 }
 
 // Names of all BPF objects in the ELF.

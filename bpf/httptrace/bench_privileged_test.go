@@ -76,7 +76,7 @@ func BenchmarkTracedRequest(b *testing.B) {
 	}
 	defer stats.Close()
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-	before, _ := tr.prog.Stats()
+	before, _ := tr.exit.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		resp, err := c.Get(url)
@@ -87,7 +87,7 @@ func BenchmarkTracedRequest(b *testing.B) {
 		resp.Body.Close()
 	}
 	b.StopTimer()
-	after, _ := tr.prog.Stats()
+	after, _ := tr.exit.Stats()
 	b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(b.N), "bpf-ns/req")
 	b.ReportMetric(float64(after.RunCount-before.RunCount)/float64(b.N), "runs/req")
 }

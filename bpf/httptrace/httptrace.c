@@ -639,6 +639,8 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 		__builtin_memcpy(r->parent_id, t->span_id, sizeof(r->parent_id));
 		r->trace_flags = t->trace_flags;
 		random_id(r->span_id, 2);
+		if (t->inherited)
+			bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
 	} else {
 		random_id(r->trace_id, 4);
 		random_id(r->span_id, 2);
@@ -714,7 +716,11 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 		if (ret != 0)
 			return 0;
 		struct conn_key key = {.tgid = tgid, .fd = (__u32)arg1};
-		bpf_map_delete_elem(&conns, &key);
+		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		// Another thread may already have been given the same fd number
+		// for a new connection, and made its state: keep that one.
+		if (c && c->sk != (__u64)fd_to_sock(key.fd))
+			bpf_map_delete_elem(&conns, &key);
 		return 0;
 	}
 	default:
@@ -825,4 +831,34 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	return on_sys_exit(pid_tgid, SYSCALL_NR(regs), (long)ctx->args[1], SYSCALL_ARG1(regs),
 			   SYSCALL_ARG2(regs));
+}
+
+static __always_inline int on_fork(struct task_struct *child)
+{
+	__u64 parent = bpf_get_current_pid_tgid();
+	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &parent);
+	if (!t)
+		return 0;
+	__u32 tgid = BPF_CORE_READ(child, tgid);
+	if (tgid != parent >> 32)
+		return 0; // a new process: not traced unless discovery selects it
+	__u64 key = (__u64)tgid << 32 | (__u32)BPF_CORE_READ(child, pid);
+	struct thread_ctx c = *t;
+	c.inherited = 1;
+	bpf_map_update_elem(&thread_ctxs, &key, &c, BPF_ANY);
+	return 0;
+}
+
+// A thread created while its creator serves a traced request inherits the
+// request's context, for its first outgoing request.
+SEC("tp_btf/sched_process_fork")
+int httptrace_fork_btf(__u64 *ctx)
+{
+	return on_fork((struct task_struct *)ctx[1]);
+}
+
+SEC("raw_tracepoint/sched_process_fork")
+int httptrace_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_fork((struct task_struct *)ctx->args[1]);
 }

@@ -140,7 +140,8 @@ type httptraceThreadCtx struct {
 	TraceId    [16]uint8
 	SpanId     [8]uint8
 	TraceFlags uint8
-	Pad        [7]uint8
+	Inherited  uint8
+	Pad        [6]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -155,6 +156,8 @@ const (
 	httptraceMapScratchMap           = "scratch_map"
 	httptraceMapThreadCtxs           = "thread_ctxs"
 	httptraceMapTracedPids           = "traced_pids"
+	httptraceProgHttptraceFork       = "httptrace_fork"
+	httptraceProgHttptraceForkBtf    = "httptrace_fork_btf"
 	httptraceProgHttptraceSysExit    = "httptrace_sys_exit"
 	httptraceProgHttptraceSysExitBtf = "httptrace_sys_exit_btf"
 	httptraceVarTrackRequestHeaders  = "track_request_headers"
@@ -206,6 +209,8 @@ type httptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceProgramSpecs struct {
+	HttptraceFork       *ebpf.ProgramSpec `ebpf:"httptrace_fork"`
+	HttptraceForkBtf    *ebpf.ProgramSpec `ebpf:"httptrace_fork_btf"`
 	HttptraceSysExit    *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
 	HttptraceSysExitBtf *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit_btf"`
 }
@@ -293,12 +298,16 @@ type httptraceVariables struct {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptracePrograms struct {
+	HttptraceFork       *ebpf.Program `ebpf:"httptrace_fork"`
+	HttptraceForkBtf    *ebpf.Program `ebpf:"httptrace_fork_btf"`
 	HttptraceSysExit    *ebpf.Program `ebpf:"httptrace_sys_exit"`
 	HttptraceSysExitBtf *ebpf.Program `ebpf:"httptrace_sys_exit_btf"`
 }
 
 func (p *httptracePrograms) Close() error {
 	return _HttptraceClose(
+		p.HttptraceFork,
+		p.HttptraceForkBtf,
 		p.HttptraceSysExit,
 		p.HttptraceSysExitBtf,
 	)

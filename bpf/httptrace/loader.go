@@ -49,8 +49,8 @@ const (
 type Tracer struct {
 	spec    *ebpf.CollectionSpec
 	objs    httptraceMaps
-	prog    *ebpf.Program
-	link    link.Link
+	links   []link.Link
+	exit    *ebpf.Program // the sys_exit program, for its run statistics
 	variant string
 	want    string
 }
@@ -92,20 +92,23 @@ func Load(opts Options) (*Tracer, error) {
 	return t, nil
 }
 
-// Attach loads the program of the first variant the kernel accepts and
-// attaches it: tp_btf, else raw_tp. The error of each refused variant is
+// Attach loads the programs of the first variant the kernel accepts and
+// attaches them: tp_btf, else raw_tp. The error of each refused variant is
 // returned when none works, with the verifier log if there is one.
 func (t *Tracer) Attach() error {
-	variants := []struct{ name, prog string }{
-		{VariantTPBTF, "httptrace_sys_exit_btf"},
-		{VariantRawTP, "httptrace_sys_exit"},
+	variants := []struct {
+		name  string
+		progs map[string]string // program -> tracepoint
+	}{
+		{VariantTPBTF, map[string]string{"httptrace_sys_exit_btf": "sys_exit", "httptrace_fork_btf": "sched_process_fork"}},
+		{VariantRawTP, map[string]string{"httptrace_sys_exit": "sys_exit", "httptrace_fork": "sched_process_fork"}},
 	}
 	var errs []error
 	for _, v := range variants {
 		if t.want != "" && t.want != v.name {
 			continue
 		}
-		err := t.attachVariant(v.name, v.prog)
+		err := t.attachVariant(v.name, v.progs)
 		if err == nil {
 			return nil
 		}
@@ -117,17 +120,18 @@ func (t *Tracer) Attach() error {
 	return fmt.Errorf("attach httptrace: %w", errors.Join(errs...))
 }
 
-func (t *Tracer) attachVariant(name, prog string) error {
-	ps := t.spec.Programs[prog]
-	if ps == nil {
-		return fmt.Errorf("no program %s", prog)
-	}
+func (t *Tracer) attachVariant(name string, progs map[string]string) (err error) {
 	coll := &ebpf.CollectionSpec{
 		Maps:      t.spec.Maps,
-		Programs:  map[string]*ebpf.ProgramSpec{prog: ps},
+		Programs:  map[string]*ebpf.ProgramSpec{},
 		Variables: t.spec.Variables,
 		Types:     t.spec.Types,
 		ByteOrder: t.spec.ByteOrder,
+	}
+	for p := range progs {
+		if coll.Programs[p] = t.spec.Programs[p]; coll.Programs[p] == nil {
+			return fmt.Errorf("no program %s", p)
+		}
 	}
 	c, err := ebpf.NewCollectionWithOptions(coll, ebpf.CollectionOptions{MapReplacements: t.mapReplacements()})
 	if err != nil {
@@ -137,20 +141,36 @@ func (t *Tracer) attachVariant(name, prog string) error {
 		}
 		return fmt.Errorf("load: %w", err)
 	}
-	p := c.DetachProgram(prog)
-	c.Close() // the maps are t.objs', replaced: they stay open
-	var l link.Link
-	switch name {
-	case VariantTPBTF:
-		l, err = link.AttachTracing(link.TracingOptions{Program: p})
-	default:
-		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: p})
+	// The maps are clones of t.objs': closing the collection keeps them.
+	defer c.Close()
+	defer func() {
+		if err != nil {
+			for _, l := range t.links {
+				_ = l.Close()
+			}
+			t.links = nil
+			if t.exit != nil {
+				_ = t.exit.Close()
+				t.exit = nil
+			}
+		}
+	}()
+	for p, tp := range progs {
+		var l link.Link
+		if name == VariantTPBTF {
+			l, err = link.AttachTracing(link.TracingOptions{Program: c.Programs[p]})
+		} else {
+			l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: c.Programs[p]})
+		}
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", tp, err)
+		}
+		t.links = append(t.links, l)
+		if tp == "sys_exit" {
+			t.exit = c.DetachProgram(p)
+		}
 	}
-	if err != nil {
-		p.Close()
-		return fmt.Errorf("attach: %w", err)
-	}
-	t.prog, t.link, t.variant = p, l, name
+	t.variant = name
 	return nil
 }
 
@@ -223,20 +243,20 @@ func (t *Tracer) ReadCounters() (Counters, error) {
 	return c, nil
 }
 
-// Close detaches the program and closes every map and program.
+// Close detaches the programs and closes every map and program.
 func (t *Tracer) Close() error {
 	var errs []error
-	if t.link != nil {
-		if err := t.link.Close(); err != nil {
+	for _, l := range t.links {
+		if err := l.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach %s: %w", t.variant, err))
 		}
-		t.link = nil
 	}
-	if t.prog != nil {
-		if err := t.prog.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close %s program: %w", t.variant, err))
+	t.links = nil
+	if t.exit != nil {
+		if err := t.exit.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close sys_exit program: %w", err))
 		}
-		t.prog = nil
+		t.exit = nil
 	}
 	if err := t.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close httptrace objects: %w", err))

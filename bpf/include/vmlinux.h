@@ -246,7 +246,11 @@ struct files_struct {
 	struct fdtable *fdt;
 } __attribute__((preserve_access_index));
 
+typedef int pid_t;
+
 struct task_struct {
+	pid_t pid;
+	pid_t tgid;
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
