@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/collector/receiver/receiverhelper"
+	"go.opentelemetry.io/otel/metric"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -305,20 +306,17 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 	batchTimeout := r.cfg.EBPF.BatchTimeout
 	batchLength := r.cfg.EBPF.BatchLength
 	var (
-		rec      ringbuf.Record
-		req      spans.Request
-		read     int64
-		lastLost uint64
+		rec  ringbuf.Record
+		req  spans.Request
+		read int64
+		kc   kernelCounters
 	)
 	flush := func() {
 		if read > 0 {
 			r.telemetry.ReceiverEbpfTracingEventsRead.Add(ctx, read)
 			read = 0
 		}
-		if c, err := r.tracer.ReadCounters(); err == nil && c.EventsLost > lastLost {
-			r.telemetry.ReceiverEbpfTracingEventsLost.Add(ctx, int64(c.EventsLost-lastLost))
-			lastLost = c.EventsLost
-		}
+		kc.report(ctx, r)
 		n := builder.Len()
 		if n == 0 {
 			return
@@ -385,4 +383,44 @@ func (d DiscoveryConfig) criteria() ([]discovery.Criteria, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// kernelCounters remembers the last kernel counter values reported, so the
+// telemetry counters get the increments.
+type kernelCounters struct {
+	trace httptrace.Counters
+	prop  ctxprop.Counters
+}
+
+func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
+	tb := r.telemetry
+	if c, err := r.tracer.ReadCounters(); err == nil {
+		add(ctx, tb.ReceiverEbpfTracingEventsLost, c.EventsLost, &k.trace.EventsLost)
+		dropped := c.PipelineFull + c.ConnStateFull
+		prev := k.trace.PipelineFull + k.trace.ConnStateFull
+		if dropped > prev {
+			tb.ReceiverEbpfTracingRequestsDropped.Add(ctx, int64(dropped-prev))
+		}
+		k.trace.PipelineFull, k.trace.ConnStateFull = c.PipelineFull, c.ConnStateFull
+	}
+	if r.prop == nil {
+		return
+	}
+	if c, err := r.prop.ReadCounters(); err == nil {
+		add(ctx, tb.ReceiverEbpfTracingHeadersInjected, c.Injected, &k.prop.Injected)
+		add(ctx, tb.ReceiverEbpfTracingHeadersAppOwned, c.AppHeader, &k.prop.AppHeader)
+		skipped := c.HeadersTooLong + c.PushFailed
+		prev := k.prop.HeadersTooLong + k.prop.PushFailed
+		if skipped > prev {
+			tb.ReceiverEbpfTracingHeadersSkipped.Add(ctx, int64(skipped-prev))
+		}
+		k.prop.HeadersTooLong, k.prop.PushFailed = c.HeadersTooLong, c.PushFailed
+	}
+}
+
+func add(ctx context.Context, counter metric.Int64Counter, now uint64, last *uint64) {
+	if now > *last {
+		counter.Add(ctx, int64(now-*last))
+		*last = now
+	}
 }

@@ -29,7 +29,11 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingConsumerErrors        metric.Int64Counter
 	ReceiverEbpfTracingEventsLost            metric.Int64Counter
 	ReceiverEbpfTracingEventsRead            metric.Int64Counter
+	ReceiverEbpfTracingHeadersAppOwned       metric.Int64Counter
+	ReceiverEbpfTracingHeadersInjected       metric.Int64Counter
+	ReceiverEbpfTracingHeadersSkipped        metric.Int64Counter
 	ReceiverEbpfTracingProcessesInstrumented metric.Int64Gauge
+	ReceiverEbpfTracingRequestsDropped       metric.Int64Counter
 	ReceiverEbpfTracingSpansEmitted          metric.Int64Counter
 }
 
@@ -80,10 +84,34 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		metric.WithUnit("{event}"),
 	)
 	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingHeadersAppOwned, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_headers_app_owned",
+		metric.WithDescription("Number of outgoing requests under a traced request that already carried the application's own traceparent, left untouched. [Development]"),
+		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingHeadersInjected, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_headers_injected",
+		metric.WithDescription("Number of traceparent headers injected into outgoing requests. [Development]"),
+		metric.WithUnit("{header}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingHeadersSkipped, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_headers_skipped",
+		metric.WithDescription("Number of outgoing requests under a traced request that were not injected because their header block was longer than the 4 KiB searched or the kernel could not grow the message. [Development]"),
+		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
 	builder.ReceiverEbpfTracingProcessesInstrumented, err = builder.meter.Int64Gauge(
 		"otelcol_receiver_ebpf_tracing_processes_instrumented",
 		metric.WithDescription("Number of processes currently instrumented. [Development]"),
 		metric.WithUnit("{process}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingRequestsDropped, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_requests_dropped",
+		metric.WithDescription("Number of requests the kernel could not track (more pipelined requests than it queues per connection, or the connection map was full); counted in the kernel. [Development]"),
+		metric.WithUnit("{request}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.ReceiverEbpfTracingSpansEmitted, err = builder.meter.Int64Counter(

@@ -22,7 +22,11 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingConsumerErrors.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingEventsLost.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingEventsRead.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingHeadersAppOwned.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingHeadersInjected.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingHeadersSkipped.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), 1)
+	tb.ReceiverEbpfTracingRequestsDropped.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansEmitted.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
@@ -33,7 +37,19 @@ func TestSetupTelemetry(t *testing.T) {
 	AssertEqualReceiverEbpfTracingEventsRead(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingHeadersAppOwned(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingHeadersInjected(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingHeadersSkipped(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingProcessesInstrumented(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingRequestsDropped(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingSpansEmitted(t, testTel,
