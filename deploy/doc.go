@@ -2,5 +2,5 @@
 // otelcol-ebpf distro (Dockerfile, kubernetes/) and the test that checks
 // them: the DaemonSet settings eBPF tracing and context propagation need, and
 // the ConfigMap's collector config, validated by the built distro when
-// _build/otelcol-ebpf exists. See README.md in this directory.
+// _build/otelcol-ebpf exists. See the Kubernetes section of the repository README.
 package deploy

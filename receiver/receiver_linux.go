@@ -86,9 +86,11 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
-	if !report.BPFLoop && !r.cfg.EBPF.OverrideBPFLoopEnabled {
-		return errors.New("ebpf_tracing: the bpf_loop helper (kernel 5.17+) is unavailable: " +
-			"set ebpf.override_bpf_loop_enabled (BEYLA_OVERRIDE_BPF_LOOP_ENABLED) only if the kernel backports it")
+	useLoop := report.BPFLoop || r.cfg.EBPF.OverrideBPFLoopEnabled
+	if !useLoop {
+		logger.Warn("bpf_loop helper unavailable (kernel before 5.17): only request lines are parsed; " +
+			"incoming traceparent and Host headers are ignored and no header is injected. " +
+			"Set ebpf.override_bpf_loop_enabled (BEYLA_OVERRIDE_BPF_LOOP_ENABLED) if the kernel has it backported")
 	}
 	criteria, err := r.cfg.Discovery.criteria()
 	if err != nil {
@@ -97,6 +99,9 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	propagation, err := r.cfg.EBPF.Propagation()
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	if !useLoop {
+		propagation.Headers = false
 	}
 	if propagation.TCP {
 		logger.Warn("ebpf.context_propagation: the TCP packet-level carrier (for TLS) is not available in this version; " +
@@ -125,6 +130,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		RingBufferSize:      r.cfg.EBPF.RingBufferSize,
 		WakeupRecords:       r.cfg.EBPF.WakeupLen,
 		TrackRequestHeaders: r.cfg.EBPF.TrackRequestHeaders,
+		NoBPFLoop:           !useLoop,
 	})
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
@@ -156,7 +162,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	}
 
 	logger.Info("ebpf_tracing started",
-		zap.String("attach", "raw_tracepoint/sys_exit"),
+		zap.String("attach", r.tracer.Variant()),
 		zap.Bool("inject_headers", r.prop != nil),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
