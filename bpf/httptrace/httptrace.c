@@ -55,19 +55,14 @@ struct {
 
 // State of one request parse (see parse_cb).
 struct scan_state {
-	__u64 start;          // first byte to scan
+	__u64 pos;            // next byte to look at
 	__u64 end;            // end of the data in buf
-	__u64 line_start;     // offset of the current header line, 0 on the request line
+	__u64 line_no;        // lines seen, the request line being 0
+	__u64 mid_line;       // pos is inside a line longer than one step
 	__u64 header_end;     // offset just past the blank line, 0 if not seen
 	__u64 tp_off;         // offset of the traceparent value, 0 if none
-	__u64 host_off;       // offset of the Host value, 0 if none
 	__u64 content_length; // Content-Length value, 0 if none
 	__u64 version_off;    // offset of the request line's minor version digit
-	__u64 path_len;
-	__u64 host_len;
-	__u8 in_path;
-	__u8 host_copy;
-	__u8 _pad[6];
 };
 
 struct scratch {
@@ -175,15 +170,19 @@ static __always_inline __u16 status_at(const __u8 *buf, __u64 off)
 	       (at(buf, off + 11) - '0');
 }
 
-// Request parsing, one byte per bpf_loop iteration. The scan state lives in
-// the per-CPU scratch map, not on the stack: the verifier does not track map
-// contents, so the callback is verified once instead of once per distinct
-// value of the offsets.
+// Request parsing. The request line is handled without a loop; headers
+// are walked one line per bpf_loop iteration, each line searched 8 bytes at
+// a time. The scan state lives in the per-CPU scratch map, not on the stack:
+// the verifier does not track map contents, so the callback is verified once
+// instead of once per distinct value of the offsets.
 struct parse_ctx {
 	struct scratch *s;
 	struct req_info *r;
 };
 
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+#define LINE_WORDS 32 // 8-byte words searched for '\n' per iteration
 
 static __always_inline __u64 load8(const __u8 *buf, __u64 i)
 {
@@ -199,6 +198,44 @@ static __always_inline __u32 load4(const __u8 *buf, __u64 i)
 	return v;
 }
 
+// High bit set in each byte of w equal to b; the lowest one is exact.
+static __always_inline __u64 bytes_eq(__u64 w, __u8 b)
+{
+	__u64 x = w ^ (ONES * b);
+	return (x - ONES) & ~x & HIGHS;
+}
+
+// Index of the lowest flagged byte of a non-zero bytes_eq mask.
+static __always_inline __u32 first_byte(__u64 m)
+{
+	__u32 n = 0;
+	if (!(m & 0xffffffffull)) {
+		n += 4;
+		m >>= 32;
+	}
+	if (!(m & 0xffffull)) {
+		n += 2;
+		m >>= 16;
+	}
+	if (!(m & 0xffull))
+		n += 1;
+	return n;
+}
+
+// Length of the token at i: up to the first ' ', '\r' or '\n', at most
+// words * 8 (returned when none is found).
+static __always_inline __u32 token_len(const __u8 *buf, __u64 i, const int words)
+{
+#pragma unroll
+	for (int k = 0; k < words; k++) {
+		__u64 w = load8(buf, i + 8 * k);
+		__u64 m = bytes_eq(w, ' ') | bytes_eq(w, '\r') | bytes_eq(w, '\n');
+		if (m)
+			return 8 * k + first_byte(m);
+	}
+	return words * 8;
+}
+
 static __always_inline __u64 skip_ows(const __u8 *buf, __u64 i)
 {
 #pragma unroll
@@ -211,8 +248,9 @@ static __always_inline __u64 skip_ows(const __u8 *buf, __u64 i)
 	return i;
 }
 
-// At a line start i: records the headers this tracer reads.
-static __always_inline void header_line(const __u8 *buf, __u64 i, struct scan_state *st)
+// At the start i of a header line: records the headers this tracer reads.
+static __always_inline void header_line(const __u8 *buf, __u64 i, struct scan_state *st,
+					struct req_info *r)
 {
 	__u64 w = load8(buf, i) | LOWER8;
 	if (w == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r')) {
@@ -237,51 +275,51 @@ static __always_inline void header_line(const __u8 *buf, __u64 i, struct scan_st
 		return;
 	}
 	if ((load4(buf, i) | LOWER4) == W4('h', 'o', 's', 't') && at(buf, i + 4) == ':') {
-		st->host_off = skip_ows(buf, i + 5);
-		st->host_copy = 1;
+		__u64 h = skip_ows(buf, i + 5);
+		__builtin_memcpy(r->host, buf + (h & BUF_MASK), HOST_MAX);
+		__u64 len = token_len(buf, h, HOST_MAX / 8);
+		if (h + len > st->end)
+			len = h < st->end ? st->end - h : 0;
+		r->host_len = len;
 	}
 }
 
-static long parse_cb(__u64 index, void *data)
+// One line per iteration: at a header line start, look at the header; then
+// find the line's end.
+static long line_cb(__u64 index, void *data)
 {
 	struct parse_ctx *pc = data;
 	struct scratch *s = pc->s;
-	struct req_info *r = pc->r;
 	struct scan_state *st = &s->st;
-	__u64 i = st->start + index;
-	if (i >= st->end)
-		return 1;
 	const __u8 *buf = s->buf;
-	__u8 ch = at(buf, i);
-	if (st->in_path) {
-		if (ch == ' ' || ch == '\r' || ch == '\n') {
-			st->in_path = 0;
-			r->path_len = st->path_len;
-		} else if (st->path_len < PATH_MAX_LEN) {
-			r->path[st->path_len & (PATH_MAX_LEN - 1)] = ch;
-			st->path_len++;
-		}
-		return 0;
-	}
-	if (i != st->line_start) {
-		if (ch == '\n') {
-			if (st->line_start == 0 && i >= 2)
-				st->version_off = i - 2; // "HTTP/1.x\r\n"
-			st->line_start = i + 1;
-			st->host_copy = 0;
-		} else if (st->host_copy && i >= st->host_off && ch != '\r' && ch != ' ') {
-			if (st->host_len < HOST_MAX) {
-				r->host[st->host_len & (HOST_MAX - 1)] = ch;
-				st->host_len++;
-			}
-		}
-		return 0;
-	}
-	if (ch == '\r' || ch == '\n') {
-		st->header_end = i + (ch == '\r' ? 2 : 1);
+	__u64 pos = st->pos;
+	if (pos >= st->end)
 		return 1;
+	if (!st->mid_line && st->line_no > 0) {
+		__u8 ch = at(buf, pos);
+		if (ch == '\r' || ch == '\n') {
+			st->header_end = pos + (ch == '\r' ? 2 : 1);
+			return 1;
+		}
+		header_line(buf, pos, st, pc->r);
 	}
-	header_line(buf, i, st);
+#pragma unroll
+	for (int k = 0; k < LINE_WORDS; k++) {
+		__u64 m = bytes_eq(load8(buf, pos + 8 * k), '\n');
+		if (m) {
+			__u64 nl = pos + 8 * k + first_byte(m);
+			if (nl >= st->end)
+				return 1;
+			if (st->line_no == 0 && nl >= 2)
+				st->version_off = nl - 2; // "HTTP/1.x\r\n"
+			st->pos = nl + 1;
+			st->line_no++;
+			st->mid_line = 0;
+			return 0;
+		}
+	}
+	st->pos = pos + 8 * LINE_WORDS;
+	st->mid_line = 1;
 	return 0;
 }
 
@@ -475,24 +513,24 @@ static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n
 	for (int k = 0; k < METHOD_MAX; k++)
 		r->method[k] = k < mlen ? at(buf, off + k) : 0;
 
+	__u64 p = off + mlen + 1;
+	if (p >= n)
+		return 0;
+	__builtin_memcpy(r->path, buf + (p & BUF_MASK), PATH_MAX_LEN);
+	__u64 len = token_len(buf, p, PATH_MAX_LEN / 8);
+	if (p + len > n)
+		len = n - p;
+	r->path_len = len;
+
 	struct scan_state *st = &s->st;
 	__builtin_memset(st, 0, sizeof(*st));
-	st->start = off + mlen + 1;
+	st->pos = p + len;
 	st->end = n;
-	st->in_path = 1;
-	if (st->end <= st->start)
-		return 0;
 	struct parse_ctx pc = {.s = s, .r = r};
-	if (use_bpf_loop) {
-		bpf_loop(BUF_SIZE, parse_cb, &pc, 0);
-	} else {
-		for (__u32 i = 0; i < PATH_MAX_LEN + 1; i++) {
-			if (!st->in_path)
-				break;
-			parse_cb(i, &pc);
-		}
-	}
-	r->host_len = st->host_len;
+	if (use_bpf_loop)
+		bpf_loop(MAX_LINES, line_cb, &pc, 0);
+	else
+		line_cb(0, &pc); // the request line only: no headers
 	r->proto_minor = st->version_off && at(buf, st->version_off) == '0' ? 0 : 1;
 	if (!st->header_end)
 		return 0;

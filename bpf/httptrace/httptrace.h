@@ -4,7 +4,8 @@
 
 #define BUF_SIZE 1024 // request/response prefix copied for parsing
 #define BUF_MASK (BUF_SIZE - 1)
-#define BUF_PAD 64
+#define BUF_PAD 136 // lets fixed-size copies start anywhere in the buffer
+#define MAX_LINES 64 // bpf_loop iterations per request: header lines
 #define METHOD_MAX 16
 #define PATH_MAX_LEN 128
 #define HOST_MAX 64

@@ -116,22 +116,17 @@ type httptraceHttpEvent struct {
 
 type httptraceScratch struct {
 	_   structs.HostLayout
-	Buf [1088]uint8
+	Buf [1160]uint8
 	St  struct {
 		_             structs.HostLayout
-		Start         uint64
+		Pos           uint64
 		End           uint64
-		LineStart     uint64
+		LineNo        uint64
+		MidLine       uint64
 		HeaderEnd     uint64
 		TpOff         uint64
-		HostOff       uint64
 		ContentLength uint64
 		VersionOff    uint64
-		PathLen       uint64
-		HostLen       uint64
-		InPath        uint8
-		HostCopy      uint8
-		Pad           [6]uint8
 	}
 }
 
