@@ -34,9 +34,12 @@ const (
 	Node   Lang = "node"
 	Java   Lang = "java"
 	Go     Lang = "go"
+	// GoSDK is apps/gosdk, a Go app instrumented with the OpenTelemetry SDK
+	// (otelhttp) that exports its own spans over OTLP/HTTP; not in AllLangs.
+	GoSDK Lang = "gosdk"
 )
 
-// AllLangs returns every test app language, in a fixed order.
+// AllLangs returns every uninstrumented test app language, in a fixed order.
 func AllLangs() []Lang { return []Lang{Python, Node, Java, Go} }
 
 // DefaultService is the OTEL_SERVICE_NAME the tests give each language's app.
@@ -173,6 +176,13 @@ func (a *App) Output() string { return a.out.String() }
 // the test ends (printing its output if the test failed).
 func StartApp(t testing.TB, lang Lang, port int, service string) *App {
 	t.Helper()
+	return StartAppEnv(t, lang, port, service)
+}
+
+// StartAppEnv is StartApp with more "NAME=value" environment variables, such
+// as GoSDK's OTEL_EXPORTER_OTLP_ENDPOINT.
+func StartAppEnv(t testing.TB, lang Lang, port int, service string, env ...string) *App {
+	t.Helper()
 	root := RepoRoot(t)
 	dir := filepath.Join(root, "test", "e2e", "apps", string(lang))
 	portArg := strconv.Itoa(port)
@@ -187,11 +197,13 @@ func StartApp(t testing.TB, lang Lang, port int, service string) *App {
 		cmd = exec.Command("java", "-cp", classes, "Server", portArg)
 	case Go:
 		cmd = exec.Command(buildGoApp(t, root, dir), portArg)
+	case GoSDK:
+		cmd = exec.Command(buildGoSDKApp(t, dir), portArg)
 	default:
 		t.Fatalf("unknown test app language %q", lang)
 	}
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "OTEL_SERVICE_NAME="+service, "PORT="+portArg)
+	cmd.Env = append(append(os.Environ(), "OTEL_SERVICE_NAME="+service, "PORT="+portArg), env...)
 	app := &App{Lang: lang, Service: service, Port: port, cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
 	ready := make(chan struct{})
 	cmd.Stdout = &readyWriter{buf: app.out, ready: ready}
@@ -281,16 +293,45 @@ func buildGoApp(t testing.TB, root, dir string) string {
 	return bin
 }
 
-// cacheDir names (without creating) $TMPDIR/ebpftracing-e2e/<kind>-<hash of
-// src and the Go version>, and creates its parent.
-func cacheDir(t testing.TB, kind, src string) string {
+// buildGoSDKApp builds apps/gosdk, a module of its own (so the receiver's
+// go.mod does not require the OpenTelemetry SDK), once into a cache directory
+// keyed by its source, go.mod, go.sum and the Go version, and returns the
+// binary's path. The first build downloads the SDK's modules through the
+// module proxy; the committed go.sum pins them.
+func buildGoSDKApp(t testing.TB, dir string) string {
 	t.Helper()
-	b, err := os.ReadFile(src)
+	out := cacheDir(t, "gosdk", filepath.Join(dir, "main.go"), filepath.Join(dir, "go.mod"), filepath.Join(dir, "go.sum"))
+	bin := filepath.Join(out, "gosdk")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(out), "build-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, "gosdk"), ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", dir, err, b)
+	}
+	publish(t, tmp, out)
+	return bin
+}
+
+// cacheDir names (without creating) $TMPDIR/ebpftracing-e2e/<kind>-<hash of
+// srcs and the Go version>, and creates its parent.
+func cacheDir(t testing.TB, kind string, srcs ...string) string {
+	t.Helper()
 	h := sha256.New()
-	h.Write(b)
+	for _, src := range srcs {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Write(b)
+	}
 	io.WriteString(h, runtime.Version())
 	parent := filepath.Join(os.TempDir(), "ebpftracing-e2e")
 	if err := os.MkdirAll(parent, 0o755); err != nil {

@@ -45,6 +45,10 @@ type CollectorConfig struct {
 	BatchTimeout string
 	// EBPF holds more ebpf.<key>: <value> lines, values written verbatim.
 	EBPF map[string]string
+	// OTLPPort, when not zero, adds the otlp receiver with OTLP/HTTP on
+	// 127.0.0.1:<port> to the traces pipeline, beside ebpf_tracing, for apps
+	// that export their own spans (GoSDK).
+	OTLPPort int
 	// HealthCheckPort, when not zero, enables the health_check extension on
 	// 127.0.0.1:<port>. StartCollector sets it when the distro has the
 	// extension.
@@ -87,6 +91,11 @@ func (c CollectorConfig) YAML() string {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "      %s: %s\n", k, c.EBPF[k])
 	}
+	receivers := "ebpf_tracing"
+	if c.OTLPPort != 0 {
+		fmt.Fprintf(&b, "  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:%d\n", c.OTLPPort)
+		receivers += ", otlp"
+	}
 	// sending_queue off: each batch is exported synchronously, so a span is
 	// at the sink ~batch_timeout after the response. retry off: a failed
 	// export shows in the collector's log instead of arriving twice.
@@ -106,14 +115,14 @@ func (c CollectorConfig) YAML() string {
 	if c.HealthCheckPort != 0 {
 		b.WriteString("  extensions: [health_check]\n")
 	}
-	b.WriteString(`  pipelines:
+	fmt.Fprintf(&b, `  pipelines:
     traces:
-      receivers: [ebpf_tracing]
+      receivers: [%s]
       exporters: [otlp_http]
   telemetry:
     metrics:
       level: none
-`)
+`, receivers)
 	return b.String()
 }
 

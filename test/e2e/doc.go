@@ -56,6 +56,16 @@
 // connection, after the collector started: connections opened before are
 // not injected.
 //
+// # Interoperability with the OpenTelemetry SDK
+//
+// interop_privileged_test.go puts apps/gosdk, a Go app instrumented with the
+// OpenTelemetry SDK (otelhttp, W3C TraceContext, OTLP/HTTP export to the
+// collector's otlp receiver, CollectorConfig.OTLPPort), between two traced
+// Python apps and checks that its spans and ours form one trace with correct
+// parents; a second run traces the SDK app too, and the header the SDK wrote
+// stays the only one. The receiver's spans are told from the SDK's by their
+// instrumentation scope.
+//
 // # Test apps
 //
 // apps/python/server.py, apps/node/server.js, apps/java/Server.java and
@@ -83,6 +93,13 @@
 //	                    sorts header names: Traceparent, then X-Pad).
 //	GET  /headers       200 {"headers": {lowercase name: value, repeated
 //	                    values joined by ", "}, "sha256": <digest>, "traceparent": ...}
+//
+// apps/gosdk (Lang GoSDK, not in AllLangs) is a module of its own, so the
+// receiver's go.mod does not require the SDK; its go.sum pins the SDK
+// versions, the first build downloads them through the module proxy, and the
+// binary is cached like the Go app's (keyed by main.go, go.mod and go.sum).
+// It serves the same endpoints, except that /call takes only url=: otelhttp
+// writes the traceparent.
 //
 // Every response carries X-Received-Traceparent with the incoming traceparent
 // header (the first one; empty when there was none); "traceparent" in the

@@ -87,6 +87,12 @@ func langSpecs(langs ...Lang) []appSpec {
 // processes that were running before the collector started.
 func waitTraced(t *testing.T, sink *Sink, app *App) {
 	t.Helper()
+	waitTracedBy(t, sink, app, ServerOf(app.Service))
+}
+
+// waitTracedBy is waitTraced waiting for a span matching pred.
+func waitTracedBy(t *testing.T, sink *Sink, app *App, pred SpanPred) {
+	t.Helper()
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(spanTimeout)
@@ -95,7 +101,7 @@ func waitTraced(t *testing.T, sink *Sink, app *App) {
 		if err == nil {
 			resp.Body.Close()
 		}
-		if len(sink.Matching(ServerOf(app.Service))) > 0 {
+		if len(sink.Matching(pred)) > 0 {
 			return
 		}
 		if time.Now().After(deadline) {
