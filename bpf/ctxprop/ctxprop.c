@@ -19,6 +19,7 @@
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
 #include "maps/client_ids.h"
+#include "maps/go.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -234,8 +235,15 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	for (int k = 0; k < TP_HEADER_LEN; k++)
 		data[k] = hdr[k];
 	bpf_map_update_elem(&client_ids, &pid_tgid, &ids, BPF_ANY);
-	if (t->inherited)
+	if (t->inherited) {
+		// An inherited context serves one outgoing request.
 		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
+		__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
+		if (g) {
+			struct go_key k = {.tgid = pid_tgid >> 32, .g = *g};
+			bpf_map_delete_elem(&go_ctxs, &k);
+		}
+	}
 	prop_count(PROP_INJECTED);
 	return SK_PASS;
 }

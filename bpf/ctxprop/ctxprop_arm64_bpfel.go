@@ -22,6 +22,13 @@ type ctxpropClientIds struct {
 	Pad        [7]uint8
 }
 
+type ctxpropGoKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	G    uint64
+}
+
 type ctxpropPropCounter uint32
 
 const (
@@ -59,6 +66,8 @@ const (
 	ctxpropMapClientIds         = "client_ids"
 	ctxpropMapConnecting        = "connecting"
 	ctxpropMapCtxpropSocks      = "ctxprop_socks"
+	ctxpropMapGoCtxs            = "go_ctxs"
+	ctxpropMapGoCur             = "go_cur"
 	ctxpropMapPropCounters      = "prop_counters"
 	ctxpropMapPropScratchMap    = "prop_scratch_map"
 	ctxpropMapThreadCtxs        = "thread_ctxs"
@@ -121,6 +130,8 @@ type ctxpropMapSpecs struct {
 	ClientIds      *ebpf.MapSpec `ebpf:"client_ids"`
 	Connecting     *ebpf.MapSpec `ebpf:"connecting"`
 	CtxpropSocks   *ebpf.MapSpec `ebpf:"ctxprop_socks"`
+	GoCtxs         *ebpf.MapSpec `ebpf:"go_ctxs"`
+	GoCur          *ebpf.MapSpec `ebpf:"go_cur"`
 	PropCounters   *ebpf.MapSpec `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.MapSpec `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.MapSpec `ebpf:"thread_ctxs"`
@@ -157,6 +168,8 @@ type ctxpropMaps struct {
 	ClientIds      *ebpf.Map `ebpf:"client_ids"`
 	Connecting     *ebpf.Map `ebpf:"connecting"`
 	CtxpropSocks   *ebpf.Map `ebpf:"ctxprop_socks"`
+	GoCtxs         *ebpf.Map `ebpf:"go_ctxs"`
+	GoCur          *ebpf.Map `ebpf:"go_cur"`
 	PropCounters   *ebpf.Map `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.Map `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.Map `ebpf:"thread_ctxs"`
@@ -168,6 +181,8 @@ func (m *ctxpropMaps) Close() error {
 		m.ClientIds,
 		m.Connecting,
 		m.CtxpropSocks,
+		m.GoCtxs,
+		m.GoCur,
 		m.PropCounters,
 		m.PropScratchMap,
 		m.ThreadCtxs,

@@ -19,6 +19,7 @@
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
 #include "maps/client_ids.h"
+#include "maps/go.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -537,6 +538,8 @@ static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n
 	return st->header_end + st->content_length;
 }
 
+// Makes r the context of the thread (and, in Go, of the goroutine) that read
+// it.
 static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 {
 	struct thread_ctx t = {};
@@ -544,6 +547,23 @@ static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 	__builtin_memcpy(t.span_id, r->span_id, sizeof(t.span_id));
 	t.trace_flags = r->trace_flags;
 	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
+	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
+	if (g) {
+		struct go_key k = {.tgid = pid_tgid >> 32, .g = *g};
+		bpf_map_update_elem(&go_ctxs, &k, &t, BPF_ANY);
+		r->goroutine = k.g;
+	}
+}
+
+// Ends an inherited (one-shot) context after its first outgoing request.
+static __always_inline void consume_inherited(__u64 pid_tgid)
+{
+	bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
+	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
+	if (g) {
+		struct go_key k = {.tgid = pid_tgid >> 32, .g = *g};
+		bpf_map_delete_elem(&go_ctxs, &k);
+	}
 }
 
 // Handles one request at offset off of the data just read on (tgid, fd):
@@ -618,6 +638,12 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 	__u64 reader = (pid_tgid & 0xffffffff00000000ull) | r->tid;
 	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &reader);
 	bool owned = t && same_span(t->span_id, r->span_id);
+	if (r->goroutine) {
+		struct go_key k = {.tgid = key.tgid, .g = r->goroutine};
+		struct thread_ctx *gt = bpf_map_lookup_elem(&go_ctxs, &k);
+		if (gt && same_span(gt->span_id, r->span_id))
+			bpf_map_delete_elem(&go_ctxs, &k);
+	}
 	c->srv_head = (c->srv_head + 1) & (PIPELINE_DEPTH - 1);
 	c->srv_count--;
 	if (owned) {
@@ -678,7 +704,7 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 		r->trace_flags = t->trace_flags;
 		random_id(r->span_id, 2);
 		if (t->inherited)
-			bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
+			consume_inherited(pid_tgid);
 	} else {
 		random_id(r->trace_id, 4);
 		random_id(r->span_id, 2);

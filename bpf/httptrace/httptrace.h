@@ -53,6 +53,7 @@ struct http_event {
 
 struct req_info {
 	__u64 start_ns;
+	__u64 goroutine; // Go: the goroutine that read the request, else 0
 	__u8 trace_id[16];
 	__u8 span_id[8];
 	__u8 parent_id[8];

@@ -45,6 +45,7 @@ type httptraceConnState struct {
 	Srv        [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
+		Goroutine  uint64
 		TraceId    [16]uint8
 		SpanId     [8]uint8
 		ParentId   [8]uint8
@@ -62,6 +63,7 @@ type httptraceConnState struct {
 	Cli struct {
 		_          structs.HostLayout
 		StartNs    uint64
+		Goroutine  uint64
 		TraceId    [16]uint8
 		SpanId     [8]uint8
 		ParentId   [8]uint8
@@ -86,6 +88,13 @@ const (
 	httptraceCounterCOUNTER_CONN_STATE_FULL httptraceCounter = 2
 	httptraceCounterCOUNTER_MAX             httptraceCounter = 3
 )
+
+type httptraceGoKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	G    uint64
+}
 
 type httptraceHttpEvent struct {
 	_          structs.HostLayout
@@ -148,6 +157,8 @@ const (
 	httptraceMapConns                = "conns"
 	httptraceMapCounters             = "counters"
 	httptraceMapEvents               = "events"
+	httptraceMapGoCtxs               = "go_ctxs"
+	httptraceMapGoCur                = "go_cur"
 	httptraceMapScratchMap           = "scratch_map"
 	httptraceMapThreadCtxs           = "thread_ctxs"
 	httptraceMapTracedPids           = "traced_pids"
@@ -219,6 +230,8 @@ type httptraceMapSpecs struct {
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
+	GoCtxs     *ebpf.MapSpec `ebpf:"go_ctxs"`
+	GoCur      *ebpf.MapSpec `ebpf:"go_cur"`
 	ScratchMap *ebpf.MapSpec `ebpf:"scratch_map"`
 	ThreadCtxs *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids *ebpf.MapSpec `ebpf:"traced_pids"`
@@ -260,6 +273,8 @@ type httptraceMaps struct {
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Events     *ebpf.Map `ebpf:"events"`
+	GoCtxs     *ebpf.Map `ebpf:"go_ctxs"`
+	GoCur      *ebpf.Map `ebpf:"go_cur"`
 	ScratchMap *ebpf.Map `ebpf:"scratch_map"`
 	ThreadCtxs *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids *ebpf.Map `ebpf:"traced_pids"`
@@ -272,6 +287,8 @@ func (m *httptraceMaps) Close() error {
 		m.Conns,
 		m.Counters,
 		m.Events,
+		m.GoCtxs,
+		m.GoCur,
 		m.ScratchMap,
 		m.ThreadCtxs,
 		m.TracedPids,

@@ -323,9 +323,17 @@ type SharedMaps struct {
 	TracedPids *ebpf.Map // tgid -> 1: processes to trace
 	ThreadCtxs *ebpf.Map // pid_tgid -> context of the request a thread serves
 	ClientIDs  *ebpf.Map // pid_tgid -> ids of an injected traceparent
+	GoCur      *ebpf.Map // pid_tgid -> goroutine the thread runs (Go)
+	GoCtxs     *ebpf.Map // (tgid, goroutine) -> context (Go)
 }
 
 // Shared returns the maps to hand to ctxprop.Load.
 func (t *Tracer) Shared() SharedMaps {
-	return SharedMaps{TracedPids: t.objs.TracedPids, ThreadCtxs: t.objs.ThreadCtxs, ClientIDs: t.objs.ClientIds}
+	return SharedMaps{
+		TracedPids: t.objs.TracedPids,
+		ThreadCtxs: t.objs.ThreadCtxs,
+		ClientIDs:  t.objs.ClientIds,
+		GoCur:      t.objs.GoCur,
+		GoCtxs:     t.objs.GoCtxs,
+	}
 }
