@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
@@ -44,6 +45,7 @@ type tracesReceiver struct {
 	wg        sync.WaitGroup
 	tracer    *httptrace.Tracer
 	prop      *ctxprop.Propagator
+	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	reader    *ringbuf.Reader
 	watcher   *discovery.Watcher
 	telemetry *metadata.TelemetryBuilder
@@ -145,6 +147,20 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		if err = r.prop.Attach(report.CgroupV2); err != nil {
 			return fmt.Errorf("ebpf_tracing: ebpf.context_propagation %q: %w", r.cfg.EBPF.ContextPropagation, err)
 		}
+		// Go moves goroutines between threads: follow them in Go processes
+		// so outgoing calls get the context of the request they serve.
+		shared := r.tracer.Shared()
+		r.goTracker, err = goruntime.Load(goruntime.Maps{
+			TracedPids: shared.TracedPids,
+			ThreadCtxs: shared.ThreadCtxs,
+			GoCur:      shared.GoCur,
+			GoCtxs:     shared.GoCtxs,
+		})
+		if err != nil {
+			logger.Warn("Go goroutine tracking unavailable: Go services get thread-level propagation only", zap.Error(err))
+			r.goTracker = nil
+			err = nil
+		}
 	}
 	r.reader, err = ringbuf.NewReader(r.tracer.Events())
 	if err != nil {
@@ -164,6 +180,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	logger.Info("ebpf_tracing started",
 		zap.String("attach", r.tracer.Variant()),
 		zap.Bool("inject_headers", r.prop != nil),
+		zap.Bool("go_goroutines", r.goTracker != nil),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
@@ -230,6 +247,12 @@ func (r *tracesReceiver) release() error {
 		}
 		r.reader = nil
 	}
+	if r.goTracker != nil {
+		if err := r.goTracker.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.goTracker = nil
+	}
 	if r.prop != nil {
 		if err := r.prop.Close(); err != nil {
 			errs = append(errs, err)
@@ -254,6 +277,11 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 		r.set.Logger.Warn("cannot trace process", zap.Int("pid", p.PID), zap.Error(err))
 		return
 	}
+	if r.goTracker != nil {
+		if err := r.goTracker.AttachProcess(p.PID, p.ExePath); err != nil && !errors.Is(err, goruntime.ErrNotGo) {
+			r.set.Logger.Debug("no goroutine tracking for process", zap.Int("pid", p.PID), zap.Error(err))
+		}
+	}
 	r.mu.Lock()
 	r.procs[uint32(p.PID)] = &procEntry{proc: spans.Process{PID: p.PID, ServiceName: p.ServiceName, ExeName: p.ExeName}}
 	n := r.instrumentedLocked()
@@ -263,6 +291,9 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 
 func (r *tracesReceiver) onRemove(pid int) {
 	_ = r.tracer.Untrace(uint32(pid))
+	if r.goTracker != nil {
+		_ = r.goTracker.DetachProcess(pid)
+	}
 	r.mu.Lock()
 	if e, ok := r.procs[uint32(pid)]; ok {
 		e.exited = time.Now()

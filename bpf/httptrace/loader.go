@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"time"
 	"unsafe"
 
@@ -174,17 +175,18 @@ func (t *Tracer) attachVariant(name string, progs map[string]string) (err error)
 	return nil
 }
 
+// mapReplacements names every map of t.objs by its section name, so each
+// variant's programs use the maps loaded once by Load (and shared with the
+// other packages), whatever maps the C code declares.
 func (t *Tracer) mapReplacements() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{
-		"traced_pids": t.objs.TracedPids,
-		"conns":       t.objs.Conns,
-		"thread_ctxs": t.objs.ThreadCtxs,
-		"client_ids":  t.objs.ClientIds,
-		"events":      t.objs.Events,
-		"counters":    t.objs.Counters,
-		"scratch_map": t.objs.ScratchMap,
-		"conn_zero":   t.objs.ConnZero,
+	out := map[string]*ebpf.Map{}
+	v := reflect.ValueOf(&t.objs).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if name := v.Type().Field(i).Tag.Get("ebpf"); name != "" {
+			out[name] = v.Field(i).Interface().(*ebpf.Map)
+		}
 	}
+	return out
 }
 
 // Variant is the attach variant in use, after Attach.

@@ -30,10 +30,11 @@ import (
 // propagationAll is the ebpf config that turns header propagation on.
 var propagationAll = map[string]string{"context_propagation": "all"}
 
-// injects reports whether lang's /call writes its outbound request on the
-// thread that read the inbound one, the thread identity propagation follows.
-// Go writes from the transport's goroutine, on whatever thread runs it.
-func injects(l Lang) bool { return l != Go }
+// injects reports whether lang's /call gets its outbound request injected:
+// thread-per-request runtimes by thread identity, Go by goroutine tracking
+// (the transport's writeLoop goroutine descends from the handler's when the
+// connection is new, as every /call's is).
+func injects(l Lang) bool { return true }
 
 // chainSpans are the spans of one chain of /call requests through apps:
 // Servers[i] is apps[i]'s SERVER span and Clients[i] its CLIENT span (the

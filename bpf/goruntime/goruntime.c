@@ -1,0 +1,133 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// goruntime: per-goroutine trace context for Go processes. Go moves
+// goroutines between threads, and net/http writes a client request from the
+// transport's own goroutine (created, for a new connection, by descendants of
+// the handler goroutine). So the context is kept per goroutine (go_ctxs),
+// copied to a goroutine at its creation (runtime.newproc1, marked inherited),
+// and mirrored into thread_ctxs whenever a thread switches to a goroutine
+// (runtime.execute), where httptrace and ctxprop read it.
+//
+// Only entry uprobes and uprobes on RET instructions are used: uretprobes
+// rewrite the return address on the goroutine stack and crash the Go runtime
+// when the stack moves. Arguments follow Go's register ABI (ABIInternal).
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+#include "maps/traced_pids.h"
+#include "maps/thread_ctxs.h"
+#include "maps/go.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#if defined(__TARGET_ARCH_x86)
+// Integer arguments: RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11; result: RAX.
+#define GO_ARG1(r) ((r)->ax)
+#define GO_ARG2(r) ((r)->bx)
+#define GO_RET1(r) ((r)->ax)
+#elif defined(__TARGET_ARCH_arm64)
+// Integer arguments: X0..X15; result: X0.
+#define GO_ARG1(r) ((r)->regs[0])
+#define GO_ARG2(r) ((r)->regs[1])
+#define GO_RET1(r) ((r)->regs[0])
+#endif
+
+// Context of the caller of the runtime.newproc1 call a thread is in, taken
+// at its entry and used at its return: pid_tgid -> context. newproc1 runs on
+// the system stack without switching goroutines, so the thread identifies
+// the call.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct thread_ctx);
+} go_newproc_pending SEC(".maps");
+
+// Dummy instances so bpf2go emits Go types for them.
+const struct go_key *unused_go_key __attribute__((unused));
+const struct thread_ctx *unused_thread_ctx __attribute__((unused));
+
+static __always_inline bool traced(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	return bpf_map_lookup_elem(&traced_pids, &tgid) != NULL;
+}
+
+// runtime.execute(gp *g, inheritTime bool): the thread starts running gp.
+static __always_inline int on_execute(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	__u64 g = GO_ARG1(ctx);
+	bpf_map_update_elem(&go_cur, &pid_tgid, &g, BPF_ANY);
+	struct go_key key = {.tgid = pid_tgid >> 32, .g = g};
+	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
+	if (tc)
+		bpf_map_update_elem(&thread_ctxs, &pid_tgid, tc, BPF_ANY);
+	else
+		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
+	return 0;
+}
+
+// runtime.newproc1(fn *funcval, callergp *g, callerpc uintptr, parked bool,
+// waitreason waitReason) *g, entry: remember the caller's context, or that
+// it has none (an entry left by a call whose return was not seen must not
+// reach the next call).
+static __always_inline int on_newproc1(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_ARG2(ctx)};
+	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
+	if (tc)
+		bpf_map_update_elem(&go_newproc_pending, &pid_tgid, tc, BPF_ANY);
+	else
+		bpf_map_delete_elem(&go_newproc_pending, &pid_tgid);
+	return 0;
+}
+
+// A RET instruction of runtime.newproc1: the result is the new goroutine.
+// It inherits the caller's context; g structs are reused, so a goroutine
+// created without one loses any context left by an earlier user of its g.
+static __always_inline int on_newproc1_ret(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_RET1(ctx)};
+	struct thread_ctx *tc = bpf_map_lookup_elem(&go_newproc_pending, &pid_tgid);
+	if (!tc) {
+		bpf_map_delete_elem(&go_ctxs, &key);
+		return 0;
+	}
+	tc->inherited = 1;
+	bpf_map_update_elem(&go_ctxs, &key, tc, BPF_ANY);
+	bpf_map_delete_elem(&go_newproc_pending, &pid_tgid);
+	return 0;
+}
+
+// Each program in two attach types: a uprobe_multi link (one link for all
+// RET sites, filtered to the whole process) where the kernel has it, single
+// perf-event uprobes otherwise.
+SEC("uprobe")
+int goruntime_execute(struct pt_regs *ctx) { return on_execute(ctx); }
+
+SEC("uprobe.multi")
+int goruntime_execute_multi(struct pt_regs *ctx) { return on_execute(ctx); }
+
+SEC("uprobe")
+int goruntime_newproc1(struct pt_regs *ctx) { return on_newproc1(ctx); }
+
+SEC("uprobe.multi")
+int goruntime_newproc1_multi(struct pt_regs *ctx) { return on_newproc1(ctx); }
+
+SEC("uprobe")
+int goruntime_newproc1_ret(struct pt_regs *ctx) { return on_newproc1_ret(ctx); }
+
+SEC("uprobe.multi")
+int goruntime_newproc1_ret_multi(struct pt_regs *ctx) { return on_newproc1_ret(ctx); }
