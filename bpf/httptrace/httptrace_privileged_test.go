@@ -314,3 +314,76 @@ func TestTracerWithoutBPFLoop(t *testing.T) {
 		t.Errorf("headers parsed without bpf_loop: %+v", r)
 	}
 }
+
+// An incoming traceparent is honoured only when valid per W3C Trace Context;
+// otherwise the SERVER span starts a new trace.
+func TestTracerTraceparentValidation(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	port := freePort(t)
+	py := startPython(t, port)
+	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	const trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	cases := []struct {
+		name, header string
+		honoured     bool
+	}{
+		{"valid", "traceparent: 00-" + trace + "-" + parent + "-01", true},
+		{"valid, not sampled", "traceparent: 00-" + trace + "-" + parent + "-00", true},
+		{"header name in upper case", "TRACEPARENT: 00-" + trace + "-" + parent + "-01", true},
+		{"no space after colon", "traceparent:00-" + trace + "-" + parent + "-01", true},
+		{"future version with more fields", "traceparent: 01-" + trace + "-" + parent + "-01-what-ever", true},
+		{"upper-case hex", "traceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-" + parent + "-01", false},
+		{"all-zero trace id", "traceparent: 00-00000000000000000000000000000000-" + parent + "-01", false},
+		{"all-zero parent id", "traceparent: 00-" + trace + "-0000000000000000-01", false},
+		{"version ff", "traceparent: ff-" + trace + "-" + parent + "-01", false},
+		{"version 00 with trailing data", "traceparent: 00-" + trace + "-" + parent + "-01-extra", false},
+		{"short trace id", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e473-" + parent + "-01", false},
+		{"long parent id", "traceparent: 00-" + trace + "-" + parent + "0-01", false},
+		{"non-hex flags", "traceparent: 00-" + trace + "-" + parent + "-0x", false},
+		{"missing dash", "traceparent: 00-" + trace + parent + "--01", false},
+	}
+	clock := NewClock(monoNow(t))
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "HEAD /hello HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n", tc.header)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(make([]byte, 512)); err != nil {
+				t.Fatal(err)
+			}
+			got := readRequests(t, rd, clock, 1, 5*time.Second)
+			if len(got) != 1 {
+				t.Fatalf("got %d requests", len(got))
+			}
+			r := got[0]
+			honoured := r.TraceID.String() == trace && r.ParentSpanID.String() == parent
+			if honoured != tc.honoured {
+				t.Errorf("honoured = %v, want %v (trace %s parent %s)", honoured, tc.honoured, r.TraceID, r.ParentSpanID)
+			}
+			if !tc.honoured && (r.TraceID.IsEmpty() || !r.ParentSpanID.IsEmpty()) {
+				t.Errorf("a rejected traceparent must start a new root trace: trace %s parent %s", r.TraceID, r.ParentSpanID)
+			}
+		})
+	}
+}
