@@ -757,6 +757,23 @@ static __always_inline __u64 data_buffer(__u64 nr, __u64 arg2, __u64 ret, __u64 
 	return iov.base;
 }
 
+static __always_inline bool is_traced_syscall(__u64 nr)
+{
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_CLOSE:
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_SENDTO:
+	case NR_RECVFROM:
+	case NR_SENDMSG:
+	case NR_RECVMSG:
+		return true;
+	}
+	return false;
+}
+
 // The work of both entry points, once the process is known to be traced:
 // nr, arg1 and arg2 are the system call's number and first two arguments.
 static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64 arg1, __u64 arg2)
@@ -875,13 +892,18 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 SEC("tp_btf/sys_exit")
 int httptrace_sys_exit_btf(__u64 *ctx)
 {
+	// Every system call of the host comes here: the number and result are
+	// plain loads, so drop the uninteresting ones before any helper call.
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	__u64 nr = SYSCALL_NR_BTF(regs);
+	long ret = (long)ctx[1];
+	if (!is_traced_syscall(nr) || (ret <= 0 && nr != NR_CLOSE))
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
 		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx[0];
-	return on_sys_exit(pid_tgid, SYSCALL_NR_BTF(regs), (long)ctx[1], SYSCALL_ARG1_BTF(regs),
-			   SYSCALL_ARG2_BTF(regs));
+	return on_sys_exit(pid_tgid, nr, ret, SYSCALL_ARG1_BTF(regs), SYSCALL_ARG2_BTF(regs));
 }
 
 // Fallback variant for kernels without BTF-typed tracepoints.

@@ -110,6 +110,7 @@ const (
 const userHZ = 100
 
 type options struct {
+	compression   string
 	workload      string
 	rounds        int
 	duration      time.Duration
@@ -142,6 +143,7 @@ func (l *kvList) Set(s string) error {
 func main() {
 	var o options
 	flag.StringVar(&o.workload, "workload", "all", "server, proxy, or all (server then proxy)")
+	flag.StringVar(&o.compression, "compression", "gzip", "otlp_http exporter compression: gzip (the exporter's default) or none")
 	flag.IntVar(&o.rounds, "rounds", 3, "WITHOUT/WITH pairs of wrk runs of the server workload")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk run of the server workload (wrk -d)")
 	flag.IntVar(&o.proxyRounds, "proxy-rounds", 3, "WITHOUT/WITH pairs of wrk runs of the proxy workload")
@@ -477,7 +479,7 @@ func runWorkload(ctx context.Context, o options, e env, wl *workload, ports []in
 				}
 			}
 			if with {
-				cfg := collectorConfig(wl.ports, e.sink.endpoint(), e.metricsPort, wl.ebpf)
+				cfg := collectorConfig(wl.ports, e.sink.endpoint(), e.metricsPort, wl.ebpf, o.compression)
 				if err := withCollector(ctx, o, e, wl, cfg, w, &r); err != nil {
 					*e.keepTmp = ctx.Err() == nil
 					return nil, fmt.Errorf("round %d WITH: %w", round, err)
@@ -653,7 +655,7 @@ func withCollector(ctx context.Context, o options, e env, wl *workload, cfg stri
 }
 
 // collectorConfig is the collector's YAML for one WITH run.
-func collectorConfig(ports []int, sinkEndpoint string, metricsPort int, ebpf []string) string {
+func collectorConfig(ports []int, sinkEndpoint string, metricsPort int, ebpf []string, compression string) string {
 	var b strings.Builder
 	ps := make([]string, len(ports))
 	for i, p := range ports {
@@ -677,7 +679,7 @@ func collectorConfig(ports []int, sinkEndpoint string, metricsPort int, ebpf []s
 exporters:
   otlp_http:
     endpoint: %s
-    compression: gzip
+    compression: %s
 service:
   telemetry:
     logs:
@@ -695,7 +697,7 @@ service:
       receivers: [ebpf_tracing]
       processors: [batch]
       exporters: [otlp_http]
-`, sinkEndpoint, metricsPort)
+`, sinkEndpoint, compression, metricsPort)
 	return b.String()
 }
 
@@ -1321,9 +1323,9 @@ func printReport(w io.Writer, o options, wl *workload, rs []runResult) {
 		names = append(names, p.name)
 	}
 	fmt.Fprintf(w, "\n### ebpf_tracing overhead, workload %s: %s\n\n", wl.name, wl.title)
-	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency`, %d rounds (WITHOUT, WITH alternating); collector instruments ports %v (%s); batch → otlp_http (gzip); ebpf: %s\n\n",
+	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency`, %d rounds (WITHOUT, WITH alternating); collector instruments ports %v (%s); batch → otlp_http (%s); ebpf: %s\n\n",
 		host, utsString(uts.Release[:]), runtime.NumCPU(), runtime.Version(), o.threads, o.connections, wl.duration, wl.rounds,
-		wl.ports, strings.Join(names, " + "), ebpfDesc(wl.ebpf))
+		wl.ports, strings.Join(names, " + "), o.compression, ebpfDesc(wl.ebpf))
 
 	head := "| round | collector | req/s | p50 | p99 | requests | errors | " + wl.appLabel + " CPU µs/req | wrk CPU µs/req | collector CPU µs/req | collector VmHWM MiB | spans/req | events lost |"
 	align := "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
