@@ -598,6 +598,10 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	r->start_ns = bpf_ktime_get_ns();
 	r->tid = (__u32)pid_tgid;
 	__u64 next = parse_request(s, off, n, mlen, r);
+	// A header block cut by the end of the read continues in the next ones.
+	c->hdr_pending = use_bpf_loop && !s->st.header_end;
+	c->hdr_slot = (c->srv_head + c->srv_count) & (PIPELINE_DEPTH - 1);
+	c->hdr_mid_line = s->st.pos < n;
 	bool have_parent = false;
 	__u64 tp_off = s->st.tp_off;
 	if (track_request_headers && tp_off)
@@ -613,6 +617,42 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	if (c->srv_count == 1)
 		set_thread_ctx(pid_tgid, r);
 	return next < n ? next : 0;
+}
+
+// A later read of a request whose header block the first read did not hold:
+// the headers it carries (traceparent, Host) still count, and the context of
+// the request is updated before the application can act on them.
+__noinline int server_headers(__u64 pid_tgid, __u32 fd, __u64 n)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s || n > BUF_SIZE)
+		return 0;
+	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct conn_state *c = conn_get(&key, false);
+	if (!c || !c->hdr_pending || c->srv_count == 0)
+		return 0;
+	struct req_info *r = &c->srv[c->hdr_slot & (PIPELINE_DEPTH - 1)];
+	struct scan_state *st = &s->st;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->end = n;
+	st->line_no = 1;
+	st->mid_line = c->hdr_mid_line;
+	struct parse_ctx pc = {.s = s, .r = r};
+	bpf_loop(MAX_LINES, line_cb, &pc, 0);
+	__u64 tp_off = st->tp_off;
+	__u64 parent;
+	__builtin_memcpy(&parent, r->parent_id, sizeof(parent));
+	bool empty_parent = !parent;
+	if (track_request_headers && tp_off && empty_parent &&
+	    parse_traceparent(s->buf, tp_off, n, r->trace_id, r->parent_id, &r->trace_flags) &&
+	    (c->hdr_slot & (PIPELINE_DEPTH - 1)) == (c->srv_head & (PIPELINE_DEPTH - 1)))
+		set_thread_ctx(pid_tgid, r);
+	if (st->header_end)
+		c->hdr_pending = 0;
+	else
+		c->hdr_mid_line = st->pos < n;
+	return 0;
 }
 
 // A response written on (tgid, fd): the oldest pending SERVER span ends.
@@ -809,6 +849,24 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 	}
 	struct conn_key key = {.tgid = tgid, .fd = (__u32)arg1};
 	__u64 len = 0;
+	if (is_read) {
+		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		if (c && c->hdr_pending) {
+			__u32 zero = 0;
+			struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+			__u64 ubuf = data_buffer(nr, arg2, (__u64)ret, &len);
+			if (!s || !ubuf || !len)
+				return 0;
+			__u64 n = len;
+			if (n > BUF_SIZE)
+				n = BUF_SIZE;
+			barrier_var(n);
+			if (n > BUF_SIZE || bpf_probe_read_user(s->buf, n, (void *)ubuf))
+				return 0;
+			server_headers(pid_tgid, key.fd, n);
+			return 0;
+		}
+	}
 	if (ret == 1 && is_read) {
 		// Go's HTTP server reads one byte in the background while a
 		// handler runs: it can be the first byte of the next request.

@@ -84,9 +84,12 @@ struct conn_state {
 	__u8 srv_head;
 	__u8 srv_count;
 	__u8 cli_pending;
-	__u8 prefix;     // a 1-byte read (Go's background read) awaiting the rest
+	__u8 prefix;       // a 1-byte read (Go's background read) awaiting the rest
 	__u8 has_prefix;
-	__u8 _pad[6];
+	__u8 hdr_pending;  // the header block of srv[hdr_slot] continues in later reads
+	__u8 hdr_slot;
+	__u8 hdr_mid_line; // the last read ended inside a header line
+	__u8 _pad[3];
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
 	struct req_info cli;                 // pending CLIENT request
 };

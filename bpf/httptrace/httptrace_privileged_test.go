@@ -387,3 +387,73 @@ func TestTracerTraceparentValidation(t *testing.T) {
 		})
 	}
 }
+
+// A header block that arrives in several reads still counts: its traceparent
+// and Host are honoured, whether the cut falls between lines or inside one.
+func TestTracerHeadersSplitAcrossReads(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	port := freePort(t)
+	py := startPython(t, port)
+	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	const tp = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+	cases := []struct {
+		name   string
+		pieces []string
+		host   string
+	}{
+		{"between lines", []string{"HEAD /hello HTTP/1.1\r\nHost: split.test\r\n", tp + "\r\n"}, "split.test"},
+		{"inside a line", []string{"HEAD /hello HTTP/1.1\r\nX-Long: 0123", "456789\r\n" + tp + "Host: late.test\r\n\r\n"}, "late.test"},
+		{"three pieces", []string{"HEAD /hello HTTP/1.1\r\n", "X-A: 1\r\n", tp + "\r\n"}, ""},
+	}
+	clock := NewClock(monoNow(t))
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for _, p := range tc.pieces {
+				if _, err := c.Write([]byte(p)); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(100 * time.Millisecond) // let the server read each piece on its own
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(make([]byte, 512)); err != nil {
+				t.Fatal(err)
+			}
+			got := readRequests(t, rd, clock, 1, 5*time.Second)
+			if len(got) != 1 {
+				t.Fatalf("got %d requests", len(got))
+			}
+			r := got[0]
+			if r.TraceID.String() != "4bf92f3577b34da6a3ce929d0e0e4736" || r.ParentSpanID.String() != "00f067aa0ba902b7" {
+				t.Errorf("traceparent in a later read not honoured: trace %s parent %s", r.TraceID, r.ParentSpanID)
+			}
+			if tc.host != "" && r.Host != tc.host {
+				t.Errorf("host %q, want %q", r.Host, tc.host)
+			}
+			if r.Method != "HEAD" || r.Path != "/hello" || r.Status != 200 {
+				t.Errorf("request %+v", r)
+			}
+		})
+	}
+}

@@ -41,7 +41,10 @@ type httptraceConnState struct {
 	CliPending uint8
 	Prefix     uint8
 	HasPrefix  uint8
-	Pad        [6]uint8
+	HdrPending uint8
+	HdrSlot    uint8
+	HdrMidLine uint8
+	Pad        [3]uint8
 	Srv        [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
