@@ -34,6 +34,10 @@ import (
 // so records still in the ring buffer get their resource.
 const exitedGrace = 10 * time.Second
 
+// clockRefresh is how often the kernel clock to wall clock offset is
+// measured again.
+const clockRefresh = 10 * time.Second
+
 type tracesReceiver struct {
 	set          receiver.Settings
 	cfg          *Config
@@ -368,6 +372,7 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 		}
 	}
 	deadline := time.Now().Add(batchTimeout)
+	clockAt := time.Now()
 	r.reader.SetDeadline(deadline)
 	for {
 		err := r.reader.ReadInto(&rec)
@@ -394,6 +399,10 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 		flush()
 		now := time.Now()
 		r.purgeExited(now)
+		if now.Sub(clockAt) > clockRefresh {
+			// Follow wall-clock adjustments (NTP) in span timestamps.
+			clock, clockAt = httptrace.NewClock(monotonicNow()), now
+		}
 		deadline = now.Add(batchTimeout)
 		r.reader.SetDeadline(deadline)
 	}
