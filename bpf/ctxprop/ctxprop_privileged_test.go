@@ -217,3 +217,73 @@ func read(t *testing.T, rd *ringbuf.Reader, want int) []spans.Request {
 	}
 	return out
 }
+
+// The context of a request ends with its response: the next request served
+// by the same thread on the same keep-alive connection gets its own.
+func TestContextEndsWithResponse(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	report, err := kernelprobe.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(tr.Shared())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Attach(report.CgroupV2); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	proxyPid, proxyPort := startPy(t)
+	_, downPort := startPy(t)
+	if err := tr.Trace(uint32(proxyPid)); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}} // one keep-alive connection
+	call := func(incoming string) (string, []spans.Request) {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/call?port=%d", proxyPort, downPort), nil)
+		if incoming != "" {
+			req.Header.Set("traceparent", incoming)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), read(t, rd, 2)
+	}
+	first := "00-11111111111111111111111111111111-2222222222222222-01"
+	got1, _ := call(first)
+	if !strings.HasPrefix(got1, "00-11111111111111111111111111111111-") {
+		t.Fatalf("first call: downstream received %q", got1)
+	}
+	got2, reqs := call("")
+	if strings.Contains(got2, "1111111111111111") {
+		t.Fatalf("second request on the same connection got the first one's context: %q", got2)
+	}
+	var server spans.Request
+	for _, r := range reqs {
+		if r.Kind == spans.KindServer {
+			server = r
+		}
+	}
+	if !strings.HasPrefix(got2, "00-"+server.TraceID.String()+"-") {
+		t.Errorf("second call: downstream received %q, want the second request's trace %s", got2, server.TraceID)
+	}
+}
