@@ -1,7 +1,8 @@
 //go:build linux
 
 // Package discovery finds the processes the receiver instruments by reading
-// /proc: no shell commands, no cgo, no netlink.
+// /proc, and NETLINK_SOCK_DIAG for listening sockets: no shell commands, no
+// cgo.
 //
 // A [Watcher] scans /proc every interval (and on [Watcher.Nudge]) and reports
 // the processes that match any [Criteria] as added, and the selected ones
@@ -21,16 +22,26 @@
 // once per process:
 //
 //   - /proc/<pid>/exe, when the pid is first seen.
-//   - For the port criteria, /proc/<pid>/net/tcp and tcp6, once per scan per
-//     distinct network namespace (deduped by /proc/<pid>/ns/net) that holds an
-//     unselected process still waiting on a port criterion. The kernel lists
-//     the listening hash before the established one, so the parser stops at
-//     the first line that is not LISTEN and never formats the (possibly
-//     huge) established table. The kernel still walks the empty buckets of
-//     its established hash to find that line or the end: about 2.5 ms per
-//     table on a host with a 262144-bucket hash, whatever the socket count.
-//     NETLINK_SOCK_DIAG with only TCPF_LISTEN skips that walk; it would need
-//     a setns per namespace.
+//   - For the port criteria, the listening TCP sockets (IPv4 and IPv6), once
+//     per scan per distinct network namespace (deduped by /proc/<pid>/ns/net)
+//     that holds an unselected process still waiting on a port criterion.
+//     They are dumped with NETLINK_SOCK_DIAG (inet_diag, TCPF_LISTEN only),
+//     which walks only the kernel's listening hash: about 25 µs per family
+//     (diag.go). The watcher keeps one sock_diag socket per namespace while
+//     the namespace has a waiting process, so a namespace costs one setns
+//     round trip, on a locked thread, when first read (none for the
+//     watcher's own namespace); the sockets are closed once the namespace
+//     has no waiting process, and on Close, since a socket keeps its
+//     namespace alive.
+//   - When netlink fails for a namespace (setns needs CAP_SYS_ADMIN;
+//     seccomp; no inet_diag), /proc/<pid>/net/tcp and tcp6 instead, for the
+//     next 256 scans before netlink is tried again; the first failure is
+//     logged at Debug. The kernel lists the listening hash before the
+//     established one, so the parser stops at the first line that is not
+//     LISTEN and never formats the (possibly huge) established table; but
+//     the kernel still walks the empty buckets of its established hash to
+//     find that line or the end: about 2.5 ms per table on a host with a
+//     262144-bucket hash, whatever the socket count.
 //   - /proc/<pid>/fd, for a waiting process when it is first seen or
 //     exec'd, and for all waiting processes only when a listening socket on a
 //     wanted port appeared since the previous scan.

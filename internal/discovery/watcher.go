@@ -120,10 +120,15 @@ type Watcher struct {
 	// port, for this scan; prevListen is the previous scan's.
 	listen, prevListen map[uint64]uint16
 	nsRead             map[uint64]bool // netns -> tables read in this scan
-	dirBuf             []byte
-	statBuf            []byte
-	linkBuf            []byte
-	br                 *bufio.Reader
+	// diag holds a sock_diag socket per network namespace read in the
+	// last scan (diag.go).
+	diag       map[uint64]*diagSock
+	diagSeq    uint32
+	diagLogged bool // a netlink failure was logged
+	dirBuf     []byte
+	statBuf    []byte
+	linkBuf    []byte
+	br         *bufio.Reader
 }
 
 // NewWatcher returns a watcher for processes matching any of criteria. It
@@ -150,6 +155,7 @@ func NewWatcher(criteria []Criteria, opts Options, logger *zap.Logger) *Watcher 
 		listen:     make(map[uint64]uint16),
 		prevListen: make(map[uint64]uint16),
 		nsRead:     make(map[uint64]bool),
+		diag:       make(map[uint64]*diagSock),
 		dirBuf:     make([]byte, 32<<10),
 		statBuf:    make([]byte, 1024),
 		linkBuf:    make([]byte, unix.PathMax+1),
@@ -208,12 +214,13 @@ func (w *Watcher) Run(ctx context.Context, onAdd func(Process), onRemove func(pi
 	}
 }
 
-// Close releases the pidfds held for selected processes and forgets all
-// state: a later Scan reports every matching process as added again. It is
-// safe to call more than once.
+// Close releases the pidfds held for selected processes and the netlink
+// sockets, and forgets all state: a later Scan reports every matching
+// process as added again. It is safe to call more than once.
 func (w *Watcher) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closeDiag(true)
 	for pid, st := range w.procs {
 		st.closePIDFD()
 		delete(w.procs, pid)
@@ -443,10 +450,11 @@ func (w *Watcher) matchPorts(procfd int) {
 		}
 		// Try each waiting pid of a namespace until one read succeeds: the
 		// first may have exited since it was listed.
-		if w.readListen(procfd, pid) {
+		if w.readListen(procfd, pid, st.netns) {
 			w.nsRead[st.netns] = true
 		}
 	}
+	w.closeDiag(false)
 	appeared := false
 	for ino := range w.listen {
 		if _, ok := w.prevListen[ino]; !ok {
@@ -466,9 +474,15 @@ func (w *Watcher) matchPorts(procfd int) {
 	}
 }
 
-// readListen adds the wanted listening sockets of pid's network namespace to
-// w.listen. It reports whether both tables were read.
-func (w *Watcher) readListen(procfd, pid int) bool {
+// readListen adds the wanted listening sockets of pid's network namespace,
+// netns, to w.listen, through netlink or else from /proc. It reports whether
+// both families were read.
+func (w *Watcher) readListen(procfd, pid int, netns uint64) bool {
+	return w.readListenDiag(procfd, pid, netns) || w.readListenProc(procfd, pid)
+}
+
+// readListenProc reads /proc/<pid>/net/tcp and tcp6 for readListen.
+func (w *Watcher) readListenProc(procfd, pid int) bool {
 	dir := strconv.Itoa(pid) + "/net/"
 	for _, table := range []string{"tcp", "tcp6"} {
 		fd, err := openAt(procfd, dir+table, unix.O_RDONLY)
