@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
@@ -285,5 +287,99 @@ func TestContextEndsWithResponse(t *testing.T) {
 	}
 	if !strings.HasPrefix(got2, "00-"+server.TraceID.String()+"-") {
 		t.Errorf("second call: downstream received %q, want the second request's trace %s", got2, server.TraceID)
+	}
+}
+
+// A Go service's outgoing requests get the context of the request they serve,
+// also on a pooled keep-alive connection, where the transport's writeLoop
+// goroutine writes them (goroutine tracking and the net/http hand-over).
+func TestGoPooledConnection(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	report, err := kernelprobe.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(tr.Shared())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Attach(report.CgroupV2); err != nil {
+		t.Fatal(err)
+	}
+	sh := tr.Shared()
+	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoCur: sh.GoCur, GoCtxs: sh.GoCtxs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gr.Close()
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	bin := filepath.Join(t.TempDir(), "goproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/goproxy").CombinedOutput(); err != nil {
+		t.Fatalf("build goproxy: %v\n%s", err, out)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	proxy := exec.Command(bin, fmt.Sprint(port))
+	out, err := proxy.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Process.Kill(); _ = proxy.Wait() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Trace(uint32(proxy.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := gr.AttachProcess(proxy.Process.Pid, bin); err != nil {
+		t.Fatal(err)
+	}
+	_, downPort := startPy(t)
+
+	seen := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		got := get(t, fmt.Sprintf("http://127.0.0.1:%d/call?port=%d", port, downPort))
+		var server, client spans.Request
+		for _, r := range read(t, rd, 2) {
+			if r.Kind == spans.KindServer {
+				server = r
+			} else {
+				client = r
+			}
+		}
+		want := fmt.Sprintf("00-%s-%s-01", server.TraceID, client.SpanID)
+		if got != want {
+			t.Errorf("call %d: downstream received %q, want %q", i, got, want)
+		}
+		if client.ParentSpanID != server.SpanID {
+			t.Errorf("call %d: CLIENT span parent %s, want the SERVER span %s", i, client.ParentSpanID, server.SpanID)
+		}
+		seen[server.TraceID.String()] = true
+	}
+	if len(seen) != 4 {
+		t.Errorf("%d distinct traces for 4 calls", len(seen))
 	}
 }

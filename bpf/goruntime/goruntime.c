@@ -46,6 +46,22 @@ struct {
 	__type(value, struct thread_ctx);
 } go_newproc_pending SEC(".maps");
 
+// net/http client requests handed from the goroutine that makes them to the
+// goroutine that writes them on a pooled connection (the transport's
+// writeLoop): (tgid, *http.Request) -> context of the caller.
+struct req_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 req;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct req_key);
+	__type(value, struct thread_ctx);
+} go_http_reqs SEC(".maps");
+
 // Dummy instances so bpf2go emits Go types for them.
 const struct go_key *unused_go_key __attribute__((unused));
 const struct thread_ctx *unused_thread_ctx __attribute__((unused));
@@ -111,6 +127,53 @@ static __always_inline int on_newproc1_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+// net/http.(*persistConn).roundTrip(pc *persistConn, req *transportRequest),
+// entry, on the caller's goroutine: remember the caller's context for the
+// *http.Request (the first word of transportRequest, an embedded pointer).
+static __always_inline int on_round_trip(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
+	if (!g)
+		return 0;
+	struct req_key rk = {.tgid = pid_tgid >> 32};
+	if (bpf_probe_read_user(&rk.req, sizeof(rk.req), (void *)GO_ARG2(ctx)) || !rk.req)
+		return 0;
+	struct go_key key = {.tgid = pid_tgid >> 32, .g = *g};
+	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
+	if (tc)
+		bpf_map_update_elem(&go_http_reqs, &rk, tc, BPF_ANY);
+	else
+		bpf_map_delete_elem(&go_http_reqs, &rk);
+	return 0;
+}
+
+// net/http.(*Request).write(r *Request, ...), entry, on the goroutine that
+// writes the request: it works under the caller's context until the request
+// is written (used once, like an inherited context).
+static __always_inline int on_request_write(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	struct req_key rk = {.tgid = pid_tgid >> 32, .req = GO_ARG1(ctx)};
+	struct thread_ctx *tc = bpf_map_lookup_elem(&go_http_reqs, &rk);
+	if (!tc)
+		return 0;
+	struct thread_ctx c = *tc;
+	c.inherited = 1;
+	bpf_map_delete_elem(&go_http_reqs, &rk);
+	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &c, BPF_ANY);
+	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
+	if (g) {
+		struct go_key key = {.tgid = pid_tgid >> 32, .g = *g};
+		bpf_map_update_elem(&go_ctxs, &key, &c, BPF_ANY);
+	}
+	return 0;
+}
+
 // Each program in two attach types: a uprobe_multi link (one link for all
 // RET sites, filtered to the whole process) where the kernel has it, single
 // perf-event uprobes otherwise.
@@ -131,3 +194,15 @@ int goruntime_newproc1_ret(struct pt_regs *ctx) { return on_newproc1_ret(ctx); }
 
 SEC("uprobe.multi")
 int goruntime_newproc1_ret_multi(struct pt_regs *ctx) { return on_newproc1_ret(ctx); }
+
+SEC("uprobe")
+int goruntime_round_trip(struct pt_regs *ctx) { return on_round_trip(ctx); }
+
+SEC("uprobe.multi")
+int goruntime_round_trip_multi(struct pt_regs *ctx) { return on_round_trip(ctx); }
+
+SEC("uprobe")
+int goruntime_request_write(struct pt_regs *ctx) { return on_request_write(ctx); }
+
+SEC("uprobe.multi")
+int goruntime_request_write_multi(struct pt_regs *ctx) { return on_request_write(ctx); }

@@ -20,6 +20,13 @@ type goruntimeGoKey struct {
 	G    uint64
 }
 
+type goruntimeReqKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Req  uint64
+}
+
 type goruntimeThreadCtx struct {
 	_          structs.HostLayout
 	TraceId    [16]uint8
@@ -33,19 +40,24 @@ type goruntimeThreadCtx struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	goruntimeMapGoCtxs                     = "go_ctxs"
-	goruntimeMapGoCur                      = "go_cur"
-	goruntimeMapGoNewprocPending           = "go_newproc_pending"
-	goruntimeMapThreadCtxs                 = "thread_ctxs"
-	goruntimeMapTracedPids                 = "traced_pids"
-	goruntimeProgGoruntimeExecute          = "goruntime_execute"
-	goruntimeProgGoruntimeExecuteMulti     = "goruntime_execute_multi"
-	goruntimeProgGoruntimeNewproc1         = "goruntime_newproc1"
-	goruntimeProgGoruntimeNewproc1Multi    = "goruntime_newproc1_multi"
-	goruntimeProgGoruntimeNewproc1Ret      = "goruntime_newproc1_ret"
-	goruntimeProgGoruntimeNewproc1RetMulti = "goruntime_newproc1_ret_multi"
-	goruntimeVarUnusedGoKey                = "unused_go_key"
-	goruntimeVarUnusedThreadCtx            = "unused_thread_ctx"
+	goruntimeMapGoCtxs                      = "go_ctxs"
+	goruntimeMapGoCur                       = "go_cur"
+	goruntimeMapGoHttpReqs                  = "go_http_reqs"
+	goruntimeMapGoNewprocPending            = "go_newproc_pending"
+	goruntimeMapThreadCtxs                  = "thread_ctxs"
+	goruntimeMapTracedPids                  = "traced_pids"
+	goruntimeProgGoruntimeExecute           = "goruntime_execute"
+	goruntimeProgGoruntimeExecuteMulti      = "goruntime_execute_multi"
+	goruntimeProgGoruntimeNewproc1          = "goruntime_newproc1"
+	goruntimeProgGoruntimeNewproc1Multi     = "goruntime_newproc1_multi"
+	goruntimeProgGoruntimeNewproc1Ret       = "goruntime_newproc1_ret"
+	goruntimeProgGoruntimeNewproc1RetMulti  = "goruntime_newproc1_ret_multi"
+	goruntimeProgGoruntimeRequestWrite      = "goruntime_request_write"
+	goruntimeProgGoruntimeRequestWriteMulti = "goruntime_request_write_multi"
+	goruntimeProgGoruntimeRoundTrip         = "goruntime_round_trip"
+	goruntimeProgGoruntimeRoundTripMulti    = "goruntime_round_trip_multi"
+	goruntimeVarUnusedGoKey                 = "unused_go_key"
+	goruntimeVarUnusedThreadCtx             = "unused_thread_ctx"
 )
 
 // loadGoruntime returns the embedded CollectionSpec for goruntime.
@@ -90,12 +102,16 @@ type goruntimeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type goruntimeProgramSpecs struct {
-	GoruntimeExecute          *ebpf.ProgramSpec `ebpf:"goruntime_execute"`
-	GoruntimeExecuteMulti     *ebpf.ProgramSpec `ebpf:"goruntime_execute_multi"`
-	GoruntimeNewproc1         *ebpf.ProgramSpec `ebpf:"goruntime_newproc1"`
-	GoruntimeNewproc1Multi    *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_multi"`
-	GoruntimeNewproc1Ret      *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret"`
-	GoruntimeNewproc1RetMulti *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret_multi"`
+	GoruntimeExecute           *ebpf.ProgramSpec `ebpf:"goruntime_execute"`
+	GoruntimeExecuteMulti      *ebpf.ProgramSpec `ebpf:"goruntime_execute_multi"`
+	GoruntimeNewproc1          *ebpf.ProgramSpec `ebpf:"goruntime_newproc1"`
+	GoruntimeNewproc1Multi     *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_multi"`
+	GoruntimeNewproc1Ret       *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret"`
+	GoruntimeNewproc1RetMulti  *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret_multi"`
+	GoruntimeRequestWrite      *ebpf.ProgramSpec `ebpf:"goruntime_request_write"`
+	GoruntimeRequestWriteMulti *ebpf.ProgramSpec `ebpf:"goruntime_request_write_multi"`
+	GoruntimeRoundTrip         *ebpf.ProgramSpec `ebpf:"goruntime_round_trip"`
+	GoruntimeRoundTripMulti    *ebpf.ProgramSpec `ebpf:"goruntime_round_trip_multi"`
 }
 
 // goruntimeMapSpecs contains maps before they are loaded into the kernel.
@@ -104,6 +120,7 @@ type goruntimeProgramSpecs struct {
 type goruntimeMapSpecs struct {
 	GoCtxs           *ebpf.MapSpec `ebpf:"go_ctxs"`
 	GoCur            *ebpf.MapSpec `ebpf:"go_cur"`
+	GoHttpReqs       *ebpf.MapSpec `ebpf:"go_http_reqs"`
 	GoNewprocPending *ebpf.MapSpec `ebpf:"go_newproc_pending"`
 	ThreadCtxs       *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids       *ebpf.MapSpec `ebpf:"traced_pids"`
@@ -139,6 +156,7 @@ func (o *goruntimeObjects) Close() error {
 type goruntimeMaps struct {
 	GoCtxs           *ebpf.Map `ebpf:"go_ctxs"`
 	GoCur            *ebpf.Map `ebpf:"go_cur"`
+	GoHttpReqs       *ebpf.Map `ebpf:"go_http_reqs"`
 	GoNewprocPending *ebpf.Map `ebpf:"go_newproc_pending"`
 	ThreadCtxs       *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids       *ebpf.Map `ebpf:"traced_pids"`
@@ -148,6 +166,7 @@ func (m *goruntimeMaps) Close() error {
 	return _GoruntimeClose(
 		m.GoCtxs,
 		m.GoCur,
+		m.GoHttpReqs,
 		m.GoNewprocPending,
 		m.ThreadCtxs,
 		m.TracedPids,
@@ -166,12 +185,16 @@ type goruntimeVariables struct {
 //
 // It can be passed to loadGoruntimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type goruntimePrograms struct {
-	GoruntimeExecute          *ebpf.Program `ebpf:"goruntime_execute"`
-	GoruntimeExecuteMulti     *ebpf.Program `ebpf:"goruntime_execute_multi"`
-	GoruntimeNewproc1         *ebpf.Program `ebpf:"goruntime_newproc1"`
-	GoruntimeNewproc1Multi    *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
-	GoruntimeNewproc1Ret      *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
-	GoruntimeNewproc1RetMulti *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
+	GoruntimeExecute           *ebpf.Program `ebpf:"goruntime_execute"`
+	GoruntimeExecuteMulti      *ebpf.Program `ebpf:"goruntime_execute_multi"`
+	GoruntimeNewproc1          *ebpf.Program `ebpf:"goruntime_newproc1"`
+	GoruntimeNewproc1Multi     *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
+	GoruntimeNewproc1Ret       *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
+	GoruntimeNewproc1RetMulti  *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
+	GoruntimeRequestWrite      *ebpf.Program `ebpf:"goruntime_request_write"`
+	GoruntimeRequestWriteMulti *ebpf.Program `ebpf:"goruntime_request_write_multi"`
+	GoruntimeRoundTrip         *ebpf.Program `ebpf:"goruntime_round_trip"`
+	GoruntimeRoundTripMulti    *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
 }
 
 func (p *goruntimePrograms) Close() error {
@@ -182,6 +205,10 @@ func (p *goruntimePrograms) Close() error {
 		p.GoruntimeNewproc1Multi,
 		p.GoruntimeNewproc1Ret,
 		p.GoruntimeNewproc1RetMulti,
+		p.GoruntimeRequestWrite,
+		p.GoruntimeRequestWriteMulti,
+		p.GoruntimeRoundTrip,
+		p.GoruntimeRoundTripMulti,
 	)
 }
 

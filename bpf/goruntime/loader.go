@@ -24,6 +24,10 @@ var ErrNotGo = errors.New("not a Go executable with a symbol table")
 const (
 	symExecute  = "runtime.execute"  // execute(gp *g, inheritTime bool)
 	symNewproc1 = "runtime.newproc1" // newproc1(fn *funcval, callergp *g, callerpc uintptr, parked bool, waitreason waitReason) *g
+	// net/http client, optional: a request handed to the transport's
+	// writeLoop goroutine on a pooled connection.
+	symRoundTrip    = "net/http.(*persistConn).roundTrip" // roundTrip(pc *persistConn, req *transportRequest)
+	symRequestWrite = "net/http.(*Request).write"         // write(r *Request, w io.Writer, ...)
 )
 
 // Attach variants, chosen at Load by a feature probe.
@@ -52,15 +56,19 @@ type Maps struct {
 }
 
 type programs struct {
-	Execute     *ebpf.Program `ebpf:"goruntime_execute"`
-	Newproc1    *ebpf.Program `ebpf:"goruntime_newproc1"`
-	Newproc1Ret *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
+	Execute      *ebpf.Program `ebpf:"goruntime_execute"`
+	Newproc1     *ebpf.Program `ebpf:"goruntime_newproc1"`
+	Newproc1Ret  *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
+	RoundTrip    *ebpf.Program `ebpf:"goruntime_round_trip"`
+	RequestWrite *ebpf.Program `ebpf:"goruntime_request_write"`
 }
 
 type multiPrograms struct {
-	Execute     *ebpf.Program `ebpf:"goruntime_execute_multi"`
-	Newproc1    *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
-	Newproc1Ret *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
+	Execute      *ebpf.Program `ebpf:"goruntime_execute_multi"`
+	Newproc1     *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
+	Newproc1Ret  *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
+	RoundTrip    *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
+	RequestWrite *ebpf.Program `ebpf:"goruntime_request_write_multi"`
 }
 
 // Tracker is the loaded goroutine tracker; AttachProcess adds processes.
@@ -98,7 +106,10 @@ type exeInfo struct {
 	execute  uint64
 	newproc1 uint64
 	rets     []uint64
-	err      error
+	// The net/http client sites, 0 when the program has no net/http client.
+	roundTrip    uint64
+	requestWrite uint64
+	err          error
 }
 
 // Load loads the programs, sharing the given maps. On a verifier refusal the
@@ -262,6 +273,19 @@ func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]lin
 		{p.Newproc1, symNewproc1, []uint64{info.newproc1}},
 		{p.Newproc1Ret, symNewproc1 + " RET", info.rets},
 	}
+	if info.roundTrip != 0 && info.requestWrite != 0 {
+		sites = append(sites,
+			struct {
+				prog  *ebpf.Program
+				sym   string
+				addrs []uint64
+			}{p.RoundTrip, symRoundTrip, []uint64{info.roundTrip}},
+			struct {
+				prog  *ebpf.Program
+				sym   string
+				addrs []uint64
+			}{p.RequestWrite, symRequestWrite, []uint64{info.requestWrite}})
+	}
 	var links []link.Link
 	for _, s := range sites {
 		l, err := ex.UprobeMulti(nil, s.prog, &link.UprobeMultiOptions{Addresses: s.addrs, PID: uint32(pid)})
@@ -283,6 +307,9 @@ func attachSingle(ex *link.Executable, p programs, info *exeInfo) ([]link.Link, 
 	sites := []site{{p.Execute, symExecute, info.execute}, {p.Newproc1, symNewproc1, info.newproc1}}
 	for _, r := range info.rets {
 		sites = append(sites, site{p.Newproc1Ret, symNewproc1 + " RET", r})
+	}
+	if info.roundTrip != 0 && info.requestWrite != 0 {
+		sites = append(sites, site{p.RoundTrip, symRoundTrip, info.roundTrip}, site{p.RequestWrite, symRequestWrite, info.requestWrite})
 	}
 	var links []link.Link
 	for _, s := range sites {
@@ -411,7 +438,7 @@ func analyzeELF(path string) (*exeInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read symbol table: %w", err)
 	}
-	var exe, np *elf.Symbol
+	var exe, np, rt, rw *elf.Symbol
 	for i := range syms {
 		s := &syms[i]
 		if elf.ST_TYPE(s.Info) != elf.STT_FUNC {
@@ -422,6 +449,10 @@ func analyzeELF(path string) (*exeInfo, error) {
 			exe = s
 		case symNewproc1:
 			np = s
+		case symRoundTrip:
+			rt = s
+		case symRequestWrite:
+			rw = s
 		}
 	}
 	if exe == nil || np == nil {
@@ -447,6 +478,18 @@ func analyzeELF(path string) (*exeInfo, error) {
 	}
 	for _, r := range rets {
 		info.rets = append(info.rets, npOff+r)
+	}
+	if rt != nil && rw != nil {
+		rtOff, rtCode, err := fileOffset(f, rt)
+		if err != nil {
+			return nil, err
+		}
+		rwOff, rwCode, err := fileOffset(f, rw)
+		if err != nil {
+			return nil, err
+		}
+		info.roundTrip = rtOff + entryOffset(rtCode)
+		info.requestWrite = rwOff + entryOffset(rwCode)
 	}
 	return info, nil
 }
