@@ -1389,7 +1389,7 @@ func printReport(w io.Writer, o options, wl *workload, rs []runResult) {
 	if stats {
 		shareA := median(pick(rs, false, runResult.tpShare))
 		shareB := median(pick(rs, true, runResult.tpShare))
-		fmt.Fprintf(w, "| backend requests with traceparent (share) | %.4f | %.4f | %.4f | – (≈ 1.00 once Go goroutines are tracked) | – |\n", shareA, shareB, shareB)
+		fmt.Fprintf(w, "| backend requests with traceparent (share) | %.4f | %.4f | %.4f | ≈ 1.00 (every request under a traced request) | – |\n", shareA, shareB, shareB)
 	}
 
 	var notes []string
