@@ -281,6 +281,12 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 		r.set.Logger.Warn("cannot trace process", zap.Int("pid", p.PID), zap.Error(err))
 		return
 	}
+	if r.prop != nil {
+		// Connections the process opened before it was traced.
+		if err := r.prop.AddExisting(p.PID); err != nil {
+			r.set.Logger.Debug("existing connections not injected", zap.Int("pid", p.PID), zap.Error(err))
+		}
+	}
 	if r.goTracker != nil {
 		if err := r.goTracker.AttachProcess(p.PID, p.ExePath); err != nil && !errors.Is(err, goruntime.ErrNotGo) {
 			r.set.Logger.Debug("no goroutine tracking for process", zap.Int("pid", p.PID), zap.Error(err))

@@ -64,6 +64,15 @@ struct {
 	__type(value, struct prop_scratch);
 } prop_scratch_map SEC(".maps");
 
+// Socket inodes of a newly traced process, filled by user space before it
+// runs ctxprop_existing: inode -> 1.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} existing_inodes SEC(".maps");
+
 const enum prop_counter *unused_prop_counter __attribute__((unused));
 
 static __always_inline void prop_count(__u32 which)
@@ -246,4 +255,32 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	}
 	prop_count(PROP_INJECTED);
 	return SK_PASS;
+}
+
+#define TCP_ESTABLISHED 1
+
+// Iterates over the host's TCP sockets and puts the established ones of a
+// newly traced process (existing_inodes) into the sockhash: connections it
+// opened before it was traced (keep-alive pools) get injected too.
+SEC("iter/tcp")
+int ctxprop_existing(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(skc);
+	if (!sk || sk->__sk_common.skc_state != TCP_ESTABLISHED)
+		return 0;
+	struct socket *so = sk->sk_socket;
+	if (!so)
+		return 0;
+	struct file *f = so->file;
+	if (!f)
+		return 0;
+	__u64 ino = f->f_inode->i_ino;
+	if (!bpf_map_lookup_elem(&existing_inodes, &ino))
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	bpf_map_update_elem(&ctxprop_socks, &cookie, sk, BPF_NOEXIST);
+	return 0;
 }

@@ -383,3 +383,98 @@ func TestGoPooledConnection(t *testing.T) {
 		t.Errorf("%d distinct traces for 4 calls", len(seen))
 	}
 }
+
+// A connection the process opened before it was traced (a keep-alive pool)
+// is injected once AddExisting has put it in the sockhash.
+func TestExistingConnection(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	_, downPort := startPy(t)
+	// One connection, opened at start-up and reused by every request.
+	pooled := fmt.Sprintf(`
+import sys, http.client
+from http.server import HTTPServer, BaseHTTPRequestHandler
+conn = http.client.HTTPConnection("127.0.0.1", %d)
+conn.connect()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        conn.request("GET", "/")
+        body = conn.getresponse().read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+s = HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+`, downPort)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command("python3", "-c", pooled, fmt.Sprint(port))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+
+	report, err := kernelprobe.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(tr.Shared())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Attach(report.CgroupV2); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	if err := tr.Trace(uint32(cmd.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	if got := get(t, url); got != "" {
+		t.Fatalf("before AddExisting the pooled connection is not in the sockhash, yet %q was received", got)
+	}
+	read(t, rd, 2)
+	if err := p.AddExisting(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	got := get(t, url)
+	var client spans.Request
+	for _, r := range read(t, rd, 2) {
+		if r.Kind == spans.KindClient {
+			client = r
+		}
+	}
+	if want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID); got != want {
+		t.Errorf("pooled connection after AddExisting: downstream received %q, want %q", got, want)
+	}
+}

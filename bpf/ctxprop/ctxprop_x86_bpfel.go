@@ -66,12 +66,14 @@ const (
 	ctxpropMapClientIds         = "client_ids"
 	ctxpropMapConnecting        = "connecting"
 	ctxpropMapCtxpropSocks      = "ctxprop_socks"
+	ctxpropMapExistingInodes    = "existing_inodes"
 	ctxpropMapGoCtxs            = "go_ctxs"
 	ctxpropMapGoCur             = "go_cur"
 	ctxpropMapPropCounters      = "prop_counters"
 	ctxpropMapPropScratchMap    = "prop_scratch_map"
 	ctxpropMapThreadCtxs        = "thread_ctxs"
 	ctxpropMapTracedPids        = "traced_pids"
+	ctxpropProgCtxpropExisting  = "ctxprop_existing"
 	ctxpropProgCtxpropSkMsg     = "ctxprop_sk_msg"
 	ctxpropProgCtxpropSockops   = "ctxprop_sockops"
 	ctxpropVarUnusedPropCounter = "unused_prop_counter"
@@ -119,8 +121,9 @@ type ctxpropSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ctxpropProgramSpecs struct {
-	CtxpropSkMsg   *ebpf.ProgramSpec `ebpf:"ctxprop_sk_msg"`
-	CtxpropSockops *ebpf.ProgramSpec `ebpf:"ctxprop_sockops"`
+	CtxpropExisting *ebpf.ProgramSpec `ebpf:"ctxprop_existing"`
+	CtxpropSkMsg    *ebpf.ProgramSpec `ebpf:"ctxprop_sk_msg"`
+	CtxpropSockops  *ebpf.ProgramSpec `ebpf:"ctxprop_sockops"`
 }
 
 // ctxpropMapSpecs contains maps before they are loaded into the kernel.
@@ -130,6 +133,7 @@ type ctxpropMapSpecs struct {
 	ClientIds      *ebpf.MapSpec `ebpf:"client_ids"`
 	Connecting     *ebpf.MapSpec `ebpf:"connecting"`
 	CtxpropSocks   *ebpf.MapSpec `ebpf:"ctxprop_socks"`
+	ExistingInodes *ebpf.MapSpec `ebpf:"existing_inodes"`
 	GoCtxs         *ebpf.MapSpec `ebpf:"go_ctxs"`
 	GoCur          *ebpf.MapSpec `ebpf:"go_cur"`
 	PropCounters   *ebpf.MapSpec `ebpf:"prop_counters"`
@@ -168,6 +172,7 @@ type ctxpropMaps struct {
 	ClientIds      *ebpf.Map `ebpf:"client_ids"`
 	Connecting     *ebpf.Map `ebpf:"connecting"`
 	CtxpropSocks   *ebpf.Map `ebpf:"ctxprop_socks"`
+	ExistingInodes *ebpf.Map `ebpf:"existing_inodes"`
 	GoCtxs         *ebpf.Map `ebpf:"go_ctxs"`
 	GoCur          *ebpf.Map `ebpf:"go_cur"`
 	PropCounters   *ebpf.Map `ebpf:"prop_counters"`
@@ -181,6 +186,7 @@ func (m *ctxpropMaps) Close() error {
 		m.ClientIds,
 		m.Connecting,
 		m.CtxpropSocks,
+		m.ExistingInodes,
 		m.GoCtxs,
 		m.GoCur,
 		m.PropCounters,
@@ -201,12 +207,14 @@ type ctxpropVariables struct {
 //
 // It can be passed to loadCtxpropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ctxpropPrograms struct {
-	CtxpropSkMsg   *ebpf.Program `ebpf:"ctxprop_sk_msg"`
-	CtxpropSockops *ebpf.Program `ebpf:"ctxprop_sockops"`
+	CtxpropExisting *ebpf.Program `ebpf:"ctxprop_existing"`
+	CtxpropSkMsg    *ebpf.Program `ebpf:"ctxprop_sk_msg"`
+	CtxpropSockops  *ebpf.Program `ebpf:"ctxprop_sockops"`
 }
 
 func (p *ctxpropPrograms) Close() error {
 	return _CtxpropClose(
+		p.CtxpropExisting,
 		p.CtxpropSkMsg,
 		p.CtxpropSockops,
 	)

@@ -5,6 +5,11 @@ package ctxprop
 import (
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -14,6 +19,7 @@ import (
 
 // Propagator is the loaded, and after Attach attached, header injector.
 type Propagator struct {
+	mu        sync.Mutex // serializes AddExisting (one inode set at a time)
 	objs      ctxpropObjects
 	sockops   link.Link
 	skMsgOn   bool
@@ -74,6 +80,62 @@ func (p *Propagator) Attach(cgroupDir string) error {
 	p.sockops = l
 	p.cgroupDir = cgroupDir
 	return nil
+}
+
+// AddExisting puts the established TCP connections that process pid already
+// has into the sockhash, so requests on connections opened before it was
+// traced (keep-alive pools) are injected too. It walks the host's TCP
+// sockets once (iter/tcp) looking for the process's socket inodes.
+func (p *Propagator) AddExisting(pid int) error {
+	inodes, err := socketInodes(pid)
+	if err != nil || len(inodes) == 0 {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var k uint64
+	for it := p.objs.ExistingInodes.Iterate(); it.Next(&k, new(uint8)); {
+		_ = p.objs.ExistingInodes.Delete(k)
+	}
+	for _, ino := range inodes {
+		if err := p.objs.ExistingInodes.Put(ino, uint8(1)); err != nil {
+			return fmt.Errorf("existing connections of pid %d: %w", pid, err)
+		}
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: p.objs.CtxpropExisting})
+	if err != nil {
+		return fmt.Errorf("attach iter/tcp: %w", err)
+	}
+	defer it.Close()
+	rd, err := it.Open()
+	if err != nil {
+		return fmt.Errorf("run iter/tcp: %w", err)
+	}
+	defer rd.Close()
+	if _, err := io.Copy(io.Discard, rd); err != nil {
+		return fmt.Errorf("run iter/tcp: %w", err)
+	}
+	return nil
+}
+
+// socketInodes lists the socket inodes among the open files of pid.
+func socketInodes(pid int) ([]uint64, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list fds of pid %d: %w", pid, err)
+	}
+	var out []uint64
+	for _, e := range ents {
+		target, err := os.Readlink(dir + "/" + e.Name())
+		if err != nil || !strings.HasPrefix(target, "socket:[") || !strings.HasSuffix(target, "]") {
+			continue
+		}
+		if ino, err := strconv.ParseUint(target[len("socket:["):len(target)-1], 10, 64); err == nil {
+			out = append(out, ino)
+		}
+	}
+	return out, nil
 }
 
 // Counters are the injector's counters, summed over CPUs.

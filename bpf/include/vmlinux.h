@@ -210,6 +210,7 @@ struct in6_addr {
 } __attribute__((preserve_access_index));
 
 struct sock_common {
+	volatile unsigned char skc_state;
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
@@ -219,17 +220,37 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
+struct socket;
+
 struct sock {
 	struct sock_common __sk_common;
 	u16 sk_type;
+	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
+
+struct file;
 
 struct socket {
 	struct sock *sk;
+	struct file *file;
 } __attribute__((preserve_access_index));
 
 struct inode {
 	umode_t i_mode;
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock;
+struct bpf_iter_meta;
+
+struct bpf_iter__tcp {
+	union {
+		struct bpf_iter_meta *meta;
+	};
+	union {
+		struct sock_common *sk_common;
+	};
+	__u32 uid;
 } __attribute__((preserve_access_index));
 
 struct file {
