@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -246,12 +247,19 @@ func TestProcessStartedAfterCollector(t *testing.T) {
 }
 
 func TestShutdownLeavesNothing(t *testing.T) {
+	t.Run("spans only", func(t *testing.T) { testShutdownLeavesNothing(t, nil) })
+	// Header propagation adds sockops on the cgroup root, sk_msg on a
+	// sockhash, iter/tcp and the Go uprobes.
+	t.Run("propagation", func(t *testing.T) { testShutdownLeavesNothing(t, propagationAll) })
+}
+
+func testShutdownLeavesNothing(t *testing.T, ebpf map[string]string) {
 	kinds := []string{"prog", "map", "link"}
 	before := map[string]map[int]string{}
 	for _, k := range kinds {
 		before[k] = bpfObjects(t, k)
 	}
-	f := startFleet(t, langSpecs(Go)...)
+	f := startFleetEBPF(t, ebpf, langSpecs(Go)...)
 	app := f.apps[DefaultService(Go)]
 	require.Equal(t, 200, curlStatus(t, app.URL("/hello")))
 	f.sink.WaitForSpans(t, All(ServerOf(app.Service), WithPath("/hello")), 1, spanTimeout)
@@ -300,6 +308,11 @@ func TestShutdownLeavesNothing(t *testing.T) {
 			t.Fatalf("BPF objects left 5s after the collector exited: %v", left)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	if ebpf != nil {
+		out, err := exec.Command("bpftool", "cgroup", "tree").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.NotContains(t, string(out), "ctxprop", "sockops still attached to a cgroup:\n%s", out)
 	}
 }
 

@@ -171,14 +171,16 @@ func bpfObjects(t *testing.T, kind string) map[int]string {
 	var objs []struct {
 		ID   int    `json:"id"`
 		Name string `json:"name"`
-		Type string `json:"type"`
+		// A name, or a number for link types bpftool does not know
+		// (uprobe_multi is 12 in Debian 12's bpftool).
+		Type json.RawMessage `json:"type"`
 	}
 	require.NoError(t, json.Unmarshal(out, &objs), "bpftool %s show: %s", kind, out)
 	ids := map[int]string{}
 	for _, o := range objs {
 		ids[o.ID] = o.Name
 		if o.Name == "" {
-			ids[o.ID] = o.Type
+			ids[o.ID] = strings.Trim(string(o.Type), `"`)
 		}
 	}
 	return ids
