@@ -3,10 +3,13 @@
 package ebpfreceiver // import "github.com/ebpftracing/ebpftracingreceiver/receiver"
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -331,7 +334,30 @@ func (r *tracesReceiver) process(pid uint32) spans.Process {
 	if e, ok := r.procs[pid]; ok {
 		return e.proc
 	}
-	return spans.Process{PID: int(pid)}
+	// A process the kernel traces because a traced process created it
+	// while serving a request: described once, forgotten after the grace
+	// period like an exited one.
+	p := describe(int(pid))
+	r.procs[pid] = &procEntry{proc: p, exited: time.Now()}
+	return p
+}
+
+// describe reads what the resource needs of a process discovery did not
+// select; a process already gone gets only its pid.
+func describe(pid int) spans.Process {
+	p := spans.Process{PID: pid}
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+		p.ExeName = filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
+		p.ServiceName = p.ExeName
+	}
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil {
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if v, ok := bytes.CutPrefix(kv, []byte("OTEL_SERVICE_NAME=")); ok && len(v) > 0 {
+				p.ServiceName = string(v)
+			}
+		}
+	}
+	return p
 }
 
 func (r *tracesReceiver) purgeExited(now time.Time) {

@@ -30,7 +30,7 @@ import (
 // returns the downstream's body; any other path returns the traceparent
 // header(s) it received.
 const pyServer = `
-import sys, threading, urllib.request, urllib.parse
+import subprocess, sys, threading, urllib.request, urllib.parse
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -38,7 +38,11 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         u = urllib.parse.urlparse(self.path)
         q = urllib.parse.parse_qs(u.query)
-        if u.path in ("/call", "/thread-call"):
+        if u.path == "/process-call":
+            body = subprocess.run([sys.executable, "-c",
+                "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:%s/').read().decode())" % q["port"][0]],
+                capture_output=True, check=True).stdout
+        elif u.path in ("/call", "/thread-call"):
             req = urllib.request.Request("http://127.0.0.1:%s/" % q["port"][0])
             if "tp" in q:
                 req.add_header("traceparent", q["tp"][0])
@@ -182,6 +186,31 @@ func TestInjectTraceparent(t *testing.T) {
 		t.Errorf("call from a new thread is not a child of the server span: %+v / %+v", client, server)
 	}
 
+	// A process created while serving (here python running urllib) is traced
+	// while it lives and inherits the context.
+	got = get(t, fmt.Sprintf("http://127.0.0.1:%d/process-call?port=%d", proxyPort, downPort))
+	reqs = read(t, rd, 2)
+	for _, r := range reqs {
+		if r.Kind == spans.KindServer {
+			server = r
+		} else {
+			client = r
+		}
+	}
+	if want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID); got != want {
+		t.Errorf("call from a child process: downstream received %q, want %q", got, want)
+	}
+	if client.TraceID != server.TraceID || client.ParentSpanID != server.SpanID || client.PID == server.PID {
+		t.Errorf("call from a child process is not a child of the server span: %+v / %+v", client, server)
+	}
+	// ...and stops being traced when it exits.
+	var key, val uint32
+	for it := tr.Shared().TracedPids.Iterate(); it.Next(&key, &val); {
+		if key == client.PID {
+			t.Errorf("exited child process %d still traced (value %d)", key, val)
+		}
+	}
+
 	// A request that is not served under a traced request gets nothing.
 	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", downPort)); got != "" {
 		t.Errorf("untraced request received %q", got)
@@ -190,8 +219,8 @@ func TestInjectTraceparent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Injected != 2 || c.AppHeader != 1 {
-		t.Errorf("counters %+v, want 2 injected and 1 app header", c)
+	if c.Injected != 3 || c.AppHeader != 1 {
+		t.Errorf("counters %+v, want 3 injected and 1 app header", c)
 	}
 }
 

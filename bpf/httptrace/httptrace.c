@@ -977,6 +977,10 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 			   SYSCALL_ARG2(regs));
 }
 
+// traced_pids value of a process traced only because a traced process
+// created it while serving a request (user space's entries are 1).
+#define TRACED_INHERITED 2
+
 static __always_inline int on_fork(struct task_struct *child)
 {
 	__u64 parent = bpf_get_current_pid_tgid();
@@ -984,17 +988,46 @@ static __always_inline int on_fork(struct task_struct *child)
 	if (!t)
 		return 0;
 	__u32 tgid = BPF_CORE_READ(child, tgid);
-	if (tgid != parent >> 32)
-		return 0; // a new process: not traced unless discovery selects it
 	__u64 key = (__u64)tgid << 32 | (__u32)BPF_CORE_READ(child, pid);
 	struct thread_ctx c = *t;
 	c.inherited = 1;
+	if (tgid != parent >> 32) {
+		// A new process (a fork, usually then an exec): traced while it
+		// lives, so that its outgoing request is a child span and carries
+		// the header.
+		__u32 v = TRACED_INHERITED;
+		bpf_map_update_elem(&traced_pids, &tgid, &v, BPF_NOEXIST);
+	}
 	bpf_map_update_elem(&thread_ctxs, &key, &c, BPF_ANY);
 	return 0;
 }
 
-// A thread created while its creator serves a traced request inherits the
-// request's context, for its first outgoing request.
+// A process traced by inheritance stops being traced when it exits.
+static __always_inline int on_exit(struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	if (tgid != (__u32)BPF_CORE_READ(task, pid))
+		return 0; // a thread, not the process
+	__u32 *v = bpf_map_lookup_elem(&traced_pids, &tgid);
+	if (v && *v == TRACED_INHERITED)
+		bpf_map_delete_elem(&traced_pids, &tgid);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int httptrace_exit_btf(__u64 *ctx)
+{
+	return on_exit((struct task_struct *)ctx[0]);
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int httptrace_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_exit((struct task_struct *)ctx->args[0]);
+}
+
+// A thread or process created while its creator serves a traced request
+// inherits the request's context, for its first outgoing request.
 SEC("tp_btf/sched_process_fork")
 int httptrace_fork_btf(__u64 *ctx)
 {

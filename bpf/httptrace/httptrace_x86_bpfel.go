@@ -165,6 +165,8 @@ const (
 	httptraceMapScratchMap           = "scratch_map"
 	httptraceMapThreadCtxs           = "thread_ctxs"
 	httptraceMapTracedPids           = "traced_pids"
+	httptraceProgHttptraceExit       = "httptrace_exit"
+	httptraceProgHttptraceExitBtf    = "httptrace_exit_btf"
 	httptraceProgHttptraceFork       = "httptrace_fork"
 	httptraceProgHttptraceForkBtf    = "httptrace_fork_btf"
 	httptraceProgHttptraceSysExit    = "httptrace_sys_exit"
@@ -218,6 +220,8 @@ type httptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceProgramSpecs struct {
+	HttptraceExit       *ebpf.ProgramSpec `ebpf:"httptrace_exit"`
+	HttptraceExitBtf    *ebpf.ProgramSpec `ebpf:"httptrace_exit_btf"`
 	HttptraceFork       *ebpf.ProgramSpec `ebpf:"httptrace_fork"`
 	HttptraceForkBtf    *ebpf.ProgramSpec `ebpf:"httptrace_fork_btf"`
 	HttptraceSysExit    *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
@@ -313,6 +317,8 @@ type httptraceVariables struct {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptracePrograms struct {
+	HttptraceExit       *ebpf.Program `ebpf:"httptrace_exit"`
+	HttptraceExitBtf    *ebpf.Program `ebpf:"httptrace_exit_btf"`
 	HttptraceFork       *ebpf.Program `ebpf:"httptrace_fork"`
 	HttptraceForkBtf    *ebpf.Program `ebpf:"httptrace_fork_btf"`
 	HttptraceSysExit    *ebpf.Program `ebpf:"httptrace_sys_exit"`
@@ -321,6 +327,8 @@ type httptracePrograms struct {
 
 func (p *httptracePrograms) Close() error {
 	return _HttptraceClose(
+		p.HttptraceExit,
+		p.HttptraceExitBtf,
 		p.HttptraceFork,
 		p.HttptraceForkBtf,
 		p.HttptraceSysExit,

@@ -101,8 +101,16 @@ func (t *Tracer) Attach() error {
 		name  string
 		progs map[string]string // program -> tracepoint
 	}{
-		{VariantTPBTF, map[string]string{"httptrace_sys_exit_btf": "sys_exit", "httptrace_fork_btf": "sched_process_fork"}},
-		{VariantRawTP, map[string]string{"httptrace_sys_exit": "sys_exit", "httptrace_fork": "sched_process_fork"}},
+		{VariantTPBTF, map[string]string{
+			"httptrace_sys_exit_btf": "sys_exit",
+			"httptrace_fork_btf":     "sched_process_fork",
+			"httptrace_exit_btf":     "sched_process_exit",
+		}},
+		{VariantRawTP, map[string]string{
+			"httptrace_sys_exit": "sys_exit",
+			"httptrace_fork":     "sched_process_fork",
+			"httptrace_exit":     "sched_process_exit",
+		}},
 	}
 	var errs []error
 	for _, v := range variants {
