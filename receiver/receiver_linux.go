@@ -160,7 +160,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		r.goTracker, err = goruntime.Load(goruntime.Maps{
 			TracedPids: shared.TracedPids,
 			ThreadCtxs: shared.ThreadCtxs,
-			GoCur:      shared.GoCur,
+			GoProcs:    shared.GoProcs,
 			GoCtxs:     shared.GoCtxs,
 		})
 		if err != nil {

@@ -13,6 +13,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #include "ctxprop.h"
 #include "http.h"
@@ -166,7 +167,8 @@ SEC("sk_msg")
 int ctxprop_sk_msg(struct sk_msg_md *msg)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+	__u64 g;
+	struct thread_ctx *t = current_ctx(pid_tgid, &g);
 	if (!t)
 		return SK_PASS;
 	__u32 size = msg->size;
@@ -244,15 +246,8 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	for (int k = 0; k < TP_HEADER_LEN; k++)
 		data[k] = hdr[k];
 	bpf_map_update_elem(&client_ids, &pid_tgid, &ids, BPF_ANY);
-	if (t->inherited) {
-		// An inherited context serves one outgoing request.
-		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
-		__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
-		if (g) {
-			struct go_key k = {.tgid = pid_tgid >> 32, .g = *g};
-			bpf_map_delete_elem(&go_ctxs, &k);
-		}
-	}
+	if (t->inherited)
+		end_inherited(pid_tgid, g); // an inherited context serves one request
 	prop_count(PROP_INJECTED);
 	return SK_PASS;
 }

@@ -68,7 +68,7 @@ const (
 	ctxpropMapCtxpropSocks      = "ctxprop_socks"
 	ctxpropMapExistingInodes    = "existing_inodes"
 	ctxpropMapGoCtxs            = "go_ctxs"
-	ctxpropMapGoCur             = "go_cur"
+	ctxpropMapGoProcs           = "go_procs"
 	ctxpropMapPropCounters      = "prop_counters"
 	ctxpropMapPropScratchMap    = "prop_scratch_map"
 	ctxpropMapThreadCtxs        = "thread_ctxs"
@@ -135,7 +135,7 @@ type ctxpropMapSpecs struct {
 	CtxpropSocks   *ebpf.MapSpec `ebpf:"ctxprop_socks"`
 	ExistingInodes *ebpf.MapSpec `ebpf:"existing_inodes"`
 	GoCtxs         *ebpf.MapSpec `ebpf:"go_ctxs"`
-	GoCur          *ebpf.MapSpec `ebpf:"go_cur"`
+	GoProcs        *ebpf.MapSpec `ebpf:"go_procs"`
 	PropCounters   *ebpf.MapSpec `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.MapSpec `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.MapSpec `ebpf:"thread_ctxs"`
@@ -174,7 +174,7 @@ type ctxpropMaps struct {
 	CtxpropSocks   *ebpf.Map `ebpf:"ctxprop_socks"`
 	ExistingInodes *ebpf.Map `ebpf:"existing_inodes"`
 	GoCtxs         *ebpf.Map `ebpf:"go_ctxs"`
-	GoCur          *ebpf.Map `ebpf:"go_cur"`
+	GoProcs        *ebpf.Map `ebpf:"go_procs"`
 	PropCounters   *ebpf.Map `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.Map `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.Map `ebpf:"thread_ctxs"`
@@ -188,7 +188,7 @@ func (m *ctxpropMaps) Close() error {
 		m.CtxpropSocks,
 		m.ExistingInodes,
 		m.GoCtxs,
-		m.GoCur,
+		m.GoProcs,
 		m.PropCounters,
 		m.PropScratchMap,
 		m.ThreadCtxs,

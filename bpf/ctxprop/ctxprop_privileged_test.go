@@ -347,7 +347,7 @@ func TestGoPooledConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh := tr.Shared()
-	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoCur: sh.GoCur, GoCtxs: sh.GoCtxs})
+	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoProcs: sh.GoProcs, GoCtxs: sh.GoCtxs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func Load(shared httptrace.SharedMaps) (*Propagator, error) {
 		"traced_pids": shared.TracedPids,
 		"thread_ctxs": shared.ThreadCtxs,
 		"client_ids":  shared.ClientIDs,
-		"go_cur":      shared.GoCur,
+		"go_procs":    shared.GoProcs,
 		"go_ctxs":     shared.GoCtxs,
 	}}
 	if err := spec.LoadAndAssign(&p.objs, opts); err != nil {

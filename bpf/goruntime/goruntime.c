@@ -6,9 +6,10 @@
 // goroutines between threads, and net/http writes a client request from the
 // transport's own goroutine (created, for a new connection, by descendants of
 // the handler goroutine). So the context is kept per goroutine (go_ctxs),
-// copied to a goroutine at its creation (runtime.newproc1, marked inherited),
-// and mirrored into thread_ctxs whenever a thread switches to a goroutine
-// (runtime.execute), where httptrace and ctxprop read it.
+// copied to a goroutine at its creation (runtime.newproc1, marked inherited)
+// and to the goroutine that writes a request on a pooled connection
+// (net/http); httptrace and ctxprop find the current goroutine in the
+// thread's TLS (maps/go.h), so nothing follows the scheduler.
 //
 // Only entry uprobes and uprobes on RET instructions are used: uretprobes
 // rewrite the return address on the goroutine stack and crash the Go runtime
@@ -16,6 +17,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
@@ -28,11 +30,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define GO_ARG1(r) ((r)->ax)
 #define GO_ARG2(r) ((r)->bx)
 #define GO_RET1(r) ((r)->ax)
+#define GO_G(r) ((r)->r14) // the current goroutine, in Go code
 #elif defined(__TARGET_ARCH_arm64)
 // Integer arguments: X0..X15; result: X0.
 #define GO_ARG1(r) ((r)->regs[0])
 #define GO_ARG2(r) ((r)->regs[1])
 #define GO_RET1(r) ((r)->regs[0])
+#define GO_G(r) ((r)->regs[28]) // the current goroutine, in Go code
 #endif
 
 // Context of the caller of the runtime.newproc1 call a thread is in, taken
@@ -70,23 +74,6 @@ static __always_inline bool traced(__u64 pid_tgid)
 {
 	__u32 tgid = pid_tgid >> 32;
 	return bpf_map_lookup_elem(&traced_pids, &tgid) != NULL;
-}
-
-// runtime.execute(gp *g, inheritTime bool): the thread starts running gp.
-static __always_inline int on_execute(struct pt_regs *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid))
-		return 0;
-	__u64 g = GO_ARG1(ctx);
-	bpf_map_update_elem(&go_cur, &pid_tgid, &g, BPF_ANY);
-	struct go_key key = {.tgid = pid_tgid >> 32, .g = g};
-	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
-	if (tc)
-		bpf_map_update_elem(&thread_ctxs, &pid_tgid, tc, BPF_ANY);
-	else
-		bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
-	return 0;
 }
 
 // runtime.newproc1(fn *funcval, callergp *g, callerpc uintptr, parked bool,
@@ -135,13 +122,10 @@ static __always_inline int on_round_trip(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!traced(pid_tgid))
 		return 0;
-	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
-	if (!g)
-		return 0;
 	struct req_key rk = {.tgid = pid_tgid >> 32};
 	if (bpf_probe_read_user(&rk.req, sizeof(rk.req), (void *)GO_ARG2(ctx)) || !rk.req)
 		return 0;
-	struct go_key key = {.tgid = pid_tgid >> 32, .g = *g};
+	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_G(ctx)};
 	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
 	if (tc)
 		bpf_map_update_elem(&go_http_reqs, &rk, tc, BPF_ANY);
@@ -165,24 +149,14 @@ static __always_inline int on_request_write(struct pt_regs *ctx)
 	struct thread_ctx c = *tc;
 	c.inherited = 1;
 	bpf_map_delete_elem(&go_http_reqs, &rk);
-	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &c, BPF_ANY);
-	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
-	if (g) {
-		struct go_key key = {.tgid = pid_tgid >> 32, .g = *g};
-		bpf_map_update_elem(&go_ctxs, &key, &c, BPF_ANY);
-	}
+	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_G(ctx)};
+	bpf_map_update_elem(&go_ctxs, &key, &c, BPF_ANY);
 	return 0;
 }
 
 // Each program in two attach types: a uprobe_multi link (one link for all
 // RET sites, filtered to the whole process) where the kernel has it, single
 // perf-event uprobes otherwise.
-SEC("uprobe")
-int goruntime_execute(struct pt_regs *ctx) { return on_execute(ctx); }
-
-SEC("uprobe.multi")
-int goruntime_execute_multi(struct pt_regs *ctx) { return on_execute(ctx); }
-
 SEC("uprobe")
 int goruntime_newproc1(struct pt_regs *ctx) { return on_newproc1(ctx); }
 

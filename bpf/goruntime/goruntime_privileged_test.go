@@ -123,16 +123,12 @@ func load(t testing.TB) *Tracker {
 	return tr
 }
 
-func pidTgid(pid, tid int) uint64 { return uint64(pid)<<32 | uint64(tid) }
-
-func goCur(t *testing.T, tr *Tracker, pid, tid int) uint64 {
-	t.Helper()
-	var g uint64
-	if err := tr.maps.GoCur.Lookup(pidTgid(pid, tid), &g); err != nil {
-		t.Fatalf("go_cur of %d/%d: %v", pid, tid, err)
-	}
-	if g == 0 {
-		t.Fatalf("go_cur of %d/%d is 0", pid, tid)
+// goroutine parses the g address gochain prints after a thread id.
+func (p *proc) goroutine(f []string) uint64 {
+	p.t.Helper()
+	g, err := strconv.ParseUint(f[2], 10, 64)
+	if err != nil || g == 0 {
+		p.t.Fatalf("goroutine address in %q: %v", f, err)
 	}
 	return g
 }
@@ -162,7 +158,7 @@ func seedCtx() goruntimeThreadCtx {
 	return c
 }
 
-func TestInheritAndMirror(t *testing.T) {
+func TestInherit(t *testing.T) {
 	for _, variant := range []string{VariantUprobeMulti, VariantUprobe} {
 		t.Run(variant, func(t *testing.T) {
 			tr := load(t)
@@ -170,43 +166,34 @@ func TestInheritAndMirror(t *testing.T) {
 				t.Fatal("kernel has no uprobe_multi links: PLATFORM.md says it has")
 			}
 			tr.useMulti = variant == VariantUprobeMulti
-			testInheritAndMirror(t, tr)
+			testInherit(t, tr)
 		})
 	}
 }
 
-func testInheritAndMirror(t *testing.T, tr *Tracker) {
+func testInherit(t *testing.T, tr *Tracker) {
 	bin := buildGochain(t, "")
 	p := start(t, bin)
-	tidP := p.num(p.read("ready"))
+	gP := p.goroutine(p.read("ready"))
 	if err := tr.AttachProcess(p.pid, bin); err != nil {
 		t.Fatal(err)
 	}
 	if err := tr.maps.TracedPids.Put(uint32(p.pid), uint32(1)); err != nil {
 		t.Fatal(err)
 	}
-
-	// P runs on its locked thread: execute(gP) there.
-	p.do("ping", "pong")
-	gP := goCur(t, tr, p.pid, tidP)
-	if _, ok := lookupCtx(t, tr.maps.ThreadCtxs, pidTgid(p.pid, tidP)); ok {
-		t.Fatal("thread_ctxs set for a goroutine without context")
+	var one uint32
+	if err := tr.maps.GoProcs.Lookup(uint32(p.pid), &one); err != nil || one != 1 {
+		t.Fatalf("go_procs of an attached process: %d, %v", one, err)
 	}
 
-	// P gets a context: the thread mirrors it when P runs again.
+	// P gets a context, as httptrace gives one to the goroutine that reads a
+	// request. P starts G2, G2 starts G3: both inherit it, once.
 	seed := seedCtx()
 	if err := tr.maps.GoCtxs.Put(goruntimeGoKey{Tgid: uint32(p.pid), G: gP}, seed); err != nil {
 		t.Fatal(err)
 	}
-	p.do("ping", "pong")
-	if c, ok := lookupCtx(t, tr.maps.ThreadCtxs, pidTgid(p.pid, tidP)); !ok || c != seed {
-		t.Fatalf("thread_ctxs of P's thread = %+v, %v; want the seeded context", c, ok)
-	}
-
-	// P starts G2, G2 starts G3: both inherit, and G3's thread mirrors it.
-	tid3 := p.num(p.do("chain", "locked"))
+	g3 := p.goroutine(p.do("chain", "locked"))
 	p.do("wake", "woke")
-	g3 := goCur(t, tr, p.pid, tid3)
 	if g3 == gP {
 		t.Fatalf("G3 has P's g %#x", gP)
 	}
@@ -214,9 +201,6 @@ func testInheritAndMirror(t *testing.T, tr *Tracker) {
 	want.Inherited = 1
 	if c, ok := lookupCtx(t, tr.maps.GoCtxs, goruntimeGoKey{Tgid: uint32(p.pid), G: g3}); !ok || c != want {
 		t.Fatalf("go_ctxs of G3 (g %#x) = %+v, %v; want the seeded context, inherited", g3, c, ok)
-	}
-	if c, ok := lookupCtx(t, tr.maps.ThreadCtxs, pidTgid(p.pid, tid3)); !ok || c != want {
-		t.Fatalf("thread_ctxs of G3's thread = %+v, %v; want the seeded context, inherited", c, ok)
 	}
 	inherited := inheritedGs(t, tr, p.pid, want)
 	if len(inherited) != 2 {
@@ -228,15 +212,10 @@ func testInheritAndMirror(t *testing.T, tr *Tracker) {
 	if err := tr.maps.GoCtxs.Delete(goruntimeGoKey{Tgid: uint32(p.pid), G: gP}); err != nil {
 		t.Fatal(err)
 	}
-	p.do("ping", "pong")
-	if _, ok := lookupCtx(t, tr.maps.ThreadCtxs, pidTgid(p.pid, tidP)); ok {
-		t.Fatal("thread_ctxs of P's thread kept after P lost its context")
-	}
 	reused := 0
 	for range 5 {
-		tid := p.num(p.do("chain", "locked"))
+		g := p.goroutine(p.do("chain", "locked"))
 		p.do("wake", "woke")
-		g := goCur(t, tr, p.pid, tid)
 		for _, old := range inherited {
 			if g == old {
 				reused++
@@ -245,12 +224,16 @@ func testInheritAndMirror(t *testing.T, tr *Tracker) {
 		if c, ok := lookupCtx(t, tr.maps.GoCtxs, goruntimeGoKey{Tgid: uint32(p.pid), G: g}); ok {
 			t.Fatalf("go_ctxs of a goroutine started without context (g %#x): %+v", g, c)
 		}
-		if c, ok := lookupCtx(t, tr.maps.ThreadCtxs, pidTgid(p.pid, tid)); ok {
-			t.Fatalf("thread_ctxs of a goroutine started without context: %+v", c)
-		}
 		p.do("done", "done")
 	}
 	t.Logf("g structs of G2/G3 reused by the 5 later chains: %d times, each time without their stale context", reused)
+
+	if err := tr.DetachProcess(p.pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.maps.GoProcs.Lookup(uint32(p.pid), &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("go_procs after detach: %v", err)
+	}
 }
 
 // inheritedGs lists the gs of process pid whose context is c.
@@ -304,7 +287,7 @@ func TestChurn(t *testing.T) {
 	tr := load(t)
 	bin := buildGochain(t, "")
 	p := start(t, bin)
-	tidP := p.num(p.read("ready"))
+	gP := p.goroutine(p.read("ready"))
 	const ms = 2500
 	measure := func(what string) (churn, pingpong float64) {
 		churn = float64(p.num(p.do(fmt.Sprintf("churn %d", ms), "churned"))) / (ms / 1000.0)
@@ -342,14 +325,14 @@ func TestChurn(t *testing.T) {
 	}
 	tracedChurn, tracedPP := measure("probes, traced, no context:")
 	p.do("ping", "pong")
-	if err := tr.maps.GoCtxs.Put(goruntimeGoKey{Tgid: uint32(p.pid), G: goCur(t, tr, p.pid, tidP)}, seedCtx()); err != nil {
+	if err := tr.maps.GoCtxs.Put(goruntimeGoKey{Tgid: uint32(p.pid), G: gP}, seedCtx()); err != nil {
 		t.Fatal(err)
 	}
 	ctxChurn, _ := measure("probes, traced, every g inherits:")
 	t.Logf("per goroutine start: +%.0f ns traced, +%.0f ns inheriting; per switch: +%.0f ns traced",
 		1e9/tracedChurn-1e9/baseChurn, 1e9/ctxChurn-1e9/baseChurn, 1e9/(2*tracedPP)-1e9/(2*basePP))
 	for name, prog := range map[string]*ebpf.Program{
-		"execute": tr.progs().Execute, "newproc1": tr.progs().Newproc1, "newproc1 RET": tr.progs().Newproc1Ret,
+		"newproc1": tr.progs().Newproc1, "newproc1 RET": tr.progs().Newproc1Ret,
 	} {
 		st, err := prog.Stats()
 		if err != nil {
@@ -404,7 +387,7 @@ func TestDetachLeavesNoLinks(t *testing.T) {
 			}
 			tr.useMulti = variant == VariantUprobeMulti
 			ids := map[ebpf.ProgramID]bool{}
-			for _, prog := range []*ebpf.Program{tr.progs().Execute, tr.progs().Newproc1, tr.progs().Newproc1Ret} {
+			for _, prog := range []*ebpf.Program{tr.progs().Newproc1, tr.progs().Newproc1Ret, tr.progs().RoundTrip, tr.progs().RequestWrite} {
 				info, err := prog.Info()
 				if err != nil {
 					t.Fatal(err)

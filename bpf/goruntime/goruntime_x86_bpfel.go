@@ -41,13 +41,11 @@ type goruntimeThreadCtx struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	goruntimeMapGoCtxs                      = "go_ctxs"
-	goruntimeMapGoCur                       = "go_cur"
 	goruntimeMapGoHttpReqs                  = "go_http_reqs"
 	goruntimeMapGoNewprocPending            = "go_newproc_pending"
+	goruntimeMapGoProcs                     = "go_procs"
 	goruntimeMapThreadCtxs                  = "thread_ctxs"
 	goruntimeMapTracedPids                  = "traced_pids"
-	goruntimeProgGoruntimeExecute           = "goruntime_execute"
-	goruntimeProgGoruntimeExecuteMulti      = "goruntime_execute_multi"
 	goruntimeProgGoruntimeNewproc1          = "goruntime_newproc1"
 	goruntimeProgGoruntimeNewproc1Multi     = "goruntime_newproc1_multi"
 	goruntimeProgGoruntimeNewproc1Ret       = "goruntime_newproc1_ret"
@@ -102,8 +100,6 @@ type goruntimeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type goruntimeProgramSpecs struct {
-	GoruntimeExecute           *ebpf.ProgramSpec `ebpf:"goruntime_execute"`
-	GoruntimeExecuteMulti      *ebpf.ProgramSpec `ebpf:"goruntime_execute_multi"`
 	GoruntimeNewproc1          *ebpf.ProgramSpec `ebpf:"goruntime_newproc1"`
 	GoruntimeNewproc1Multi     *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_multi"`
 	GoruntimeNewproc1Ret       *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret"`
@@ -119,9 +115,9 @@ type goruntimeProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type goruntimeMapSpecs struct {
 	GoCtxs           *ebpf.MapSpec `ebpf:"go_ctxs"`
-	GoCur            *ebpf.MapSpec `ebpf:"go_cur"`
 	GoHttpReqs       *ebpf.MapSpec `ebpf:"go_http_reqs"`
 	GoNewprocPending *ebpf.MapSpec `ebpf:"go_newproc_pending"`
+	GoProcs          *ebpf.MapSpec `ebpf:"go_procs"`
 	ThreadCtxs       *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids       *ebpf.MapSpec `ebpf:"traced_pids"`
 }
@@ -155,9 +151,9 @@ func (o *goruntimeObjects) Close() error {
 // It can be passed to loadGoruntimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type goruntimeMaps struct {
 	GoCtxs           *ebpf.Map `ebpf:"go_ctxs"`
-	GoCur            *ebpf.Map `ebpf:"go_cur"`
 	GoHttpReqs       *ebpf.Map `ebpf:"go_http_reqs"`
 	GoNewprocPending *ebpf.Map `ebpf:"go_newproc_pending"`
+	GoProcs          *ebpf.Map `ebpf:"go_procs"`
 	ThreadCtxs       *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids       *ebpf.Map `ebpf:"traced_pids"`
 }
@@ -165,9 +161,9 @@ type goruntimeMaps struct {
 func (m *goruntimeMaps) Close() error {
 	return _GoruntimeClose(
 		m.GoCtxs,
-		m.GoCur,
 		m.GoHttpReqs,
 		m.GoNewprocPending,
+		m.GoProcs,
 		m.ThreadCtxs,
 		m.TracedPids,
 	)
@@ -185,8 +181,6 @@ type goruntimeVariables struct {
 //
 // It can be passed to loadGoruntimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type goruntimePrograms struct {
-	GoruntimeExecute           *ebpf.Program `ebpf:"goruntime_execute"`
-	GoruntimeExecuteMulti      *ebpf.Program `ebpf:"goruntime_execute_multi"`
 	GoruntimeNewproc1          *ebpf.Program `ebpf:"goruntime_newproc1"`
 	GoruntimeNewproc1Multi     *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
 	GoruntimeNewproc1Ret       *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
@@ -199,8 +193,6 @@ type goruntimePrograms struct {
 
 func (p *goruntimePrograms) Close() error {
 	return _GoruntimeClose(
-		p.GoruntimeExecute,
-		p.GoruntimeExecuteMulti,
 		p.GoruntimeNewproc1,
 		p.GoruntimeNewproc1Multi,
 		p.GoruntimeNewproc1Ret,

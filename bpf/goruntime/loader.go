@@ -22,7 +22,6 @@ var ErrNotGo = errors.New("not a Go executable with a symbol table")
 
 // Symbols probed in the Go runtime.
 const (
-	symExecute  = "runtime.execute"  // execute(gp *g, inheritTime bool)
 	symNewproc1 = "runtime.newproc1" // newproc1(fn *funcval, callergp *g, callerpc uintptr, parked bool, waitreason waitReason) *g
 	// net/http client, optional: a request handed to the transport's
 	// writeLoop goroutine on a pooled connection.
@@ -51,12 +50,11 @@ const maxExes = 256
 type Maps struct {
 	TracedPids *ebpf.Map // tgid -> 1: processes to trace
 	ThreadCtxs *ebpf.Map // pid_tgid -> context of the goroutine the thread runs
-	GoCur      *ebpf.Map // pid_tgid -> g the thread runs
+	GoProcs    *ebpf.Map // tgid -> 1: Go processes whose goroutines are tracked
 	GoCtxs     *ebpf.Map // go_key{tgid, g} -> context of the goroutine
 }
 
 type programs struct {
-	Execute      *ebpf.Program `ebpf:"goruntime_execute"`
 	Newproc1     *ebpf.Program `ebpf:"goruntime_newproc1"`
 	Newproc1Ret  *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
 	RoundTrip    *ebpf.Program `ebpf:"goruntime_round_trip"`
@@ -64,7 +62,6 @@ type programs struct {
 }
 
 type multiPrograms struct {
-	Execute      *ebpf.Program `ebpf:"goruntime_execute_multi"`
 	Newproc1     *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
 	Newproc1Ret  *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
 	RoundTrip    *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
@@ -103,7 +100,6 @@ type exeKey struct {
 // exeInfo is the analysis of an executable: file offsets of the probed
 // instructions, or why it cannot be probed.
 type exeInfo struct {
-	execute  uint64
 	newproc1 uint64
 	rets     []uint64
 	// The net/http client sites, 0 when the program has no net/http client.
@@ -123,7 +119,7 @@ func Load(maps Maps) (*Tracker, error) {
 	for name, m := range map[string]*ebpf.Map{
 		"traced_pids": maps.TracedPids,
 		"thread_ctxs": maps.ThreadCtxs,
-		"go_cur":      maps.GoCur,
+		"go_procs":    maps.GoProcs,
 		"go_ctxs":     maps.GoCtxs,
 	} {
 		if m != nil {
@@ -142,9 +138,10 @@ func Load(maps Maps) (*Tracker, error) {
 	all := map[string]*ebpf.Map{
 		"traced_pids":        t.maps.TracedPids,
 		"thread_ctxs":        t.maps.ThreadCtxs,
-		"go_cur":             t.maps.GoCur,
+		"go_procs":           t.maps.GoProcs,
 		"go_ctxs":            t.maps.GoCtxs,
 		"go_newproc_pending": t.maps.GoNewprocPending,
+		"go_http_reqs":       t.maps.GoHttpReqs,
 	}
 	if err := loadPrograms(spec, &t.single, all); err != nil {
 		_ = t.maps.Close()
@@ -185,7 +182,7 @@ func (t *Tracker) Variant() string {
 // Maps returns the maps in use, the given ones or those Load created. They
 // stay owned by the Tracker (or the caller that passed them).
 func (t *Tracker) Maps() Maps {
-	return Maps{TracedPids: t.maps.TracedPids, ThreadCtxs: t.maps.ThreadCtxs, GoCur: t.maps.GoCur, GoCtxs: t.maps.GoCtxs}
+	return Maps{TracedPids: t.maps.TracedPids, ThreadCtxs: t.maps.ThreadCtxs, GoProcs: t.maps.GoProcs, GoCtxs: t.maps.GoCtxs}
 }
 
 // AttachProcess probes the Go runtime of process pid. The executable is
@@ -252,6 +249,12 @@ func (t *Tracker) AttachProcess(pid int, exePath string) error {
 		t.shared[key] = &executableLinks{links: links, pids: 1}
 	}
 	t.procs[pid] = key
+	// From now on httptrace and ctxprop key the process's contexts by
+	// goroutine.
+	if err := t.maps.GoProcs.Put(uint32(pid), uint32(1)); err != nil {
+		_ = t.detachLocked(pid)
+		return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
+	}
 	return nil
 }
 
@@ -269,7 +272,6 @@ func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]lin
 		sym   string
 		addrs []uint64
 	}{
-		{p.Execute, symExecute, []uint64{info.execute}},
 		{p.Newproc1, symNewproc1, []uint64{info.newproc1}},
 		{p.Newproc1Ret, symNewproc1 + " RET", info.rets},
 	}
@@ -304,7 +306,7 @@ func attachSingle(ex *link.Executable, p programs, info *exeInfo) ([]link.Link, 
 		sym  string
 		addr uint64
 	}
-	sites := []site{{p.Execute, symExecute, info.execute}, {p.Newproc1, symNewproc1, info.newproc1}}
+	sites := []site{{p.Newproc1, symNewproc1, info.newproc1}}
 	for _, r := range info.rets {
 		sites = append(sites, site{p.Newproc1Ret, symNewproc1 + " RET", r})
 	}
@@ -346,6 +348,7 @@ func (t *Tracker) detachLocked(pid int) error {
 		return nil
 	}
 	delete(t.procs, pid)
+	_ = t.maps.GoProcs.Delete(uint32(pid))
 	var err error
 	if links, ok := t.links[pid]; ok {
 		delete(t.links, pid)
@@ -383,9 +386,9 @@ func (t *Tracker) Close() error {
 }
 
 func (t *Tracker) closePrograms() error {
-	progs := []*ebpf.Program{t.single.Execute, t.single.Newproc1, t.single.Newproc1Ret}
+	progs := []*ebpf.Program{t.single.Newproc1, t.single.Newproc1Ret, t.single.RoundTrip, t.single.RequestWrite}
 	if t.multi != nil {
-		progs = append(progs, t.multi.Execute, t.multi.Newproc1, t.multi.Newproc1Ret)
+		progs = append(progs, t.multi.Newproc1, t.multi.Newproc1Ret, t.multi.RoundTrip, t.multi.RequestWrite)
 	}
 	var errs []error
 	for _, p := range progs {
@@ -438,15 +441,13 @@ func analyzeELF(path string) (*exeInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read symbol table: %w", err)
 	}
-	var exe, np, rt, rw *elf.Symbol
+	var np, rt, rw *elf.Symbol
 	for i := range syms {
 		s := &syms[i]
 		if elf.ST_TYPE(s.Info) != elf.STT_FUNC {
 			continue
 		}
 		switch s.Name {
-		case symExecute:
-			exe = s
 		case symNewproc1:
 			np = s
 		case symRoundTrip:
@@ -455,22 +456,17 @@ func analyzeELF(path string) (*exeInfo, error) {
 			rw = s
 		}
 	}
-	if exe == nil || np == nil {
-		return nil, fmt.Errorf("symbols %s and %s not found: %w", symExecute, symNewproc1, ErrNotGo)
+	if np == nil {
+		return nil, fmt.Errorf("symbol %s not found: %w", symNewproc1, ErrNotGo)
 	}
 	if f.Machine != elf.EM_X86_64 {
 		return nil, fmt.Errorf("find RET instructions of %s: %s executable: %w", symNewproc1, f.Machine, ebpf.ErrNotSupported)
 	}
 	info := &exeInfo{}
-	exeOff, exeCode, err := fileOffset(f, exe)
-	if err != nil {
-		return nil, err
-	}
 	npOff, npCode, err := fileOffset(f, np)
 	if err != nil {
 		return nil, err
 	}
-	info.execute = exeOff + entryOffset(exeCode)
 	info.newproc1 = npOff + entryOffset(npCode)
 	rets, err := retOffsets(npCode)
 	if err != nil {

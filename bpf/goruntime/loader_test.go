@@ -31,20 +31,17 @@ func TestAnalyze(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range syms {
-		if s.Name != symExecute && s.Name != symNewproc1 {
+		if s.Name != symNewproc1 {
 			continue
 		}
 		start, _, err := fileOffset(f, &s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		probe := info.execute
-		if s.Name == symNewproc1 {
-			probe = info.newproc1
-			for _, r := range info.rets {
-				if r <= start || r >= start+s.Size || raw[r] != 0xc3 {
-					t.Errorf("%s: RET site %#x is not a RET inside the function", s.Name, r)
-				}
+		probe := info.newproc1
+		for _, r := range info.rets {
+			if r <= start || r >= start+s.Size || raw[r] != 0xc3 {
+				t.Errorf("%s: RET site %#x is not a RET inside the function", s.Name, r)
 			}
 		}
 		// CMPQ SP, 0x10(R14) is 4 bytes; JBE rel32 is 0f 86.

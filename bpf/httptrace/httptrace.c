@@ -538,32 +538,22 @@ static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n
 	return st->header_end + st->content_length;
 }
 
-// Makes r the context of the thread (and, in Go, of the goroutine) that read
-// it.
+// Makes r the context of the thread that read it, or in a tracked Go
+// process of the goroutine that read it.
 static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 {
 	struct thread_ctx t = {};
 	__builtin_memcpy(t.trace_id, r->trace_id, sizeof(t.trace_id));
 	__builtin_memcpy(t.span_id, r->span_id, sizeof(t.span_id));
 	t.trace_flags = r->trace_flags;
-	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
-	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
+	__u64 g = current_goroutine(pid_tgid);
 	if (g) {
-		struct go_key k = {.tgid = pid_tgid >> 32, .g = *g};
+		struct go_key k = {.tgid = pid_tgid >> 32, .g = g};
 		bpf_map_update_elem(&go_ctxs, &k, &t, BPF_ANY);
-		r->goroutine = k.g;
+		r->goroutine = g;
+		return;
 	}
-}
-
-// Ends an inherited (one-shot) context after its first outgoing request.
-static __always_inline void consume_inherited(__u64 pid_tgid)
-{
-	bpf_map_delete_elem(&thread_ctxs, &pid_tgid);
-	__u64 *g = bpf_map_lookup_elem(&go_cur, &pid_tgid);
-	if (g) {
-		struct go_key k = {.tgid = pid_tgid >> 32, .g = *g};
-		bpf_map_delete_elem(&go_ctxs, &k);
-	}
+	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
 }
 
 // Handles one request at offset off of the data just read on (tgid, fd):
@@ -719,7 +709,8 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 	r->tid = (__u32)pid_tgid;
 	parse_request(s, 0, n, mlen, r);
 	__u64 tp_off = s->st.tp_off;
-	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+	__u64 g;
+	struct thread_ctx *t = current_ctx(pid_tgid, &g);
 	__u8 app_trace[16];
 	__u8 app_parent[8];
 	__u8 app_flags = 0;
@@ -744,7 +735,7 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 		r->trace_flags = t->trace_flags;
 		random_id(r->span_id, 2);
 		if (t->inherited)
-			consume_inherited(pid_tgid);
+			end_inherited(pid_tgid, g);
 	} else {
 		random_id(r->trace_id, 4);
 		random_id(r->span_id, 2);

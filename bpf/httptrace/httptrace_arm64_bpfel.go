@@ -161,7 +161,7 @@ const (
 	httptraceMapCounters             = "counters"
 	httptraceMapEvents               = "events"
 	httptraceMapGoCtxs               = "go_ctxs"
-	httptraceMapGoCur                = "go_cur"
+	httptraceMapGoProcs              = "go_procs"
 	httptraceMapScratchMap           = "scratch_map"
 	httptraceMapThreadCtxs           = "thread_ctxs"
 	httptraceMapTracedPids           = "traced_pids"
@@ -238,7 +238,7 @@ type httptraceMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	GoCtxs     *ebpf.MapSpec `ebpf:"go_ctxs"`
-	GoCur      *ebpf.MapSpec `ebpf:"go_cur"`
+	GoProcs    *ebpf.MapSpec `ebpf:"go_procs"`
 	ScratchMap *ebpf.MapSpec `ebpf:"scratch_map"`
 	ThreadCtxs *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids *ebpf.MapSpec `ebpf:"traced_pids"`
@@ -281,7 +281,7 @@ type httptraceMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Events     *ebpf.Map `ebpf:"events"`
 	GoCtxs     *ebpf.Map `ebpf:"go_ctxs"`
-	GoCur      *ebpf.Map `ebpf:"go_cur"`
+	GoProcs    *ebpf.Map `ebpf:"go_procs"`
 	ScratchMap *ebpf.Map `ebpf:"scratch_map"`
 	ThreadCtxs *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids *ebpf.Map `ebpf:"traced_pids"`
@@ -295,7 +295,7 @@ func (m *httptraceMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.GoCtxs,
-		m.GoCur,
+		m.GoProcs,
 		m.ScratchMap,
 		m.ThreadCtxs,
 		m.TracedPids,

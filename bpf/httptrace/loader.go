@@ -333,7 +333,7 @@ type SharedMaps struct {
 	TracedPids *ebpf.Map // tgid -> 1: processes to trace
 	ThreadCtxs *ebpf.Map // pid_tgid -> context of the request a thread serves
 	ClientIDs  *ebpf.Map // pid_tgid -> ids of an injected traceparent
-	GoCur      *ebpf.Map // pid_tgid -> goroutine the thread runs (Go)
+	GoProcs    *ebpf.Map // tgid -> 1: Go processes tracked by goroutine
 	GoCtxs     *ebpf.Map // (tgid, goroutine) -> context (Go)
 }
 
@@ -343,7 +343,7 @@ func (t *Tracer) Shared() SharedMaps {
 		TracedPids: t.objs.TracedPids,
 		ThreadCtxs: t.objs.ThreadCtxs,
 		ClientIDs:  t.objs.ClientIds,
-		GoCur:      t.objs.GoCur,
+		GoProcs:    t.objs.GoProcs,
 		GoCtxs:     t.objs.GoCtxs,
 	}
 }

@@ -269,10 +269,19 @@ struct files_struct {
 
 typedef int pid_t;
 
+#if defined(__TARGET_ARCH_x86)
+struct thread_struct {
+	unsigned long fsbase; // the thread's TLS base (Go keeps g at fsbase-8)
+} __attribute__((preserve_access_index));
+#endif
+
 struct task_struct {
 	pid_t pid;
 	pid_t tgid;
 	struct files_struct *files;
+#if defined(__TARGET_ARCH_x86)
+	struct thread_struct thread;
+#endif
 } __attribute__((preserve_access_index));
 
 #pragma clang diagnostic pop

@@ -43,7 +43,7 @@ func main() {
 	g3exited := make(chan struct{})
 	go func() { // P
 		runtime.LockOSThread()
-		reply("ready %d", syscall.Gettid())
+		reply("ready %d %d", syscall.Gettid(), getg())
 		for cmd := range pcmds {
 			f := strings.Fields(cmd)
 			switch f[0] {
@@ -55,7 +55,7 @@ func main() {
 				go func() { // G2
 					go func() { // G3
 						runtime.LockOSThread()
-						reply("locked %d", syscall.Gettid())
+						reply("locked %d %d", syscall.Gettid(), getg())
 						<-wake
 						reply("woke")
 						<-done
