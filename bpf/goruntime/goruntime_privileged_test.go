@@ -85,9 +85,8 @@ func (p *proc) read(want string) []string {
 	return nil
 }
 
-// do sends a command and reads its reply. It first lets the goroutine that
-// wrote the last reply park: one that has not yet blocked takes the next
-// command without being scheduled again, so without a runtime.execute.
+// do sends a command and reads its reply, after letting the goroutine that
+// wrote the last reply park.
 func (p *proc) do(cmd, want string) []string {
 	p.t.Helper()
 	time.Sleep(20 * time.Millisecond)

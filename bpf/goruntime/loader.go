@@ -413,8 +413,8 @@ func statKey(path string) (exeKey, error) {
 	return exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtimeNs: fi.ModTime().UnixNano()}, nil
 }
 
-// analyze finds the file offsets of runtime.execute, runtime.newproc1 and of
-// newproc1's RET instructions.
+// analyze finds the file offsets of runtime.newproc1 and of its RET
+// instructions, and of the net/http client sites if the program has them.
 func analyze(path string) *exeInfo {
 	info, err := analyzeELF(path)
 	if err != nil {
@@ -518,7 +518,7 @@ func fileOffset(f *elf.File, s *elf.Symbol) (uint64, []byte, error) {
 // a scratch register, not an argument one). Any other prologue is probed at
 // its first instruction. If the stack must grow, the function restarts and
 // the probe fires twice with the same arguments: the programs are
-// idempotent (and runtime.execute and newproc1 run on the system stack).
+// idempotent (and newproc1 runs on the system stack).
 func entryOffset(code []byte) uint64 {
 	var off uint64
 	for range 3 {
