@@ -89,6 +89,41 @@ func startPy(t *testing.T) (int, int) {
 	return cmd.Process.Pid, port
 }
 
+// attached loads and attaches httptrace and the injector (on the cgroup v2
+// root) and opens the ring buffer, all closed when the test ends.
+func attached(t *testing.T) (*httptrace.Tracer, *Propagator, *ringbuf.Reader) {
+	t.Helper()
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	report, err := kernelprobe.Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(tr.Shared())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	if err := p.Attach(report.CgroupV2); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rd.Close() })
+	return tr, p, rd
+}
+
 func get(t *testing.T, url string) string {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -103,34 +138,7 @@ func get(t *testing.T, url string) string {
 }
 
 func TestInjectTraceparent(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	report, err := kernelprobe.Probe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := Load(tr.Shared())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.Attach(report.CgroupV2); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, p, rd := attached(t)
 
 	proxyPid, proxyPort := startPy(t)
 	_, downPort := startPy(t) // not traced: reports what it received
@@ -252,34 +260,7 @@ func read(t *testing.T, rd *ringbuf.Reader, want int) []spans.Request {
 // The context of a request ends with its response: the next request served
 // by the same thread on the same keep-alive connection gets its own.
 func TestContextEndsWithResponse(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	report, err := kernelprobe.Probe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := Load(tr.Shared())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.Attach(report.CgroupV2); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, _, rd := attached(t)
 	proxyPid, proxyPort := startPy(t)
 	_, downPort := startPy(t)
 	if err := tr.Trace(uint32(proxyPid)); err != nil {
@@ -323,40 +304,13 @@ func TestContextEndsWithResponse(t *testing.T) {
 // also on a pooled keep-alive connection, where the transport's writeLoop
 // goroutine writes them (goroutine tracking and the net/http hand-over).
 func TestGoPooledConnection(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	report, err := kernelprobe.Probe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := Load(tr.Shared())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.Attach(report.CgroupV2); err != nil {
-		t.Fatal(err)
-	}
+	tr, _, rd := attached(t)
 	sh := tr.Shared()
 	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoProcs: sh.GoProcs, GoCtxs: sh.GoCtxs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer gr.Close()
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
 
 	bin := filepath.Join(t.TempDir(), "goproxy")
 	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/goproxy").CombinedOutput(); err != nil {
@@ -416,9 +370,6 @@ func TestGoPooledConnection(t *testing.T) {
 // A connection the process opened before it was traced (a keep-alive pool)
 // is injected once AddExisting has put it in the sockhash.
 func TestExistingConnection(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
 	_, downPort := startPy(t)
 	// One connection, opened at start-up and reused by every request.
 	pooled := fmt.Sprintf(`
@@ -460,31 +411,7 @@ s.serve_forever()
 		t.Fatal(err)
 	}
 
-	report, err := kernelprobe.Probe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := httptrace.Load(httptrace.Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := Load(tr.Shared())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.Attach(report.CgroupV2); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, p, rd := attached(t)
 	if err := tr.Trace(uint32(cmd.Process.Pid)); err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,29 @@ func startPython(t *testing.T, port int) *exec.Cmd {
 	return nil
 }
 
+// attached loads and attaches a tracer and opens its ring buffer, all
+// closed when the test ends.
+func attached(t *testing.T, opts Options) (*Tracer, *ringbuf.Reader) {
+	t.Helper()
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Load(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	if err := tr.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rd.Close() })
+	return tr, rd
+}
+
 func readRequests(t *testing.T, rd *ringbuf.Reader, clock Clock, want int, timeout time.Duration) []spans.Request {
 	var out []spans.Request
 	deadline := time.Now().Add(timeout)
@@ -89,25 +112,10 @@ func TestTracerServerAndPipelining(t *testing.T) {
 }
 
 func testServerAndPipelining(t *testing.T, variant string) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := Load(Options{RingBufferSize: 1 << 20, WakeupRecords: 0, TrackRequestHeaders: true, Variant: variant})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, WakeupRecords: 0, TrackRequestHeaders: true, Variant: variant})
 	if tr.Variant() != variant {
 		t.Fatalf("attached %s, want %s", tr.Variant(), variant)
 	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
 	clock := NewClock(monoNow(t))
 
 	port := freePort(t)
@@ -195,22 +203,7 @@ func testServerAndPipelining(t *testing.T, variant string) {
 // A server that reads the first byte of the next request on its own, as Go's
 // net/http background read does, still gets its request traced.
 func TestTracerOneBytePrefixRead(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
 	clock := NewClock(monoNow(t))
 
 	port := freePort(t)
@@ -271,22 +264,7 @@ c.close()
 // Without bpf_loop (kernels before 5.17) the request line is still parsed,
 // and headers are not.
 func TestTracerWithoutBPFLoop(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, NoBPFLoop: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, NoBPFLoop: true})
 	port := freePort(t)
 	py := startPython(t, port)
 	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
@@ -318,22 +296,7 @@ func TestTracerWithoutBPFLoop(t *testing.T) {
 // An incoming traceparent is honoured only when valid per W3C Trace Context;
 // otherwise the SERVER span starts a new trace.
 func TestTracerTraceparentValidation(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
 	port := freePort(t)
 	py := startPython(t, port)
 	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
@@ -391,22 +354,7 @@ func TestTracerTraceparentValidation(t *testing.T) {
 // A header block that arrives in several reads still counts: its traceparent
 // and Host are honoured, whether the cut falls between lines or inside one.
 func TestTracerHeadersSplitAcrossReads(t *testing.T) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := Load(Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
 	port := freePort(t)
 	py := startPython(t, port)
 	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
