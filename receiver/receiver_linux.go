@@ -326,8 +326,8 @@ func (r *tracesReceiver) instrumentedLocked() int64 {
 	return n
 }
 
-// process returns the resource of pid, and forgets processes that exited
-// more than exitedGrace ago.
+// process returns the resource of pid; purgeExited forgets processes that
+// exited more than exitedGrace ago.
 func (r *tracesReceiver) process(pid uint32) spans.Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
