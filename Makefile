@@ -69,6 +69,8 @@ test: mounts
 	fi
 	$(MAKE) distro
 	go test -count=1 -tags privileged -timeout 45m ./... 2>&1
+	@echo "propagation again with the sys_exit fallback forced (ebpf.io_hook: sys_exit)"
+	E2E_IO_HOOK=sys_exit go test -count=1 -tags privileged -timeout 20m -run 'Propagation|ClientSpanIsChild|KeepAliveAndPipelining|Concurrent200' ./test/e2e/ 2>&1
 
 # Overhead measurement (wrk without/with the collector), as root; pass flags
 # with BENCH_FLAGS="-wakeup-len 0 -rounds 5". See test/bench/main.go.

@@ -3,6 +3,7 @@ package ebpfreceiver // import "github.com/ebpftracing/ebpftracingreceiver/recei
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -17,6 +18,19 @@ const (
 	TCBackendTC = "tc"
 	// TCBackendTCX attaches with tcx links (kernel 6.6+).
 	TCBackendTCX = "tcx"
+)
+
+// Values of EBPFConfig.IOHook.
+const (
+	// IOHookAuto uses the socket tracepoints where the kernel has them,
+	// sys_exit otherwise.
+	IOHookAuto = "auto"
+	// IOHookSocket uses the socket tracepoints sock_recv_length and
+	// sock_send_length, which run only for socket I/O.
+	IOHookSocket = "socket"
+	// IOHookSysExit uses the sys_exit tracepoint, which every system call
+	// of the host runs.
+	IOHookSysExit = "sys_exit"
 )
 
 // Values of EBPFConfig.ContextPropagation; several may be joined with commas.
@@ -99,6 +113,11 @@ type EBPFConfig struct {
 	// (default: tcx where supported, kernel 6.6+, else tc), "tc" or "tcx".
 	// Env: BEYLA_BPF_TC_BACKEND.
 	TrafficControlBackend string `mapstructure:"traffic_control_backend"`
+	// IOHook selects where HTTP/1.x traffic is seen: "auto" (default: the
+	// socket tracepoints sock_recv_length and sock_send_length, kernel 6.3+,
+	// which only socket I/O runs, else sys_exit), "socket" or "sys_exit"
+	// (every system call of the host runs it: measurably slower).
+	IOHook string `mapstructure:"io_hook"`
 	// RingBufferSize is the size of the event ring buffer in bytes: a power
 	// of two from 4096 to 1 GiB. Default 4194304 (4 MiB).
 	RingBufferSize int `mapstructure:"ring_buffer_size"`
@@ -130,6 +149,7 @@ func createDefaultConfig() *Config {
 		EBPF: EBPFConfig{
 			ContextPropagation:    PropagationDisabled,
 			TrafficControlBackend: TCBackendAuto,
+			IOHook:                IOHookAuto,
 			RingBufferSize:        defaultRingBufferSize,
 			WakeupLen:             defaultWakeupLen,
 			BatchTimeout:          defaultBatchTimeout,
@@ -178,6 +198,7 @@ func (cfg *Config) Validate() error {
 	e := cfg.EBPF
 	add("ebpf.context_propagation", checkPropagation(e.ContextPropagation))
 	add("ebpf.traffic_control_backend", checkTCBackend(e.TrafficControlBackend))
+	add("ebpf.io_hook", checkIOHook(e.IOHook))
 	add("ebpf.ring_buffer_size", checkRingBufferSize(e.RingBufferSize))
 	add("ebpf.wakeup_len", checkWakeupLen(e.WakeupLen))
 	add("ebpf.batch_timeout", checkBatchTimeout(e.BatchTimeout))
@@ -191,6 +212,14 @@ func (cfg *Config) Validate() error {
 func checkPropagation(s string) error {
 	_, err := parsePropagation(s)
 	return err
+}
+
+func checkIOHook(s string) error {
+	switch s {
+	case IOHookAuto, IOHookSocket, IOHookSysExit:
+		return nil
+	}
+	return fmt.Errorf("unknown value %q; want %s, %s or %s", s, IOHookAuto, IOHookSocket, IOHookSysExit)
 }
 
 func checkTCBackend(s string) error {
@@ -429,4 +458,15 @@ func applyEnv(cfg *Config, lookup func(string) (string, bool)) (overrides []stri
 		overrides = append(overrides, ev.name)
 	}
 	return overrides, errors.Join(errs...)
+}
+
+// benchFloorEnv, set to 1, loads every BPF program in a form that returns as
+// soon as it runs, so that make bench can measure the cost of the hooks
+// themselves (the floor under the tracer's own work). Nothing is traced. Not
+// a user setting: the one environment variable outside applyEnv.
+const benchFloorEnv = "EBPFTRACING_BENCH_FLOOR"
+
+func benchFloor() bool {
+	v, _ := os.LookupEnv(benchFloorEnv)
+	return strings.TrimSpace(v) == "1"
 }

@@ -49,6 +49,7 @@ func TestLoadConfig(t *testing.T) {
 					ContextPropagation:     "headers,tcp",
 					OverrideBPFLoopEnabled: true,
 					TrafficControlBackend:  TCBackendTCX,
+					IOHook:                 IOHookSysExit,
 					RingBufferSize:         16 << 20,
 					WakeupLen:              0,
 					BatchTimeout:           time.Second,
@@ -92,6 +93,10 @@ func TestLoadConfig(t *testing.T) {
 		{
 			name:    "disabled_combined",
 			wantErr: []string{`ebpf.context_propagation: "disabled" cannot be combined with other values in "disabled,tcp"`},
+		},
+		{
+			name:    "bad_io_hook",
+			wantErr: []string{`ebpf.io_hook: unknown value "kprobe"; want auto, socket or sys_exit`},
 		},
 		{
 			name:    "bad_tc_backend",
@@ -191,6 +196,7 @@ func TestCreateDefaultConfig(t *testing.T) {
 	assert.Equal(t, PropagationDisabled, cfg.EBPF.ContextPropagation)
 	assert.False(t, cfg.EBPF.OverrideBPFLoopEnabled)
 	assert.Equal(t, TCBackendAuto, cfg.EBPF.TrafficControlBackend)
+	assert.Equal(t, IOHookAuto, cfg.EBPF.IOHook)
 	assert.Equal(t, 4194304, cfg.EBPF.RingBufferSize)
 	assert.Equal(t, 64, cfg.EBPF.WakeupLen)
 	assert.Equal(t, 200*time.Millisecond, cfg.EBPF.BatchTimeout)
@@ -287,6 +293,7 @@ func TestApplyEnvWins(t *testing.T) {
 			ContextPropagation:     "headers",
 			OverrideBPFLoopEnabled: false,
 			TrafficControlBackend:  TCBackendTC,
+			IOHook:                 IOHookAuto,
 			RingBufferSize:         1 << 20,
 			WakeupLen:              10,
 			BatchTimeout:           time.Second,
@@ -318,6 +325,7 @@ func TestApplyEnvWins(t *testing.T) {
 		ContextPropagation:     "all",
 		OverrideBPFLoopEnabled: true,
 		TrafficControlBackend:  TCBackendTCX,
+		IOHook:                 IOHookAuto,
 		RingBufferSize:         1 << 20, // no variable
 		WakeupLen:              0,
 		BatchTimeout:           50 * time.Millisecond,

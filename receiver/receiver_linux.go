@@ -140,6 +140,8 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		WakeupRecords:       r.cfg.EBPF.WakeupLen,
 		TrackRequestHeaders: r.cfg.EBPF.TrackRequestHeaders,
 		NoBPFLoop:           !useLoop,
+		Hook:                ioHook(r.cfg.EBPF.IOHook),
+		ReturnAtOnce:        benchFloor(),
 	})
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
@@ -438,6 +440,17 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 		deadline = now.Add(batchTimeout)
 		r.reader.SetDeadline(deadline)
 	}
+}
+
+// ioHook maps ebpf.io_hook to the tracer's hook ("" tries every variant).
+func ioHook(h string) string {
+	switch h {
+	case IOHookSocket:
+		return httptrace.HookSocket
+	case IOHookSysExit:
+		return httptrace.HookSysExit
+	}
+	return ""
 }
 
 func monotonicNow() time.Duration {

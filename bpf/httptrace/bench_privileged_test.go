@@ -22,6 +22,18 @@ import (
 // BenchmarkTracedRequest reports the kernel time the tracer spends per
 // request to a traced Go server (bpf_prog run time, all processes).
 func BenchmarkTracedRequest(b *testing.B) {
+	for _, v := range []string{VariantSocket, VariantTPBTF} {
+		for _, floor := range []bool{false, true} {
+			name := v
+			if floor {
+				name += "/return-at-once"
+			}
+			b.Run(name, func(b *testing.B) { benchTracedRequest(b, v, floor) })
+		}
+	}
+}
+
+func benchTracedRequest(b *testing.B, variant string, floor bool) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		b.Fatal(err)
 	}
@@ -44,7 +56,7 @@ func BenchmarkTracedRequest(b *testing.B) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	tr, err := Load(Options{RingBufferSize: 1 << 24, WakeupRecords: 64, TrackRequestHeaders: true})
+	tr, err := Load(Options{RingBufferSize: 1 << 24, WakeupRecords: 64, TrackRequestHeaders: true, Variant: variant, ReturnAtOnce: floor})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -76,7 +88,7 @@ func BenchmarkTracedRequest(b *testing.B) {
 	}
 	defer stats.Close()
 	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-	before, _ := tr.exit.Stats()
+	runs0, time0, _ := tr.IOStats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		resp, err := c.Get(url)
@@ -87,7 +99,7 @@ func BenchmarkTracedRequest(b *testing.B) {
 		resp.Body.Close()
 	}
 	b.StopTimer()
-	after, _ := tr.exit.Stats()
-	b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(b.N), "bpf-ns/req")
-	b.ReportMetric(float64(after.RunCount-before.RunCount)/float64(b.N), "runs/req")
+	runs1, time1, _ := tr.IOStats()
+	b.ReportMetric(float64(time1-time0)/float64(b.N), "bpf-ns/req")
+	b.ReportMetric(float64(runs1-runs0)/float64(b.N), "runs/req")
 }

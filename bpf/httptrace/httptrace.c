@@ -2,12 +2,15 @@
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
-// httptrace: HTTP/1.x requests and responses of selected processes, seen at
-// the exit of the socket read/write system calls (raw tracepoint sys_exit, no
-// kprobes). Requests and responses are matched in the kernel, per connection
-// (tgid, fd), and one record per finished request goes to the ring buffer.
-// Trace and span ids are decided here, so that they are known before any
-// header leaves the process.
+// httptrace: HTTP/1.x requests and responses of selected processes, seen
+// where a socket read or write returns (no kprobes). The default programs
+// hang on the socket tracepoints sock_recv_length and sock_send_length, which
+// run only for socket I/O: the bytes are found through the registers the
+// system call saved (bpf_task_pt_regs). A fallback variant hangs on sys_exit,
+// which every system call of the host passes. Requests and responses are
+// matched in the kernel, per connection (tgid, fd), and one record per
+// finished request goes to the ring buffer. Trace and span ids are decided
+// here, so that they are known before any header leaves the process.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -31,6 +34,8 @@ volatile const __u8 track_request_headers = 1;
 // bpf_loop is available (5.17). Without it only the request line is parsed,
 // with a bounded loop: no headers (traceparent, Host), no pipelining.
 volatile const __u8 use_bpf_loop = 1;
+// Every program returns at once: the floor of the hooks' cost, for benchmarks.
+volatile const __u8 return_at_once = 0;
 
 // Per-connection state of traced processes, (tgid, fd) -> state.
 struct {
@@ -69,6 +74,9 @@ struct scan_state {
 struct scratch {
 	__u8 buf[BUF_SIZE + BUF_PAD];
 	struct scan_state st;
+	// The struct sock the socket hook was given, 0 at sys_exit: handed to
+	// the global functions here (they take scalars only).
+	__u64 hint;
 };
 
 // An all-zero connection state, never written: the initial value of new
@@ -130,6 +138,8 @@ const enum counter *unused_counter __attribute__((unused));
 #define SOCK_STREAM 1
 #define S_IFMT 0170000
 #define S_IFSOCK 0140000
+#define MSG_PEEK 2
+#define PF_IO_WORKER 0x00000010
 
 // User-space ABI structs (fixed layout on 64-bit targets).
 struct user_iovec {
@@ -428,20 +438,35 @@ static __always_inline void fill_addrs(struct conn_state *c, struct sock *sk)
 	}
 }
 
+// True if the state c was made for the socket sk, not for an earlier
+// connection whose struct sock had the same address and whose fd had the
+// same number (the socket hooks do not see close).
+static __always_inline bool same_conn(struct conn_state *c, struct sock *sk)
+{
+	return c->sk == (__u64)sk && c->local_port == BPF_CORE_READ(sk, __sk_common.skc_num) &&
+	       c->peer_port == bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
 // Returns the state of the connection, creating it (or resetting it when the
-// fd now names another socket) if create is set.
-static __always_inline struct conn_state *conn_get(struct conn_key *key, bool create)
+// fd now names another socket) if create is set. hint is the socket the
+// hook was given (socket hooks), 0 at sys_exit: the fd is then resolved.
+static __always_inline struct conn_state *conn_get(struct conn_key *key, bool create,
+						   struct sock *hint)
 {
 	struct conn_state *c = bpf_map_lookup_elem(&conns, key);
-	if (!create)
+	if (hint && c && same_conn(c, hint))
 		return c;
+	if (!create)
+		return hint ? 0 : c;
+	// The socket hooks' registers name the fd: it must name their socket
+	// (io_uring and in-kernel senders bring unrelated registers).
 	struct sock *sk = fd_to_sock(key->fd);
-	if (!sk) {
-		if (c)
+	if (!sk || (hint && sk != hint)) {
+		if (c && !hint)
 			bpf_map_delete_elem(&conns, key);
 		return 0;
 	}
-	if (c && c->sk == (__u64)sk)
+	if (c && !hint && c->sk == (__u64)sk)
 		return c;
 	__u32 zero = 0;
 	struct conn_state *init = bpf_map_lookup_elem(&conn_zero, &zero);
@@ -576,7 +601,7 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	if (!mlen)
 		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct conn_state *c = conn_get(&key, off == 0);
+	struct conn_state *c = conn_get(&key, off == 0, (struct sock *)s->hint);
 	if (!c)
 		return 0;
 	if (c->srv_count >= PIPELINE_DEPTH) {
@@ -619,7 +644,7 @@ __noinline int server_headers(__u64 pid_tgid, __u32 fd, __u64 n)
 	if (!s || n > BUF_SIZE)
 		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct conn_state *c = conn_get(&key, false);
+	struct conn_state *c = conn_get(&key, false, (struct sock *)s->hint);
 	if (!c || !c->hdr_pending || c->srv_count == 0)
 		return 0;
 	struct req_info *r = &c->srv[c->hdr_slot & (PIPELINE_DEPTH - 1)];
@@ -653,7 +678,7 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 	if (!s)
 		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct conn_state *c = conn_get(&key, false);
+	struct conn_state *c = conn_get(&key, false, (struct sock *)s->hint);
 	if (!c || c->srv_count == 0)
 		return 0;
 	__u16 status = status_at(s->buf, 0);
@@ -700,7 +725,7 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 	if (!mlen)
 		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct conn_state *c = conn_get(&key, true);
+	struct conn_state *c = conn_get(&key, true, (struct sock *)s->hint);
 	if (!c)
 		return 0;
 	struct req_info *r = &c->cli;
@@ -753,7 +778,7 @@ __noinline int client_response(__u64 pid_tgid, __u32 fd)
 	if (!s)
 		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct conn_state *c = conn_get(&key, false);
+	struct conn_state *c = conn_get(&key, false, (struct sock *)s->hint);
 	if (!c || !c->cli_pending)
 		return 0;
 	__u16 status = status_at(s->buf, 0);
@@ -805,43 +830,28 @@ static __always_inline bool is_traced_syscall(__u64 nr)
 	return false;
 }
 
-// The work of both entry points, once the process is known to be traced:
-// nr, arg1 and arg2 are the system call's number and first two arguments.
-static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64 arg1, __u64 arg2)
+// Looks up the state of (tgid, fd) without creating it; with a socket hint,
+// only if it was made for that socket.
+static __always_inline struct conn_state *conn_peek(struct conn_key *key, struct sock *hint)
 {
-	__u32 tgid = pid_tgid >> 32;
-	bool is_read;
-	switch (nr) {
-	case NR_READ:
-	case NR_READV:
-	case NR_RECVFROM:
-	case NR_RECVMSG:
-		is_read = true;
-		break;
-	case NR_WRITE:
-	case NR_WRITEV:
-	case NR_SENDTO:
-	case NR_SENDMSG:
-		is_read = false;
-		break;
-	case NR_CLOSE: {
-		if (ret != 0)
-			return 0;
-		struct conn_key key = {.tgid = tgid, .fd = (__u32)arg1};
-		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
-		// Another thread may already have been given the same fd number
-		// for a new connection, and made its state: keep that one.
-		if (c && c->sk != (__u64)fd_to_sock(key.fd))
-			bpf_map_delete_elem(&conns, &key);
+	struct conn_state *c = bpf_map_lookup_elem(&conns, key);
+	if (c && hint && !same_conn(c, hint))
 		return 0;
-	}
-	default:
-		return 0;
-	}
-	struct conn_key key = {.tgid = tgid, .fd = (__u32)arg1};
+	return c;
+}
+
+// The work of every entry point, once the process is known to be traced and
+// the call is a socket read or write that moved ret > 0 bytes: nr, fd and
+// arg2 are the system call's number and first two arguments, hint the socket
+// when the hook names it (0 at sys_exit).
+static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, __u64 arg2,
+				 struct sock *hint)
+{
+	bool is_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
+	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = (__u32)fd};
 	__u64 len = 0;
 	if (is_read) {
-		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		struct conn_state *c = conn_peek(&key, hint);
 		if (c && c->hdr_pending) {
 			__u32 zero = 0;
 			struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
@@ -854,6 +864,7 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 			barrier_var(n);
 			if (n > BUF_SIZE || bpf_probe_read_user(s->buf, n, (void *)ubuf))
 				return 0;
+			s->hint = (__u64)hint;
 			server_headers(pid_tgid, key.fd, n);
 			return 0;
 		}
@@ -861,7 +872,7 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 	if (ret == 1 && is_read) {
 		// Go's HTTP server reads one byte in the background while a
 		// handler runs: it can be the first byte of the next request.
-		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		struct conn_state *c = conn_peek(&key, hint);
 		if (!c)
 			return 0;
 		__u64 ubuf = data_buffer(nr, arg2, 1, &len);
@@ -884,7 +895,7 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 	if (!mlen && !resp) {
 		if (!is_read)
 			return 0;
-		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		struct conn_state *c = conn_peek(&key, hint);
 		if (!c || !c->has_prefix)
 			return 0;
 		c->has_prefix = 0;
@@ -916,6 +927,7 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 		s->buf[0] = prefix;
 		n++;
 	}
+	s->hint = (__u64)hint;
 
 	if (is_read) {
 		if (!mlen) {
@@ -936,11 +948,75 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 	return 0;
 }
 
-// Default variant: a BTF-typed tracepoint program reads the registers
+// sys_exit: close ends the state of the fd; reads and writes go to on_io.
+static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64 arg1, __u64 arg2)
+{
+	if (nr == NR_CLOSE) {
+		if (ret != 0)
+			return 0;
+		struct conn_key key = {.tgid = pid_tgid >> 32, .fd = (__u32)arg1};
+		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
+		// Another thread may already have been given the same fd number
+		// for a new connection, and made its state: keep that one.
+		if (c && c->sk != (__u64)fd_to_sock(key.fd))
+			bpf_map_delete_elem(&conns, &key);
+		return 0;
+	}
+	return on_io(pid_tgid, nr, ret, arg1, arg2, 0);
+}
+
+// Default variant: the socket tracepoints, (sk, ret, flags), which run only
+// when a socket read or write returns. The payload is in the user buffer the
+// system call was given, found through its saved registers.
+static __always_inline int on_sock(__u64 *ctx, bool is_read)
+{
+	if (return_at_once)
+		return 0;
+	long ret = (long)(int)ctx[1];
+	if (ret <= 0) // the netpoller's EAGAIN reads among them
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+	if (is_read && ((int)ctx[2] & MSG_PEEK))
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->flags & PF_IO_WORKER)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	__u64 nr = SYSCALL_NR_BTF(regs);
+	bool nr_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
+	bool nr_write = nr == NR_WRITE || nr == NR_WRITEV || nr == NR_SENDTO || nr == NR_SENDMSG;
+	if (is_read ? !nr_read : !nr_write)
+		return 0; // sendfile, splice, recvmmsg, io_uring: no user buffer here
+	struct sock *sk = (struct sock *)ctx[0];
+	if (!sk)
+		return 0;
+	return on_io(pid_tgid, nr, ret, SYSCALL_ARG1_BTF(regs), SYSCALL_ARG2_BTF(regs), sk);
+}
+
+SEC("tp_btf/sock_recv_length")
+int httptrace_sock_recv(__u64 *ctx)
+{
+	return on_sock(ctx, true);
+}
+
+SEC("tp_btf/sock_send_length")
+int httptrace_sock_send(__u64 *ctx)
+{
+	return on_sock(ctx, false);
+}
+
+// Fallback variant: sys_exit, as a BTF-typed tracepoint: registers are read
 // directly, without a helper call per field.
 SEC("tp_btf/sys_exit")
 int httptrace_sys_exit_btf(__u64 *ctx)
 {
+	if (return_at_once)
+		return 0;
 	// Every system call of the host comes here: the number and result are
 	// plain loads, so drop the uninteresting ones before any helper call.
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
@@ -955,17 +1031,22 @@ int httptrace_sys_exit_btf(__u64 *ctx)
 	return on_sys_exit(pid_tgid, nr, ret, SYSCALL_ARG1_BTF(regs), SYSCALL_ARG2_BTF(regs));
 }
 
-// Fallback variant for kernels without BTF-typed tracepoints.
+// Last fallback, for kernels without BTF-typed tracepoints.
 SEC("raw_tracepoint/sys_exit")
 int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (return_at_once)
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	return on_sys_exit(pid_tgid, SYSCALL_NR(regs), (long)ctx->args[1], SYSCALL_ARG1(regs),
-			   SYSCALL_ARG2(regs));
+	long ret = (long)ctx->args[1];
+	__u64 nr = SYSCALL_NR(regs);
+	if (!is_traced_syscall(nr) || (ret <= 0 && nr != NR_CLOSE))
+		return 0;
+	return on_sys_exit(pid_tgid, nr, ret, SYSCALL_ARG1(regs), SYSCALL_ARG2(regs));
 }
 
 // traced_pids value of a process traced only because a traced process
@@ -974,6 +1055,8 @@ int httptrace_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 
 static __always_inline int on_fork(struct task_struct *child)
 {
+	if (return_at_once)
+		return 0;
 	__u64 parent = bpf_get_current_pid_tgid();
 	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &parent);
 	if (!t)
@@ -996,6 +1079,8 @@ static __always_inline int on_fork(struct task_struct *child)
 // A process traced by inheritance stops being traced when it exits.
 static __always_inline int on_exit(struct task_struct *task)
 {
+	if (return_at_once)
+		return 0;
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	if (tgid != (__u32)BPF_CORE_READ(task, pid))
 		return 0; // a thread, not the process

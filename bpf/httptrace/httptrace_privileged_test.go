@@ -106,8 +106,16 @@ func readRequests(t *testing.T, rd *ringbuf.Reader, clock Clock, want int, timeo
 }
 
 func TestTracerServerAndPipelining(t *testing.T) {
-	for _, v := range []string{VariantTPBTF, VariantRawTP} {
+	for _, v := range Variants {
 		t.Run(v, func(t *testing.T) { testServerAndPipelining(t, v) })
+	}
+}
+
+// forVariants runs test once per hook: the socket tracepoints (the default)
+// and the sys_exit fallback.
+func forVariants(t *testing.T, test func(t *testing.T, variant string)) {
+	for _, v := range []string{VariantSocket, VariantTPBTF} {
+		t.Run(v, func(t *testing.T) { test(t, v) })
 	}
 }
 
@@ -202,8 +210,10 @@ func testServerAndPipelining(t *testing.T, variant string) {
 
 // A server that reads the first byte of the next request on its own, as Go's
 // net/http background read does, still gets its request traced.
-func TestTracerOneBytePrefixRead(t *testing.T) {
-	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+func TestTracerOneBytePrefixRead(t *testing.T) { forVariants(t, testOneBytePrefixRead) }
+
+func testOneBytePrefixRead(t *testing.T, variant string) {
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, Variant: variant})
 	clock := NewClock(monoNow(t))
 
 	port := freePort(t)
@@ -263,8 +273,10 @@ c.close()
 
 // Without bpf_loop (kernels before 5.17) the request line is still parsed,
 // and headers are not.
-func TestTracerWithoutBPFLoop(t *testing.T) {
-	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, NoBPFLoop: true})
+func TestTracerWithoutBPFLoop(t *testing.T) { forVariants(t, testWithoutBPFLoop) }
+
+func testWithoutBPFLoop(t *testing.T, variant string) {
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, NoBPFLoop: true, Variant: variant})
 	port := freePort(t)
 	py := startPython(t, port)
 	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
@@ -295,8 +307,10 @@ func TestTracerWithoutBPFLoop(t *testing.T) {
 
 // An incoming traceparent is honoured only when valid per W3C Trace Context;
 // otherwise the SERVER span starts a new trace.
-func TestTracerTraceparentValidation(t *testing.T) {
-	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+func TestTracerTraceparentValidation(t *testing.T) { forVariants(t, testTraceparentValidation) }
+
+func testTraceparentValidation(t *testing.T, variant string) {
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, Variant: variant})
 	port := freePort(t)
 	py := startPython(t, port)
 	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
@@ -353,8 +367,10 @@ func TestTracerTraceparentValidation(t *testing.T) {
 
 // A header block that arrives in several reads still counts: its traceparent
 // and Host are honoured, whether the cut falls between lines or inside one.
-func TestTracerHeadersSplitAcrossReads(t *testing.T) {
-	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true})
+func TestTracerHeadersSplitAcrossReads(t *testing.T) { forVariants(t, testHeadersSplitAcrossReads) }
+
+func testHeadersSplitAcrossReads(t *testing.T, variant string) {
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, Variant: variant})
 	port := freePort(t)
 	py := startPython(t, port)
 	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {

@@ -140,6 +140,7 @@ type httptraceScratch struct {
 		ContentLength uint64
 		VersionOff    uint64
 	}
+	Hint uint64
 }
 
 type httptraceThreadCtx struct {
@@ -169,8 +170,11 @@ const (
 	httptraceProgHttptraceExitBtf    = "httptrace_exit_btf"
 	httptraceProgHttptraceFork       = "httptrace_fork"
 	httptraceProgHttptraceForkBtf    = "httptrace_fork_btf"
+	httptraceProgHttptraceSockRecv   = "httptrace_sock_recv"
+	httptraceProgHttptraceSockSend   = "httptrace_sock_send"
 	httptraceProgHttptraceSysExit    = "httptrace_sys_exit"
 	httptraceProgHttptraceSysExitBtf = "httptrace_sys_exit_btf"
+	httptraceVarReturnAtOnce         = "return_at_once"
 	httptraceVarTrackRequestHeaders  = "track_request_headers"
 	httptraceVarUnusedCounter        = "unused_counter"
 	httptraceVarUnusedHttpEvent      = "unused_http_event"
@@ -224,6 +228,8 @@ type httptraceProgramSpecs struct {
 	HttptraceExitBtf    *ebpf.ProgramSpec `ebpf:"httptrace_exit_btf"`
 	HttptraceFork       *ebpf.ProgramSpec `ebpf:"httptrace_fork"`
 	HttptraceForkBtf    *ebpf.ProgramSpec `ebpf:"httptrace_fork_btf"`
+	HttptraceSockRecv   *ebpf.ProgramSpec `ebpf:"httptrace_sock_recv"`
+	HttptraceSockSend   *ebpf.ProgramSpec `ebpf:"httptrace_sock_send"`
 	HttptraceSysExit    *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
 	HttptraceSysExitBtf *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit_btf"`
 }
@@ -248,6 +254,7 @@ type httptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceVariableSpecs struct {
+	ReturnAtOnce        *ebpf.VariableSpec `ebpf:"return_at_once"`
 	TrackRequestHeaders *ebpf.VariableSpec `ebpf:"track_request_headers"`
 	UnusedCounter       *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedHttpEvent     *ebpf.VariableSpec `ebpf:"unused_http_event"`
@@ -306,6 +313,7 @@ func (m *httptraceMaps) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceVariables struct {
+	ReturnAtOnce        *ebpf.Variable `ebpf:"return_at_once"`
 	TrackRequestHeaders *ebpf.Variable `ebpf:"track_request_headers"`
 	UnusedCounter       *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedHttpEvent     *ebpf.Variable `ebpf:"unused_http_event"`
@@ -321,6 +329,8 @@ type httptracePrograms struct {
 	HttptraceExitBtf    *ebpf.Program `ebpf:"httptrace_exit_btf"`
 	HttptraceFork       *ebpf.Program `ebpf:"httptrace_fork"`
 	HttptraceForkBtf    *ebpf.Program `ebpf:"httptrace_fork_btf"`
+	HttptraceSockRecv   *ebpf.Program `ebpf:"httptrace_sock_recv"`
+	HttptraceSockSend   *ebpf.Program `ebpf:"httptrace_sock_send"`
 	HttptraceSysExit    *ebpf.Program `ebpf:"httptrace_sys_exit"`
 	HttptraceSysExitBtf *ebpf.Program `ebpf:"httptrace_sys_exit_btf"`
 }
@@ -331,6 +341,8 @@ func (p *httptracePrograms) Close() error {
 		p.HttptraceExitBtf,
 		p.HttptraceFork,
 		p.HttptraceForkBtf,
+		p.HttptraceSockRecv,
+		p.HttptraceSockSend,
 		p.HttptraceSysExit,
 		p.HttptraceSysExitBtf,
 	)

@@ -31,29 +31,52 @@ type Options struct {
 	// NoBPFLoop parses requests without the bpf_loop helper (kernels before
 	// 5.17): the request line only, no headers and no pipelining.
 	NoBPFLoop bool
-	// Variant forces an attach variant (VariantTPBTF or VariantRawTP);
-	// empty picks the first that loads and attaches, in that order.
+	// Variant forces an attach variant (VariantSocket, VariantTPBTF or
+	// VariantRawTP); empty picks the first that loads and attaches, in that
+	// order.
 	Variant string
+	// Hook narrows the variants tried by Attach: HookSocket or HookSysExit;
+	// empty tries them all. Variant, if set, wins.
+	Hook string
+	// ReturnAtOnce loads programs that return as soon as they run: the
+	// floor of the hooks' own cost, for benchmarks. Nothing is traced.
+	ReturnAtOnce bool
 }
 
 // Attach variants, in order of preference.
 const (
+	// VariantSocket hangs on the socket tracepoints sock_recv_length and
+	// sock_send_length (tp_btf, kernel 6.3 and later for sock_send_length
+	// and sock_recv_length): they run only when a socket read or write
+	// returns, and the payload is found through the system call's saved
+	// registers (bpf_task_pt_regs, 5.15).
+	VariantSocket = "tp_btf/sock_recv_length+sock_send_length"
 	// VariantTPBTF is a BTF-typed tracepoint (tp_btf/sys_exit): registers
-	// are read directly.
+	// are read directly. Every system call of the host runs it.
 	VariantTPBTF = "tp_btf/sys_exit"
 	// VariantRawTP is a raw tracepoint (raw_tp/sys_exit): registers are read
 	// with a helper call each.
 	VariantRawTP = "raw_tp/sys_exit"
 )
 
+// Hooks: where the socket I/O is seen.
+const (
+	HookSocket  = "socket"   // VariantSocket
+	HookSysExit = "sys_exit" // VariantTPBTF, else VariantRawTP
+)
+
+// Variants lists the attach variants, in the order Attach tries them.
+var Variants = []string{VariantSocket, VariantTPBTF, VariantRawTP}
+
 // Tracer is the loaded and, after Attach, attached HTTP/1.x tracer.
 type Tracer struct {
 	spec    *ebpf.CollectionSpec
 	objs    httptraceMaps
 	links   []link.Link
-	exit    *ebpf.Program // the sys_exit program, for its run statistics
+	io      map[string]*ebpf.Program // the socket I/O programs, for run statistics
 	variant string
 	want    string
+	hook    string
 }
 
 // EventSize is the size of one ring buffer record.
@@ -86,7 +109,12 @@ func Load(opts Options) (*Tracer, error) {
 	if err := spec.Variables["use_bpf_loop"].Set(loop); err != nil {
 		return nil, fmt.Errorf("set use_bpf_loop: %w", err)
 	}
-	t := &Tracer{spec: spec, want: opts.Variant}
+	if opts.ReturnAtOnce {
+		if err := spec.Variables["return_at_once"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set return_at_once: %w", err)
+		}
+	}
+	t := &Tracer{spec: spec, want: opts.Variant, hook: opts.Hook}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		return nil, fmt.Errorf("load httptrace maps: %w", err)
 	}
@@ -94,13 +122,20 @@ func Load(opts Options) (*Tracer, error) {
 }
 
 // Attach loads the programs of the first variant the kernel accepts and
-// attaches them: tp_btf, else raw_tp. The error of each refused variant is
-// returned when none works, with the verifier log if there is one.
+// attaches them: the socket tracepoints, else sys_exit as tp_btf, else as
+// raw_tp. The error of each refused variant is returned when none works,
+// with the verifier log if there is one.
 func (t *Tracer) Attach() error {
 	variants := []struct {
 		name  string
 		progs map[string]string // program -> tracepoint
 	}{
+		{VariantSocket, map[string]string{
+			"httptrace_sock_recv": "sock_recv_length",
+			"httptrace_sock_send": "sock_send_length",
+			"httptrace_fork_btf":  "sched_process_fork",
+			"httptrace_exit_btf":  "sched_process_exit",
+		}},
 		{VariantTPBTF, map[string]string{
 			"httptrace_sys_exit_btf": "sys_exit",
 			"httptrace_fork_btf":     "sched_process_fork",
@@ -117,6 +152,9 @@ func (t *Tracer) Attach() error {
 		if t.want != "" && t.want != v.name {
 			continue
 		}
+		if t.want == "" && t.hook != "" && (t.hook == HookSocket) != (v.name == VariantSocket) {
+			continue
+		}
 		err := t.attachVariant(v.name, v.progs)
 		if err == nil {
 			return nil
@@ -124,7 +162,7 @@ func (t *Tracer) Attach() error {
 		errs = append(errs, fmt.Errorf("%s: %w", v.name, err))
 	}
 	if len(errs) == 0 {
-		return fmt.Errorf("attach httptrace: unknown variant %q", t.want)
+		return fmt.Errorf("attach httptrace: unknown variant %q or hook %q", t.want, t.hook)
 	}
 	return fmt.Errorf("attach httptrace: %w", errors.Join(errs...))
 }
@@ -158,15 +196,12 @@ func (t *Tracer) attachVariant(name string, progs map[string]string) (err error)
 				_ = l.Close()
 			}
 			t.links = nil
-			if t.exit != nil {
-				_ = t.exit.Close()
-				t.exit = nil
-			}
+			t.closeIO()
 		}
 	}()
 	for p, tp := range progs {
 		var l link.Link
-		if name == VariantTPBTF {
+		if name != VariantRawTP {
 			l, err = link.AttachTracing(link.TracingOptions{Program: c.Programs[p]})
 		} else {
 			l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: c.Programs[p]})
@@ -175,8 +210,12 @@ func (t *Tracer) attachVariant(name string, progs map[string]string) (err error)
 			return fmt.Errorf("attach %s: %w", tp, err)
 		}
 		t.links = append(t.links, l)
-		if tp == "sys_exit" {
-			t.exit = c.DetachProgram(p)
+		switch tp {
+		case "sys_exit", "sock_recv_length", "sock_send_length":
+			if t.io == nil {
+				t.io = map[string]*ebpf.Program{}
+			}
+			t.io[p] = c.DetachProgram(p)
 		}
 	}
 	t.variant = name
@@ -195,6 +234,31 @@ func (t *Tracer) mapReplacements() map[string]*ebpf.Map {
 		}
 	}
 	return out
+}
+
+func (t *Tracer) closeIO() error {
+	var errs []error
+	for name, p := range t.io {
+		if err := p.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", name, err))
+		}
+	}
+	t.io = nil
+	return errors.Join(errs...)
+}
+
+// IOStats sums the kernel's run statistics (kernel.bpf_stats_enabled) of
+// the programs that see socket I/O: how often they ran and for how long.
+func (t *Tracer) IOStats() (runs uint64, runtime time.Duration, err error) {
+	for name, p := range t.io {
+		st, err := p.Stats()
+		if err != nil {
+			return 0, 0, fmt.Errorf("stats of %s: %w", name, err)
+		}
+		runs += st.RunCount
+		runtime += st.Runtime
+	}
+	return runs, runtime, nil
 }
 
 // Variant is the attach variant in use, after Attach.
@@ -262,11 +326,8 @@ func (t *Tracer) Close() error {
 		}
 	}
 	t.links = nil
-	if t.exit != nil {
-		if err := t.exit.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close sys_exit program: %w", err))
-		}
-		t.exit = nil
+	if err := t.closeIO(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := t.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close httptrace objects: %w", err))

@@ -276,6 +276,7 @@ struct thread_struct {
 #endif
 
 struct task_struct {
+	unsigned int flags; // PF_*
 	pid_t pid;
 	pid_t tgid;
 	struct files_struct *files;

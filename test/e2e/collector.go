@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -55,6 +56,11 @@ type CollectorConfig struct {
 	HealthCheckPort int
 }
 
+// IOHookEnv, when set (e.g. to sys_exit), is written as ebpf.io_hook into
+// every collector config that does not set it: make test runs the
+// propagation tests again with the sys_exit fallback forced.
+const IOHookEnv = "E2E_IO_HOOK"
+
 // YAML renders the collector configuration.
 func (c CollectorConfig) YAML() string {
 	var b strings.Builder
@@ -83,13 +89,20 @@ func (c CollectorConfig) YAML() string {
 		batch = "100ms"
 	}
 	b.WriteString("    ebpf:\n      batch_timeout: " + batch + "\n")
-	keys := make([]string, 0, len(c.EBPF))
-	for k := range c.EBPF {
+	ebpf := maps.Clone(c.EBPF)
+	if hook := os.Getenv(IOHookEnv); hook != "" && ebpf["io_hook"] == "" {
+		if ebpf == nil {
+			ebpf = map[string]string{}
+		}
+		ebpf["io_hook"] = hook
+	}
+	keys := make([]string, 0, len(ebpf))
+	for k := range ebpf {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, "      %s: %s\n", k, c.EBPF[k])
+		fmt.Fprintf(&b, "      %s: %s\n", k, ebpf[k])
 	}
 	receivers := "ebpf_tracing"
 	if c.OTLPPort != 0 {
