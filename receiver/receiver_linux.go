@@ -150,26 +150,26 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
 	if propagation.Headers {
-		if r.prop, err = ctxprop.Load(r.tracer.Shared()); err != nil {
+		if r.prop, err = ctxprop.Load(r.tracer.Shared(), benchFloor()); err != nil {
 			return fmt.Errorf("ebpf_tracing: %w", err)
 		}
 		if err = r.prop.Attach(report.CgroupV2); err != nil {
 			return fmt.Errorf("ebpf_tracing: ebpf.context_propagation %q: %w", r.cfg.EBPF.ContextPropagation, err)
 		}
-		// Go moves goroutines between threads: follow them in Go processes
-		// so outgoing calls get the context of the request they serve.
-		shared := r.tracer.Shared()
-		r.goTracker, err = goruntime.Load(goruntime.Maps{
-			TracedPids: shared.TracedPids,
-			ThreadCtxs: shared.ThreadCtxs,
-			GoProcs:    shared.GoProcs,
-			GoCtxs:     shared.GoCtxs,
-		})
-		if err != nil {
-			logger.Warn("Go goroutine tracking unavailable: Go services get thread-level propagation only", zap.Error(err))
-			r.goTracker = nil
-			err = nil
-		}
+	}
+	// Go moves goroutines between threads: follow them in Go processes, so
+	// outgoing calls get the context of the request they serve, never the
+	// thread's. Without header injection no uprobe is placed at all.
+	shared := r.tracer.Shared()
+	r.goTracker, err = goruntime.Load(goruntime.Maps{
+		TracedPids: shared.TracedPids,
+		ThreadCtxs: shared.ThreadCtxs,
+		GoProcs:    shared.GoProcs,
+		GoCtxs:     shared.GoCtxs,
+		GoParents:  shared.GoParents,
+	}, goruntime.Options{NoHandOver: !propagation.Headers, ReturnAtOnce: benchFloor()})
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
 	r.reader, err = ringbuf.NewReader(r.tracer.Events())
 	if err != nil {
@@ -189,7 +189,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	logger.Info("ebpf_tracing started",
 		zap.String("attach", r.tracer.Variant()),
 		zap.Bool("inject_headers", r.prop != nil),
-		zap.Bool("go_goroutines", r.goTracker != nil),
+		zap.String("go_hand_over", r.goTracker.Variant()),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
@@ -294,7 +294,8 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 	}
 	if r.goTracker != nil {
 		if err := r.goTracker.AttachProcess(p.PID, p.ExePath); err != nil && !errors.Is(err, goruntime.ErrNotGo) {
-			r.set.Logger.Debug("no goroutine tracking for process", zap.Int("pid", p.PID), zap.Error(err))
+			r.set.Logger.Warn("Go process without goroutine ancestry: its outgoing requests get a parent only when made by the goroutine serving the request",
+				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
 		}
 	}
 	r.mu.Lock()

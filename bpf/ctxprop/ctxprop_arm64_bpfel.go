@@ -29,6 +29,30 @@ type ctxpropGoKey struct {
 	G    uint64
 }
 
+type ctxpropGoProc struct {
+	_          structs.HostLayout
+	Allgs      uint64
+	WriteLoop  uint64
+	GoidOff    uint32
+	ParentOff  uint32
+	StartpcOff uint32
+	Pad        uint32
+}
+
+type ctxpropGoWalk struct {
+	_         structs.HostLayout
+	Anc       uint64
+	Found     uint64
+	Allgs     uint64
+	Len       uint64
+	Scan      uint64
+	Table     uint64
+	Depth     uint32
+	Tgid      uint32
+	GoidOff   uint32
+	ParentOff uint32
+}
+
 type ctxpropPropCounter uint32
 
 const (
@@ -56,7 +80,8 @@ type ctxpropThreadCtx struct {
 	SpanId     [8]uint8
 	TraceFlags uint8
 	Inherited  uint8
-	Pad        [6]uint8
+	Blocked    uint8
+	Pad        [5]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -68,7 +93,9 @@ const (
 	ctxpropMapCtxpropSocks      = "ctxprop_socks"
 	ctxpropMapExistingInodes    = "existing_inodes"
 	ctxpropMapGoCtxs            = "go_ctxs"
+	ctxpropMapGoParents         = "go_parents"
 	ctxpropMapGoProcs           = "go_procs"
+	ctxpropMapGoWalkState       = "go_walk_state"
 	ctxpropMapPropCounters      = "prop_counters"
 	ctxpropMapPropScratchMap    = "prop_scratch_map"
 	ctxpropMapThreadCtxs        = "thread_ctxs"
@@ -76,6 +103,7 @@ const (
 	ctxpropProgCtxpropExisting  = "ctxprop_existing"
 	ctxpropProgCtxpropSkMsg     = "ctxprop_sk_msg"
 	ctxpropProgCtxpropSockops   = "ctxprop_sockops"
+	ctxpropVarReturnAtOnce      = "return_at_once"
 	ctxpropVarUnusedPropCounter = "unused_prop_counter"
 )
 
@@ -135,7 +163,9 @@ type ctxpropMapSpecs struct {
 	CtxpropSocks   *ebpf.MapSpec `ebpf:"ctxprop_socks"`
 	ExistingInodes *ebpf.MapSpec `ebpf:"existing_inodes"`
 	GoCtxs         *ebpf.MapSpec `ebpf:"go_ctxs"`
+	GoParents      *ebpf.MapSpec `ebpf:"go_parents"`
 	GoProcs        *ebpf.MapSpec `ebpf:"go_procs"`
+	GoWalkState    *ebpf.MapSpec `ebpf:"go_walk_state"`
 	PropCounters   *ebpf.MapSpec `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.MapSpec `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.MapSpec `ebpf:"thread_ctxs"`
@@ -146,6 +176,7 @@ type ctxpropMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ctxpropVariableSpecs struct {
+	ReturnAtOnce      *ebpf.VariableSpec `ebpf:"return_at_once"`
 	UnusedPropCounter *ebpf.VariableSpec `ebpf:"unused_prop_counter"`
 }
 
@@ -174,7 +205,9 @@ type ctxpropMaps struct {
 	CtxpropSocks   *ebpf.Map `ebpf:"ctxprop_socks"`
 	ExistingInodes *ebpf.Map `ebpf:"existing_inodes"`
 	GoCtxs         *ebpf.Map `ebpf:"go_ctxs"`
+	GoParents      *ebpf.Map `ebpf:"go_parents"`
 	GoProcs        *ebpf.Map `ebpf:"go_procs"`
+	GoWalkState    *ebpf.Map `ebpf:"go_walk_state"`
 	PropCounters   *ebpf.Map `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.Map `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.Map `ebpf:"thread_ctxs"`
@@ -188,7 +221,9 @@ func (m *ctxpropMaps) Close() error {
 		m.CtxpropSocks,
 		m.ExistingInodes,
 		m.GoCtxs,
+		m.GoParents,
 		m.GoProcs,
+		m.GoWalkState,
 		m.PropCounters,
 		m.PropScratchMap,
 		m.ThreadCtxs,
@@ -200,6 +235,7 @@ func (m *ctxpropMaps) Close() error {
 //
 // It can be passed to loadCtxpropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ctxpropVariables struct {
+	ReturnAtOnce      *ebpf.Variable `ebpf:"return_at_once"`
 	UnusedPropCounter *ebpf.Variable `ebpf:"unused_prop_counter"`
 }
 

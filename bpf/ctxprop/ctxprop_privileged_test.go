@@ -108,7 +108,7 @@ func attached(t *testing.T) (*httptrace.Tracer, *Propagator, *ringbuf.Reader) {
 	if err := tr.Attach(); err != nil {
 		t.Fatal(err)
 	}
-	p, err := Load(tr.Shared())
+	p, err := Load(tr.Shared(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +306,7 @@ func TestContextEndsWithResponse(t *testing.T) {
 func TestGoPooledConnection(t *testing.T) {
 	tr, _, rd := attached(t)
 	sh := tr.Shared()
-	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoProcs: sh.GoProcs, GoCtxs: sh.GoCtxs})
+	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoProcs: sh.GoProcs, GoCtxs: sh.GoCtxs, GoParents: sh.GoParents}, goruntime.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

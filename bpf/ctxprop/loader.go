@@ -28,10 +28,18 @@ type Propagator struct {
 
 // Load loads the programs, sharing httptrace's maps. On a verifier refusal
 // the error carries the verifier log.
-func Load(shared httptrace.SharedMaps) (*Propagator, error) {
+//
+// returnAtOnce loads programs that return as soon as they run, letting every
+// message through untouched: the floor of the hooks' cost, for benchmarks.
+func Load(shared httptrace.SharedMaps, returnAtOnce bool) (*Propagator, error) {
 	spec, err := loadCtxprop()
 	if err != nil {
 		return nil, fmt.Errorf("load ctxprop spec: %w", err)
+	}
+	if returnAtOnce {
+		if err := spec.Variables["return_at_once"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set return_at_once: %w", err)
+		}
 	}
 	p := &Propagator{}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
@@ -40,6 +48,7 @@ func Load(shared httptrace.SharedMaps) (*Propagator, error) {
 		"client_ids":  shared.ClientIDs,
 		"go_procs":    shared.GoProcs,
 		"go_ctxs":     shared.GoCtxs,
+		"go_parents":  shared.GoParents,
 	}}
 	if err := spec.LoadAndAssign(&p.objs, opts); err != nil {
 		var ve *ebpf.VerifierError

@@ -2,18 +2,22 @@
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
-// goruntime: per-goroutine trace context for Go processes. Go moves
-// goroutines between threads, and net/http writes a client request from the
-// transport's own goroutine (created, for a new connection, by descendants of
-// the handler goroutine). So the context is kept per goroutine (go_ctxs),
-// copied to a goroutine at its creation (runtime.newproc1, marked inherited)
-// and to the goroutine that writes a request on a pooled connection
-// (net/http); httptrace and ctxprop find the current goroutine in the
-// thread's TLS (maps/go.h), so nothing follows the scheduler.
+// goruntime: the net/http client's hand-over, for Go processes. A Go
+// program's trace context is kept per goroutine (maps/go.h): a goroutine
+// works under its own context or its nearest ancestor's, read from the g at
+// the socket operation, so no goroutine spawn is probed. The one exception
+// is the transport's writeLoop goroutine, which writes the requests of every
+// caller on a pooled connection: the caller's context is handed to it at
+// persistConn.roundTrip (one uprobe hit per request), found through the
+// writeLoop goroutine each connection starts (one hit per connection); a
+// caller about to dial a connection has its ancestry walked before the
+// transport's dial goroutine can reuse an exited ancestor's g (one hit per
+// connection).
 //
-// Only entry uprobes and uprobes on RET instructions are used: uretprobes
-// rewrite the return address on the goroutine stack and crash the Go runtime
-// when the stack moves. Arguments follow Go's register ABI (ABIInternal).
+// Only entry uprobes are used, placed on the stack check's conditional jump,
+// which the kernel emulates (no single-step): uretprobes rewrite the return
+// address on the goroutine stack and crash the Go runtime when the stack
+// moves. Arguments follow Go's register ABI (ABIInternal).
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -39,35 +43,37 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define GO_G(r) ((r)->regs[28]) // the current goroutine, in Go code
 #endif
 
-// Context of the caller of the runtime.newproc1 call a thread is in, taken
-// at its entry and used at its return: pid_tgid -> context. newproc1 runs on
-// the system stack without switching goroutines, so the thread identifies
-// the call.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, struct thread_ctx);
-} go_newproc_pending SEC(".maps");
+// Knob, set by the loader: every program returns at once (benchmark floor).
+volatile const __u8 return_at_once = 0;
 
-// net/http client requests handed from the goroutine that makes them to the
-// goroutine that writes them on a pooled connection (the transport's
-// writeLoop): (tgid, *http.Request) -> context of the caller.
-struct req_key {
+// The writeLoop goroutine of each persistConn: (tgid, *persistConn) -> its
+// go_ctxs key.
+struct pc_key {
 	__u32 tgid;
 	__u32 _pad;
-	__u64 req;
+	__u64 pc;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, struct req_key);
+	__type(key, struct pc_key);
+	__type(value, __u64);
+} go_write_loops SEC(".maps");
+
+// A context handed at roundTrip before the connection's writeLoop goroutine
+// started (a new connection): (tgid, *persistConn) -> context, taken by the
+// writeLoop at its entry.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct pc_key);
 	__type(value, struct thread_ctx);
-} go_http_reqs SEC(".maps");
+} go_handed SEC(".maps");
 
 // Dummy instances so bpf2go emits Go types for them.
 const struct go_key *unused_go_key __attribute__((unused));
+const struct go_proc *unused_go_proc __attribute__((unused));
 const struct thread_ctx *unused_thread_ctx __attribute__((unused));
 
 static __always_inline bool traced(__u64 pid_tgid)
@@ -76,99 +82,84 @@ static __always_inline bool traced(__u64 pid_tgid)
 	return bpf_map_lookup_elem(&traced_pids, &tgid) != NULL;
 }
 
-// runtime.newproc1(fn *funcval, callergp *g, callerpc uintptr, parked bool,
-// waitreason waitReason) *g, entry: remember the caller's context, or that
-// it has none (an entry left by a call whose return was not seen must not
-// reach the next call).
-static __always_inline int on_newproc1(struct pt_regs *ctx)
+// net/http.(*persistConn).writeLoop(pc *persistConn), entry, on the
+// connection's writeLoop goroutine: remember it for the connection.
+static __always_inline int on_write_loop(struct pt_regs *ctx)
 {
+	if (return_at_once)
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!traced(pid_tgid))
 		return 0;
-	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_ARG2(ctx)};
-	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
-	if (tc)
-		bpf_map_update_elem(&go_newproc_pending, &pid_tgid, tc, BPF_ANY);
-	else
-		bpf_map_delete_elem(&go_newproc_pending, &pid_tgid);
-	return 0;
-}
-
-// A RET instruction of runtime.newproc1: the result is the new goroutine.
-// It inherits the caller's context; g structs are reused, so a goroutine
-// created without one loses any context left by an earlier user of its g.
-static __always_inline int on_newproc1_ret(struct pt_regs *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid))
+	bool is_go;
+	__u64 id = current_go_id(pid_tgid >> 32, &is_go);
+	if (!id)
 		return 0;
-	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_RET1(ctx)};
-	struct thread_ctx *tc = bpf_map_lookup_elem(&go_newproc_pending, &pid_tgid);
-	if (!tc) {
-		bpf_map_delete_elem(&go_ctxs, &key);
-		return 0;
+	struct pc_key k = {.tgid = pid_tgid >> 32, .pc = GO_ARG1(ctx)};
+	bpf_map_update_elem(&go_write_loops, &k, &id, BPF_ANY);
+	struct thread_ctx *handed = bpf_map_lookup_elem(&go_handed, &k);
+	if (handed) {
+		struct go_key wk = {.tgid = pid_tgid >> 32, .g = id};
+		bpf_map_update_elem(&go_ctxs, &wk, handed, BPF_ANY);
+		bpf_map_delete_elem(&go_handed, &k);
 	}
-	tc->inherited = 1;
-	bpf_map_update_elem(&go_ctxs, &key, tc, BPF_ANY);
-	bpf_map_delete_elem(&go_newproc_pending, &pid_tgid);
 	return 0;
 }
 
 // net/http.(*persistConn).roundTrip(pc *persistConn, req *transportRequest),
-// entry, on the caller's goroutine: remember the caller's context for the
-// *http.Request (the first word of transportRequest, an embedded pointer).
+// entry, on the caller's goroutine: the connection's writeLoop goroutine
+// writes this request next, under the caller's context, or under none if
+// the caller has none (never its own ancestors': it descends from whoever
+// dialed the connection).
 static __always_inline int on_round_trip(struct pt_regs *ctx)
 {
+	if (return_at_once)
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!traced(pid_tgid))
 		return 0;
-	struct req_key rk = {.tgid = pid_tgid >> 32};
-	if (bpf_probe_read_user(&rk.req, sizeof(rk.req), (void *)GO_ARG2(ctx)) || !rk.req)
+	__u64 id;
+	struct thread_ctx *tc = current_ctx(pid_tgid, &id);
+	struct thread_ctx c = {.blocked = 1};
+	if (tc) {
+		c = *tc;
+		c.inherited = 1;
+		c.blocked = 0;
+	}
+	struct pc_key pk = {.tgid = pid_tgid >> 32, .pc = GO_ARG1(ctx)};
+	__u64 *writer = bpf_map_lookup_elem(&go_write_loops, &pk);
+	if (!writer) {
+		// A new connection whose writeLoop has not started yet (or one made
+		// before the probes, whose writeLoop stays without context).
+		bpf_map_update_elem(&go_handed, &pk, &c, BPF_ANY);
 		return 0;
-	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_G(ctx)};
-	struct thread_ctx *tc = bpf_map_lookup_elem(&go_ctxs, &key);
-	if (tc)
-		bpf_map_update_elem(&go_http_reqs, &rk, tc, BPF_ANY);
-	else
-		bpf_map_delete_elem(&go_http_reqs, &rk);
+	}
+	struct go_key wk = {.tgid = pid_tgid >> 32, .g = *writer};
+	bpf_map_update_elem(&go_ctxs, &wk, &c, BPF_ANY);
 	return 0;
 }
 
-// net/http.(*Request).write(r *Request, ...), entry, on the goroutine that
-// writes the request: it works under the caller's context until the request
-// is written (used once, like an inherited context).
-static __always_inline int on_request_write(struct pt_regs *ctx)
+// net/http.(*Transport).queueForDial(t *Transport, w *wantConn), entry, on
+// the caller's goroutine when no idle connection is left: the goroutine the
+// transport starts to dial can take over the g of an exited ancestor of the
+// caller (the runtime reuses the last freed g first), and with it the only
+// record of that ancestor's parent. Walking the ancestry now, before that
+// spawn, leaves it in go_parents for roundTrip. One hit per new connection.
+static __always_inline int on_dial(struct pt_regs *ctx)
 {
+	if (return_at_once)
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!traced(pid_tgid))
 		return 0;
-	struct req_key rk = {.tgid = pid_tgid >> 32, .req = GO_ARG1(ctx)};
-	struct thread_ctx *tc = bpf_map_lookup_elem(&go_http_reqs, &rk);
-	if (!tc)
-		return 0;
-	struct thread_ctx c = *tc;
-	c.inherited = 1;
-	bpf_map_delete_elem(&go_http_reqs, &rk);
-	struct go_key key = {.tgid = pid_tgid >> 32, .g = GO_G(ctx)};
-	bpf_map_update_elem(&go_ctxs, &key, &c, BPF_ANY);
+	__u64 id;
+	current_ctx(pid_tgid, &id);
 	return 0;
 }
 
-// Each program in two attach types: a uprobe_multi link (one link for all
-// RET sites, filtered to the whole process) where the kernel has it, single
-// perf-event uprobes otherwise.
-SEC("uprobe")
-int goruntime_newproc1(struct pt_regs *ctx) { return on_newproc1(ctx); }
-
-SEC("uprobe.multi")
-int goruntime_newproc1_multi(struct pt_regs *ctx) { return on_newproc1(ctx); }
-
-SEC("uprobe")
-int goruntime_newproc1_ret(struct pt_regs *ctx) { return on_newproc1_ret(ctx); }
-
-SEC("uprobe.multi")
-int goruntime_newproc1_ret_multi(struct pt_regs *ctx) { return on_newproc1_ret(ctx); }
-
+// Each program in two attach types: a uprobe_multi link (filtered to the
+// whole process) where the kernel has it, single perf-event uprobes
+// otherwise.
 SEC("uprobe")
 int goruntime_round_trip(struct pt_regs *ctx) { return on_round_trip(ctx); }
 
@@ -176,7 +167,13 @@ SEC("uprobe.multi")
 int goruntime_round_trip_multi(struct pt_regs *ctx) { return on_round_trip(ctx); }
 
 SEC("uprobe")
-int goruntime_request_write(struct pt_regs *ctx) { return on_request_write(ctx); }
+int goruntime_write_loop(struct pt_regs *ctx) { return on_write_loop(ctx); }
 
 SEC("uprobe.multi")
-int goruntime_request_write_multi(struct pt_regs *ctx) { return on_request_write(ctx); }
+int goruntime_write_loop_multi(struct pt_regs *ctx) { return on_write_loop(ctx); }
+
+SEC("uprobe")
+int goruntime_dial(struct pt_regs *ctx) { return on_dial(ctx); }
+
+SEC("uprobe.multi")
+int goruntime_dial_multi(struct pt_regs *ctx) { return on_dial(ctx); }

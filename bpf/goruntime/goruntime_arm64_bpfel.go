@@ -20,11 +20,35 @@ type goruntimeGoKey struct {
 	G    uint64
 }
 
-type goruntimeReqKey struct {
+type goruntimeGoProc struct {
+	_          structs.HostLayout
+	Allgs      uint64
+	WriteLoop  uint64
+	GoidOff    uint32
+	ParentOff  uint32
+	StartpcOff uint32
+	Pad        uint32
+}
+
+type goruntimeGoWalk struct {
+	_         structs.HostLayout
+	Anc       uint64
+	Found     uint64
+	Allgs     uint64
+	Len       uint64
+	Scan      uint64
+	Table     uint64
+	Depth     uint32
+	Tgid      uint32
+	GoidOff   uint32
+	ParentOff uint32
+}
+
+type goruntimePcKey struct {
 	_    structs.HostLayout
 	Tgid uint32
 	Pad  uint32
-	Req  uint64
+	Pc   uint64
 }
 
 type goruntimeThreadCtx struct {
@@ -33,29 +57,32 @@ type goruntimeThreadCtx struct {
 	SpanId     [8]uint8
 	TraceFlags uint8
 	Inherited  uint8
-	Pad        [6]uint8
+	Blocked    uint8
+	Pad        [5]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	goruntimeMapGoCtxs                      = "go_ctxs"
-	goruntimeMapGoHttpReqs                  = "go_http_reqs"
-	goruntimeMapGoNewprocPending            = "go_newproc_pending"
-	goruntimeMapGoProcs                     = "go_procs"
-	goruntimeMapThreadCtxs                  = "thread_ctxs"
-	goruntimeMapTracedPids                  = "traced_pids"
-	goruntimeProgGoruntimeNewproc1          = "goruntime_newproc1"
-	goruntimeProgGoruntimeNewproc1Multi     = "goruntime_newproc1_multi"
-	goruntimeProgGoruntimeNewproc1Ret       = "goruntime_newproc1_ret"
-	goruntimeProgGoruntimeNewproc1RetMulti  = "goruntime_newproc1_ret_multi"
-	goruntimeProgGoruntimeRequestWrite      = "goruntime_request_write"
-	goruntimeProgGoruntimeRequestWriteMulti = "goruntime_request_write_multi"
-	goruntimeProgGoruntimeRoundTrip         = "goruntime_round_trip"
-	goruntimeProgGoruntimeRoundTripMulti    = "goruntime_round_trip_multi"
-	goruntimeVarUnusedGoKey                 = "unused_go_key"
-	goruntimeVarUnusedThreadCtx             = "unused_thread_ctx"
+	goruntimeMapGoCtxs                   = "go_ctxs"
+	goruntimeMapGoHanded                 = "go_handed"
+	goruntimeMapGoParents                = "go_parents"
+	goruntimeMapGoProcs                  = "go_procs"
+	goruntimeMapGoWalkState              = "go_walk_state"
+	goruntimeMapGoWriteLoops             = "go_write_loops"
+	goruntimeMapThreadCtxs               = "thread_ctxs"
+	goruntimeMapTracedPids               = "traced_pids"
+	goruntimeProgGoruntimeDial           = "goruntime_dial"
+	goruntimeProgGoruntimeDialMulti      = "goruntime_dial_multi"
+	goruntimeProgGoruntimeRoundTrip      = "goruntime_round_trip"
+	goruntimeProgGoruntimeRoundTripMulti = "goruntime_round_trip_multi"
+	goruntimeProgGoruntimeWriteLoop      = "goruntime_write_loop"
+	goruntimeProgGoruntimeWriteLoopMulti = "goruntime_write_loop_multi"
+	goruntimeVarReturnAtOnce             = "return_at_once"
+	goruntimeVarUnusedGoKey              = "unused_go_key"
+	goruntimeVarUnusedGoProc             = "unused_go_proc"
+	goruntimeVarUnusedThreadCtx          = "unused_thread_ctx"
 )
 
 // loadGoruntime returns the embedded CollectionSpec for goruntime.
@@ -100,33 +127,35 @@ type goruntimeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type goruntimeProgramSpecs struct {
-	GoruntimeNewproc1          *ebpf.ProgramSpec `ebpf:"goruntime_newproc1"`
-	GoruntimeNewproc1Multi     *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_multi"`
-	GoruntimeNewproc1Ret       *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret"`
-	GoruntimeNewproc1RetMulti  *ebpf.ProgramSpec `ebpf:"goruntime_newproc1_ret_multi"`
-	GoruntimeRequestWrite      *ebpf.ProgramSpec `ebpf:"goruntime_request_write"`
-	GoruntimeRequestWriteMulti *ebpf.ProgramSpec `ebpf:"goruntime_request_write_multi"`
-	GoruntimeRoundTrip         *ebpf.ProgramSpec `ebpf:"goruntime_round_trip"`
-	GoruntimeRoundTripMulti    *ebpf.ProgramSpec `ebpf:"goruntime_round_trip_multi"`
+	GoruntimeDial           *ebpf.ProgramSpec `ebpf:"goruntime_dial"`
+	GoruntimeDialMulti      *ebpf.ProgramSpec `ebpf:"goruntime_dial_multi"`
+	GoruntimeRoundTrip      *ebpf.ProgramSpec `ebpf:"goruntime_round_trip"`
+	GoruntimeRoundTripMulti *ebpf.ProgramSpec `ebpf:"goruntime_round_trip_multi"`
+	GoruntimeWriteLoop      *ebpf.ProgramSpec `ebpf:"goruntime_write_loop"`
+	GoruntimeWriteLoopMulti *ebpf.ProgramSpec `ebpf:"goruntime_write_loop_multi"`
 }
 
 // goruntimeMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type goruntimeMapSpecs struct {
-	GoCtxs           *ebpf.MapSpec `ebpf:"go_ctxs"`
-	GoHttpReqs       *ebpf.MapSpec `ebpf:"go_http_reqs"`
-	GoNewprocPending *ebpf.MapSpec `ebpf:"go_newproc_pending"`
-	GoProcs          *ebpf.MapSpec `ebpf:"go_procs"`
-	ThreadCtxs       *ebpf.MapSpec `ebpf:"thread_ctxs"`
-	TracedPids       *ebpf.MapSpec `ebpf:"traced_pids"`
+	GoCtxs       *ebpf.MapSpec `ebpf:"go_ctxs"`
+	GoHanded     *ebpf.MapSpec `ebpf:"go_handed"`
+	GoParents    *ebpf.MapSpec `ebpf:"go_parents"`
+	GoProcs      *ebpf.MapSpec `ebpf:"go_procs"`
+	GoWalkState  *ebpf.MapSpec `ebpf:"go_walk_state"`
+	GoWriteLoops *ebpf.MapSpec `ebpf:"go_write_loops"`
+	ThreadCtxs   *ebpf.MapSpec `ebpf:"thread_ctxs"`
+	TracedPids   *ebpf.MapSpec `ebpf:"traced_pids"`
 }
 
 // goruntimeVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type goruntimeVariableSpecs struct {
+	ReturnAtOnce    *ebpf.VariableSpec `ebpf:"return_at_once"`
 	UnusedGoKey     *ebpf.VariableSpec `ebpf:"unused_go_key"`
+	UnusedGoProc    *ebpf.VariableSpec `ebpf:"unused_go_proc"`
 	UnusedThreadCtx *ebpf.VariableSpec `ebpf:"unused_thread_ctx"`
 }
 
@@ -150,20 +179,24 @@ func (o *goruntimeObjects) Close() error {
 //
 // It can be passed to loadGoruntimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type goruntimeMaps struct {
-	GoCtxs           *ebpf.Map `ebpf:"go_ctxs"`
-	GoHttpReqs       *ebpf.Map `ebpf:"go_http_reqs"`
-	GoNewprocPending *ebpf.Map `ebpf:"go_newproc_pending"`
-	GoProcs          *ebpf.Map `ebpf:"go_procs"`
-	ThreadCtxs       *ebpf.Map `ebpf:"thread_ctxs"`
-	TracedPids       *ebpf.Map `ebpf:"traced_pids"`
+	GoCtxs       *ebpf.Map `ebpf:"go_ctxs"`
+	GoHanded     *ebpf.Map `ebpf:"go_handed"`
+	GoParents    *ebpf.Map `ebpf:"go_parents"`
+	GoProcs      *ebpf.Map `ebpf:"go_procs"`
+	GoWalkState  *ebpf.Map `ebpf:"go_walk_state"`
+	GoWriteLoops *ebpf.Map `ebpf:"go_write_loops"`
+	ThreadCtxs   *ebpf.Map `ebpf:"thread_ctxs"`
+	TracedPids   *ebpf.Map `ebpf:"traced_pids"`
 }
 
 func (m *goruntimeMaps) Close() error {
 	return _GoruntimeClose(
 		m.GoCtxs,
-		m.GoHttpReqs,
-		m.GoNewprocPending,
+		m.GoHanded,
+		m.GoParents,
 		m.GoProcs,
+		m.GoWalkState,
+		m.GoWriteLoops,
 		m.ThreadCtxs,
 		m.TracedPids,
 	)
@@ -173,7 +206,9 @@ func (m *goruntimeMaps) Close() error {
 //
 // It can be passed to loadGoruntimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type goruntimeVariables struct {
+	ReturnAtOnce    *ebpf.Variable `ebpf:"return_at_once"`
 	UnusedGoKey     *ebpf.Variable `ebpf:"unused_go_key"`
+	UnusedGoProc    *ebpf.Variable `ebpf:"unused_go_proc"`
 	UnusedThreadCtx *ebpf.Variable `ebpf:"unused_thread_ctx"`
 }
 
@@ -181,26 +216,22 @@ type goruntimeVariables struct {
 //
 // It can be passed to loadGoruntimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type goruntimePrograms struct {
-	GoruntimeNewproc1          *ebpf.Program `ebpf:"goruntime_newproc1"`
-	GoruntimeNewproc1Multi     *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
-	GoruntimeNewproc1Ret       *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
-	GoruntimeNewproc1RetMulti  *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
-	GoruntimeRequestWrite      *ebpf.Program `ebpf:"goruntime_request_write"`
-	GoruntimeRequestWriteMulti *ebpf.Program `ebpf:"goruntime_request_write_multi"`
-	GoruntimeRoundTrip         *ebpf.Program `ebpf:"goruntime_round_trip"`
-	GoruntimeRoundTripMulti    *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
+	GoruntimeDial           *ebpf.Program `ebpf:"goruntime_dial"`
+	GoruntimeDialMulti      *ebpf.Program `ebpf:"goruntime_dial_multi"`
+	GoruntimeRoundTrip      *ebpf.Program `ebpf:"goruntime_round_trip"`
+	GoruntimeRoundTripMulti *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
+	GoruntimeWriteLoop      *ebpf.Program `ebpf:"goruntime_write_loop"`
+	GoruntimeWriteLoopMulti *ebpf.Program `ebpf:"goruntime_write_loop_multi"`
 }
 
 func (p *goruntimePrograms) Close() error {
 	return _GoruntimeClose(
-		p.GoruntimeNewproc1,
-		p.GoruntimeNewproc1Multi,
-		p.GoruntimeNewproc1Ret,
-		p.GoruntimeNewproc1RetMulti,
-		p.GoruntimeRequestWrite,
-		p.GoruntimeRequestWriteMulti,
+		p.GoruntimeDial,
+		p.GoruntimeDialMulti,
 		p.GoruntimeRoundTrip,
 		p.GoruntimeRoundTripMulti,
+		p.GoruntimeWriteLoop,
+		p.GoruntimeWriteLoopMulti,
 	)
 }
 

@@ -4,6 +4,7 @@ package goruntime
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 )
 
 type proc struct {
@@ -110,7 +110,7 @@ func load(t testing.TB) *Tracker {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := Load(Maps{})
+	tr, err := Load(Maps{}, Options{})
 	if err != nil {
 		t.Fatalf("%+v", err)
 	}
@@ -122,137 +122,88 @@ func load(t testing.TB) *Tracker {
 	return tr
 }
 
-// goroutine parses the g address gochain prints after a thread id.
-func (p *proc) goroutine(f []string) uint64 {
+func (p *proc) uint(f []string, i int) uint64 {
 	p.t.Helper()
-	g, err := strconv.ParseUint(f[2], 10, 64)
-	if err != nil || g == 0 {
-		p.t.Fatalf("goroutine address in %q: %v", f, err)
+	v, err := strconv.ParseUint(f[i], 10, 64)
+	if err != nil {
+		p.t.Fatalf("field %d of %q: %v", i, f, err)
 	}
-	return g
+	return v
 }
 
-func lookupCtx(t *testing.T, m *ebpf.Map, key any) (goruntimeThreadCtx, bool) {
+// peek reads a uint64 of process pid's memory.
+func peek(t *testing.T, pid int, addr uint64) uint64 {
 	t.Helper()
-	var c goruntimeThreadCtx
-	err := m.Lookup(key, &c)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return c, false
-	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, true
+	defer f.Close()
+	var b [8]byte
+	if _, err := f.ReadAt(b[:], int64(addr)); err != nil {
+		t.Fatalf("read pid %d at %#x: %v", pid, addr, err)
+	}
+	return binary.LittleEndian.Uint64(b[:])
 }
 
-func seedCtx() goruntimeThreadCtx {
-	var c goruntimeThreadCtx
-	for i := range c.TraceId {
-		c.TraceId[i] = 0xa0 + byte(i)
-	}
-	for i := range c.SpanId {
-		c.SpanId[i] = 0xb0 + byte(i)
-	}
-	c.TraceFlags = 1
-	return c
-}
-
-func TestInherit(t *testing.T) {
-	for _, variant := range []string{VariantUprobeMulti, VariantUprobe} {
-		t.Run(variant, func(t *testing.T) {
+// TestGoProc checks what AttachProcess gives the kernel programs for a Go
+// executable built with and without symbols: the same offsets, that read
+// the goid and parentGoid the goroutines have, and a goroutine table that
+// holds the running goroutine.
+func TestGoProc(t *testing.T) {
+	var procs []goruntimeGoProc
+	for _, ldflags := range []string{"", "-s -w"} {
+		t.Run(fmt.Sprintf("ldflags=%q", ldflags), func(t *testing.T) {
 			tr := load(t)
-			if variant == VariantUprobeMulti && tr.multi == nil {
-				t.Fatal("kernel has no uprobe_multi links: PLATFORM.md says it has")
+			bin := buildGochain(t, ldflags)
+			p := start(t, bin)
+			ready := p.read("ready")
+			g, id := p.uint(ready, 1), p.uint(ready, 2)
+			if err := tr.AttachProcess(p.pid, bin); err != nil {
+				t.Fatal(err)
 			}
-			tr.useMulti = variant == VariantUprobeMulti
-			testInherit(t, tr)
+			var gp goruntimeGoProc
+			if err := tr.maps.GoProcs.Lookup(uint32(p.pid), &gp); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("go_proc: %+v", gp)
+			if gp.GoidOff == 0 || gp.ParentOff == 0 || gp.StartpcOff == 0 || gp.Allgs == 0 {
+				t.Fatalf("incomplete go_proc %+v", gp)
+			}
+			if got := peek(t, p.pid, g+uint64(gp.GoidOff)); got != id {
+				t.Fatalf("goid read at g+%d = %d, the goroutine says %d", gp.GoidOff, got, id)
+			}
+			chained := p.do("chain 3", "chained")
+			cg, cid, parent := p.uint(chained, 1), p.uint(chained, 2), p.uint(chained, 3)
+			if got := peek(t, p.pid, cg+uint64(gp.GoidOff)); got != cid {
+				t.Fatalf("goid of the chained goroutine = %d, want %d", got, cid)
+			}
+			if got := peek(t, p.pid, cg+uint64(gp.ParentOff)); got != parent {
+				t.Fatalf("parentGoid read at g+%d = %d, want %d", gp.ParentOff, got, parent)
+			}
+			arr, n := peek(t, p.pid, gp.Allgs), peek(t, p.pid, gp.Allgs+8)
+			found := false
+			for i := uint64(0); i < n && i < 1<<16; i++ {
+				if peek(t, p.pid, arr+8*i) == cg {
+					found = true
+					break
+				}
+			}
+			if !found {
+				t.Fatalf("the chained goroutine's g %#x is not among the %d of allgs at %#x", cg, n, gp.Allgs)
+			}
+			p.do("release", "released")
+			procs = append(procs, gp)
 		})
 	}
-}
-
-func testInherit(t *testing.T, tr *Tracker) {
-	bin := buildGochain(t, "")
-	p := start(t, bin)
-	gP := p.goroutine(p.read("ready"))
-	if err := tr.AttachProcess(p.pid, bin); err != nil {
-		t.Fatal(err)
+	// The linker lays data out a little differently without symbols: allgs
+	// moves (each build's was checked live above).
+	if len(procs) == 2 {
+		procs[1].Allgs = procs[0].Allgs
 	}
-	if err := tr.maps.TracedPids.Put(uint32(p.pid), uint32(1)); err != nil {
-		t.Fatal(err)
+	if len(procs) == 2 && procs[0] != procs[1] {
+		t.Errorf("stripped build differs: %+v, with symbols %+v", procs[1], procs[0])
 	}
-	var one uint32
-	if err := tr.maps.GoProcs.Lookup(uint32(p.pid), &one); err != nil || one != 1 {
-		t.Fatalf("go_procs of an attached process: %d, %v", one, err)
-	}
-
-	// P gets a context, as httptrace gives one to the goroutine that reads a
-	// request. P starts G2, G2 starts G3: both inherit it, once.
-	seed := seedCtx()
-	if err := tr.maps.GoCtxs.Put(goruntimeGoKey{Tgid: uint32(p.pid), G: gP}, seed); err != nil {
-		t.Fatal(err)
-	}
-	g3 := p.goroutine(p.do("chain", "locked"))
-	p.do("wake", "woke")
-	if g3 == gP {
-		t.Fatalf("G3 has P's g %#x", gP)
-	}
-	want := seed
-	want.Inherited = 1
-	if c, ok := lookupCtx(t, tr.maps.GoCtxs, goruntimeGoKey{Tgid: uint32(p.pid), G: g3}); !ok || c != want {
-		t.Fatalf("go_ctxs of G3 (g %#x) = %+v, %v; want the seeded context, inherited", g3, c, ok)
-	}
-	inherited := inheritedGs(t, tr, p.pid, want)
-	if len(inherited) != 2 {
-		t.Fatalf("goroutines with the inherited context: %#x; want G2 and G3", inherited)
-	}
-	p.do("done", "done")
-
-	// P loses its context; new goroutines get none, even on a reused g.
-	if err := tr.maps.GoCtxs.Delete(goruntimeGoKey{Tgid: uint32(p.pid), G: gP}); err != nil {
-		t.Fatal(err)
-	}
-	reused := 0
-	for range 5 {
-		g := p.goroutine(p.do("chain", "locked"))
-		p.do("wake", "woke")
-		for _, old := range inherited {
-			if g == old {
-				reused++
-			}
-		}
-		if c, ok := lookupCtx(t, tr.maps.GoCtxs, goruntimeGoKey{Tgid: uint32(p.pid), G: g}); ok {
-			t.Fatalf("go_ctxs of a goroutine started without context (g %#x): %+v", g, c)
-		}
-		p.do("done", "done")
-	}
-	t.Logf("g structs of G2/G3 reused by the 5 later chains: %d times, each time without their stale context", reused)
-
-	if err := tr.DetachProcess(p.pid); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.maps.GoProcs.Lookup(uint32(p.pid), &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Fatalf("go_procs after detach: %v", err)
-	}
-}
-
-// inheritedGs lists the gs of process pid whose context is c.
-func inheritedGs(t *testing.T, tr *Tracker, pid int, c goruntimeThreadCtx) []uint64 {
-	t.Helper()
-	var (
-		k  goruntimeGoKey
-		v  goruntimeThreadCtx
-		gs []uint64
-	)
-	it := tr.maps.GoCtxs.Iterate()
-	for it.Next(&k, &v) {
-		if k.Tgid == uint32(pid) && v == c {
-			gs = append(gs, k.G)
-		}
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return gs
 }
 
 func TestNotGo(t *testing.T) {
@@ -269,84 +220,6 @@ func TestNotGo(t *testing.T) {
 		t.Fatalf("attach %s: %v, want ErrNotGo", py, err)
 	}
 	t.Logf("%s: %v (%v)", py, err, time.Since(begin))
-
-	stripped := buildGochain(t, "-s -w")
-	s := start(t, stripped)
-	s.read("ready")
-	if err := tr.AttachProcess(s.pid, stripped); !errors.Is(err, ErrNotGo) {
-		t.Fatalf("attach stripped Go binary: %v, want ErrNotGo", err)
-	} else {
-		t.Logf("stripped: %v", err)
-	}
-}
-
-// TestChurn runs goroutine churn and goroutine switches with and without
-// the probes, with and without a context to inherit, and logs the costs.
-func TestChurn(t *testing.T) {
-	tr := load(t)
-	bin := buildGochain(t, "")
-	p := start(t, bin)
-	gP := p.goroutine(p.read("ready"))
-	const ms = 2500
-	measure := func(what string) (churn, pingpong float64) {
-		churn = float64(p.num(p.do(fmt.Sprintf("churn %d", ms), "churned"))) / (ms / 1000.0)
-		pingpong = float64(p.num(p.do("pingpong 1000", "pingpong")))
-		t.Logf("%-34s goroutines started: %8.0f/s; switches (GOMAXPROCS=1): %8.0f/s, %5.0f ns each",
-			what, churn, 2*pingpong, 1e9/(2*pingpong))
-		return churn, pingpong
-	}
-	baseChurn, basePP := measure("no probes:")
-
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stats.Close()
-	begin := time.Now()
-	if err := tr.AttachProcess(p.pid, bin); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("attach (%s, analysis included): %v", tr.Variant(), time.Since(begin))
-	begin = time.Now()
-	p2 := start(t, bin)
-	p2.read("ready")
-	if err := tr.AttachProcess(p2.pid, bin); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("attach of a second process of the same executable (cached analysis): %v", time.Since(begin))
-	if err := tr.DetachProcess(p2.pid); err != nil {
-		t.Fatal(err)
-	}
-
-	_, _ = measure("probes, process not traced:")
-	if err := tr.maps.TracedPids.Put(uint32(p.pid), uint32(1)); err != nil {
-		t.Fatal(err)
-	}
-	tracedChurn, tracedPP := measure("probes, traced, no context:")
-	p.do("ping", "pong")
-	if err := tr.maps.GoCtxs.Put(goruntimeGoKey{Tgid: uint32(p.pid), G: gP}, seedCtx()); err != nil {
-		t.Fatal(err)
-	}
-	ctxChurn, _ := measure("probes, traced, every g inherits:")
-	t.Logf("per goroutine start: +%.0f ns traced, +%.0f ns inheriting; per switch: +%.0f ns traced",
-		1e9/tracedChurn-1e9/baseChurn, 1e9/ctxChurn-1e9/baseChurn, 1e9/(2*tracedPP)-1e9/(2*basePP))
-	for name, prog := range map[string]*ebpf.Program{
-		"newproc1": tr.progs().Newproc1, "newproc1 RET": tr.progs().Newproc1Ret,
-	} {
-		st, err := prog.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.RunCount == 0 {
-			t.Fatalf("program %s never ran", name)
-		}
-		t.Logf("program %-12s runs %9d, %4.0f ns per run in BPF", name, st.RunCount, float64(st.Runtime.Nanoseconds())/float64(st.RunCount))
-	}
-	// Still alive and answering after the churn.
-	p.do("ping", "pong")
-	if p.cmd.ProcessState != nil {
-		t.Fatalf("pid %d exited: %v", p.pid, p.cmd.ProcessState)
-	}
 }
 
 // ourLinks lists the BPF links, as bpftool shows them, running programs
@@ -380,13 +253,13 @@ func TestDetachLeavesNoLinks(t *testing.T) {
 			if err := rlimit.RemoveMemlock(); err != nil {
 				t.Fatal(err)
 			}
-			tr, err := Load(Maps{})
+			tr, err := Load(Maps{}, Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			tr.useMulti = variant == VariantUprobeMulti
 			ids := map[ebpf.ProgramID]bool{}
-			for _, prog := range []*ebpf.Program{tr.progs().Newproc1, tr.progs().Newproc1Ret, tr.progs().RoundTrip, tr.progs().RequestWrite} {
+			for _, prog := range []*ebpf.Program{tr.progs().RoundTrip, tr.progs().WriteLoop} {
 				info, err := prog.Info()
 				if err != nil {
 					t.Fatal(err)

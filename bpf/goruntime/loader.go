@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -14,19 +16,27 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/goexe"
 )
 
 // ErrNotGo is returned by AttachProcess for an executable that is not a Go
-// program, or a Go program without a symbol table (built with -ldflags=-s).
-var ErrNotGo = errors.New("not a Go executable with a symbol table")
+// program.
+var ErrNotGo = goexe.ErrNotGo
 
-// Symbols probed in the Go runtime.
+// Functions probed, in the net/http client, if the program has one.
 const (
-	symNewproc1 = "runtime.newproc1" // newproc1(fn *funcval, callergp *g, callerpc uintptr, parked bool, waitreason waitReason) *g
-	// net/http client, optional: a request handed to the transport's
-	// writeLoop goroutine on a pooled connection.
-	symRoundTrip    = "net/http.(*persistConn).roundTrip" // roundTrip(pc *persistConn, req *transportRequest)
-	symRequestWrite = "net/http.(*Request).write"         // write(r *Request, w io.Writer, ...)
+	// roundTrip(pc *persistConn, req *transportRequest): the caller hands
+	// its context to the connection's writeLoop goroutine.
+	symRoundTrip = "net/http.(*persistConn).roundTrip"
+	// writeLoop(pc *persistConn): the goroutine that writes pc's requests
+	// starts (once per connection).
+	symWriteLoop = "net/http.(*persistConn).writeLoop"
+	// queueForDial(t *Transport, w *wantConn): the caller has no idle
+	// connection and a goroutine is started to dial one (optional: the
+	// hand-over works without it, but may lose the ancestry through an
+	// exited goroutine).
+	symQueueForDial = "net/http.(*Transport).queueForDial"
 )
 
 // Attach variants, chosen at Load by a feature probe.
@@ -50,22 +60,32 @@ const maxExes = 256
 type Maps struct {
 	TracedPids *ebpf.Map // tgid -> 1: processes to trace
 	ThreadCtxs *ebpf.Map // pid_tgid -> context of the goroutine the thread runs
-	GoProcs    *ebpf.Map // tgid -> 1: Go processes whose goroutines are tracked
-	GoCtxs     *ebpf.Map // go_key{tgid, g} -> context of the goroutine
+	GoProcs    *ebpf.Map // tgid -> go_proc: Go processes whose goroutines are tracked
+	GoCtxs     *ebpf.Map // go_key{tgid, goid} -> context of the goroutine
+	GoParents  *ebpf.Map // go_key{tgid, goid} -> parentGoid, learnt from allgs
+}
+
+// Options configure Load.
+type Options struct {
+	// NoHandOver leaves the net/http client unprobed: goroutines are still
+	// followed (no uprobe at all), but a request written by the transport's
+	// writeLoop on a pooled connection gets no parent.
+	NoHandOver bool
+	// ReturnAtOnce loads programs that return as soon as they run (the
+	// benchmark floor).
+	ReturnAtOnce bool
 }
 
 type programs struct {
-	Newproc1     *ebpf.Program `ebpf:"goruntime_newproc1"`
-	Newproc1Ret  *ebpf.Program `ebpf:"goruntime_newproc1_ret"`
-	RoundTrip    *ebpf.Program `ebpf:"goruntime_round_trip"`
-	RequestWrite *ebpf.Program `ebpf:"goruntime_request_write"`
+	RoundTrip *ebpf.Program `ebpf:"goruntime_round_trip"`
+	WriteLoop *ebpf.Program `ebpf:"goruntime_write_loop"`
+	Dial      *ebpf.Program `ebpf:"goruntime_dial"`
 }
 
 type multiPrograms struct {
-	Newproc1     *ebpf.Program `ebpf:"goruntime_newproc1_multi"`
-	Newproc1Ret  *ebpf.Program `ebpf:"goruntime_newproc1_ret_multi"`
-	RoundTrip    *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
-	RequestWrite *ebpf.Program `ebpf:"goruntime_request_write_multi"`
+	RoundTrip *ebpf.Program `ebpf:"goruntime_round_trip_multi"`
+	WriteLoop *ebpf.Program `ebpf:"goruntime_write_loop_multi"`
+	Dial      *ebpf.Program `ebpf:"goruntime_dial_multi"`
 }
 
 // Tracker is the loaded goroutine tracker; AttachProcess adds processes.
@@ -76,6 +96,7 @@ type Tracker struct {
 	multi  *multiPrograms // nil: the kernel has no uprobe_multi links
 	// useMulti selects VariantUprobeMulti (tests force VariantUprobe).
 	useMulti bool
+	handOver bool // the net/http client's hand-over is probed
 	exes     map[exeKey]*exeInfo
 	procs    map[int]exeKey
 	links    map[int][]link.Link         // VariantUprobeMulti: per process
@@ -97,23 +118,31 @@ type exeKey struct {
 	mtimeNs  int64
 }
 
-// exeInfo is the analysis of an executable: file offsets of the probed
-// instructions, or why it cannot be probed.
+// exeInfo is the analysis of an executable: what the programs read in its
+// goroutines, file offsets of the probed instructions, or why it cannot be
+// followed.
 type exeInfo struct {
-	newproc1 uint64
-	rets     []uint64
-	// The net/http client sites, 0 when the program has no net/http client.
-	roundTrip    uint64
-	requestWrite uint64
-	err          error
+	proc goruntimeGoProc // addresses as linked (before any PIE bias)
+	pie  bool
+	// The net/http client sites (file offsets), 0 when the program has no
+	// net/http client.
+	roundTrip uint64
+	writeLoop uint64
+	dial      uint64 // 0: not probed
+	err       error
 }
 
 // Load loads the programs, sharing the given maps. On a verifier refusal the
 // error carries the verifier log.
-func Load(maps Maps) (*Tracker, error) {
+func Load(maps Maps, opts Options) (*Tracker, error) {
 	spec, err := loadGoruntime()
 	if err != nil {
 		return nil, fmt.Errorf("load goruntime spec: %w", err)
+	}
+	if opts.ReturnAtOnce {
+		if err := spec.Variables["return_at_once"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set return_at_once: %w", err)
+		}
 	}
 	repl := map[string]*ebpf.Map{}
 	for name, m := range map[string]*ebpf.Map{
@@ -121,27 +150,33 @@ func Load(maps Maps) (*Tracker, error) {
 		"thread_ctxs": maps.ThreadCtxs,
 		"go_procs":    maps.GoProcs,
 		"go_ctxs":     maps.GoCtxs,
+		"go_parents":  maps.GoParents,
 	} {
 		if m != nil {
 			repl[name] = m
 		}
 	}
 	t := &Tracker{
-		exes:   map[exeKey]*exeInfo{},
-		procs:  map[int]exeKey{},
-		links:  map[int][]link.Link{},
-		shared: map[exeKey]*executableLinks{},
+		exes:     map[exeKey]*exeInfo{},
+		procs:    map[int]exeKey{},
+		links:    map[int][]link.Link{},
+		shared:   map[exeKey]*executableLinks{},
+		handOver: !opts.NoHandOver,
 	}
 	if err := spec.LoadAndAssign(&t.maps, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
 		return nil, fmt.Errorf("load goruntime maps: %w", err)
 	}
+	if !t.handOver {
+		return t, nil
+	}
 	all := map[string]*ebpf.Map{
-		"traced_pids":        t.maps.TracedPids,
-		"thread_ctxs":        t.maps.ThreadCtxs,
-		"go_procs":           t.maps.GoProcs,
-		"go_ctxs":            t.maps.GoCtxs,
-		"go_newproc_pending": t.maps.GoNewprocPending,
-		"go_http_reqs":       t.maps.GoHttpReqs,
+		"traced_pids":    t.maps.TracedPids,
+		"thread_ctxs":    t.maps.ThreadCtxs,
+		"go_procs":       t.maps.GoProcs,
+		"go_ctxs":        t.maps.GoCtxs,
+		"go_parents":     t.maps.GoParents,
+		"go_write_loops": t.maps.GoWriteLoops,
+		"go_handed":      t.maps.GoHanded,
 	}
 	if err := loadPrograms(spec, &t.single, all); err != nil {
 		_ = t.maps.Close()
@@ -171,9 +206,13 @@ func loadPrograms(spec *ebpf.CollectionSpec, to any, maps map[string]*ebpf.Map) 
 	return fmt.Errorf("load goruntime programs: %w", err)
 }
 
-// Variant is the attach variant in use: VariantUprobeMulti or VariantUprobe.
+// Variant is the attach variant in use: VariantUprobeMulti or VariantUprobe,
+// or "none" without the net/http hand-over.
 func (t *Tracker) Variant() string {
-	if t.useMulti {
+	switch {
+	case !t.handOver:
+		return "none"
+	case t.useMulti:
 		return VariantUprobeMulti
 	}
 	return VariantUprobe
@@ -182,17 +221,19 @@ func (t *Tracker) Variant() string {
 // Maps returns the maps in use, the given ones or those Load created. They
 // stay owned by the Tracker (or the caller that passed them).
 func (t *Tracker) Maps() Maps {
-	return Maps{TracedPids: t.maps.TracedPids, ThreadCtxs: t.maps.ThreadCtxs, GoProcs: t.maps.GoProcs, GoCtxs: t.maps.GoCtxs}
+	return Maps{TracedPids: t.maps.TracedPids, ThreadCtxs: t.maps.ThreadCtxs, GoProcs: t.maps.GoProcs, GoCtxs: t.maps.GoCtxs, GoParents: t.maps.GoParents}
 }
 
-// AttachProcess probes the Go runtime of process pid. The executable is
+// AttachProcess follows the goroutines of Go process pid: what the kernel
+// programs read in its goroutines goes to go_procs and, unless Options
+// NoHandOver, the net/http client's hand-over is probed. The executable is
 // opened through /proc/<pid>/exe, which resolves in the process's mount
 // namespace (containers); exePath only names it in errors. The analysis of
-// an executable (symbols, RET instructions) is cached by device, inode,
-// size and mtime, so processes of one binary share it. Returns an error
-// wrapping ErrNotGo for a non-Go or stripped executable (cheap: one ELF
-// section lookup), and ebpf.ErrNotSupported for a Go executable of another
-// architecture than amd64 (RET sites are found by an x86 disassembler).
+// an executable (build info, DWARF or the per-release offsets, pclntab) is
+// cached by device, inode, size and mtime, so processes of one binary share
+// it. Stripped executables are followed too. Returns an error wrapping
+// ErrNotGo for a non-Go executable (cheap: one ELF section lookup), and
+// ebpf.ErrNotSupported for another architecture than amd64.
 // The programs act only on processes in traced_pids, which httptrace fills.
 // Attaching a process already attached with the same executable is a no-op.
 func (t *Tracker) AttachProcess(pid int, exePath string) error {
@@ -229,33 +270,75 @@ func (t *Tracker) AttachProcess(pid int, exePath string) error {
 	if info.err != nil {
 		return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, info.err)
 	}
-	ex, err := link.OpenExecutable(path)
-	if err != nil {
-		return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
+	proc := info.proc
+	if info.pie {
+		bias, err := loadBias(pid, path)
+		if err != nil {
+			return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
+		}
+		if proc.Allgs != 0 {
+			proc.Allgs += bias
+		}
+		if proc.WriteLoop != 0 {
+			proc.WriteLoop += bias
+		}
 	}
-	if t.useMulti {
-		links, err := attachMulti(ex, t.progs(), info, pid)
+	if t.handOver && info.roundTrip != 0 && info.writeLoop != 0 {
+		ex, err := link.OpenExecutable(path)
 		if err != nil {
 			return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
 		}
-		t.links[pid] = links
-	} else if sh := t.shared[key]; sh != nil {
-		sh.pids++
-	} else {
-		links, err := attachSingle(ex, t.single, info)
-		if err != nil {
-			return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
+		if t.useMulti {
+			links, err := attachMulti(ex, t.progs(), info, pid)
+			if err != nil {
+				return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
+			}
+			t.links[pid] = links
+		} else if sh := t.shared[key]; sh != nil {
+			sh.pids++
+		} else {
+			links, err := attachSingle(ex, t.single, info)
+			if err != nil {
+				return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
+			}
+			t.shared[key] = &executableLinks{links: links, pids: 1}
 		}
-		t.shared[key] = &executableLinks{links: links, pids: 1}
 	}
 	t.procs[pid] = key
 	// From now on httptrace and ctxprop key the process's contexts by
 	// goroutine.
-	if err := t.maps.GoProcs.Put(uint32(pid), uint32(1)); err != nil {
+	if err := t.maps.GoProcs.Put(uint32(pid), proc); err != nil {
 		_ = t.detachLocked(pid)
 		return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
 	}
 	return nil
+}
+
+// loadBias is how far a position-independent executable was loaded from
+// its link addresses: the start of its first mapping (file offset 0) in
+// /proc/<pid>/maps, as its first PT_LOAD segment is linked at 0.
+func loadBias(pid int, exe string) (uint64, error) {
+	target, err := os.Readlink(exe)
+	if err != nil {
+		return 0, fmt.Errorf("load bias: %w", err)
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0, fmt.Errorf("load bias: %w", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[2] != "00000000" || strings.Join(f[5:], " ") != target {
+			continue
+		}
+		start, _, _ := strings.Cut(f[0], "-")
+		v, err := strconv.ParseUint(start, 16, 64)
+		if err != nil {
+			return 0, fmt.Errorf("load bias: %q: %w", line, err)
+		}
+		return v, nil
+	}
+	return 0, fmt.Errorf("load bias: %s not mapped in pid %d", target, pid)
 }
 
 // progs are the programs of the variant in use.
@@ -268,29 +351,20 @@ func (t *Tracker) progs() programs {
 
 func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]link.Link, error) {
 	sites := []struct {
-		prog  *ebpf.Program
-		sym   string
-		addrs []uint64
+		prog *ebpf.Program
+		sym  string
+		addr uint64
 	}{
-		{p.Newproc1, symNewproc1, []uint64{info.newproc1}},
-		{p.Newproc1Ret, symNewproc1 + " RET", info.rets},
-	}
-	if info.roundTrip != 0 && info.requestWrite != 0 {
-		sites = append(sites,
-			struct {
-				prog  *ebpf.Program
-				sym   string
-				addrs []uint64
-			}{p.RoundTrip, symRoundTrip, []uint64{info.roundTrip}},
-			struct {
-				prog  *ebpf.Program
-				sym   string
-				addrs []uint64
-			}{p.RequestWrite, symRequestWrite, []uint64{info.requestWrite}})
+		{p.RoundTrip, symRoundTrip, info.roundTrip},
+		{p.WriteLoop, symWriteLoop, info.writeLoop},
+		{p.Dial, symQueueForDial, info.dial},
 	}
 	var links []link.Link
 	for _, s := range sites {
-		l, err := ex.UprobeMulti(nil, s.prog, &link.UprobeMultiOptions{Addresses: s.addrs, PID: uint32(pid)})
+		if s.addr == 0 {
+			continue
+		}
+		l, err := ex.UprobeMulti(nil, s.prog, &link.UprobeMultiOptions{Addresses: []uint64{s.addr}, PID: uint32(pid)})
 		if err != nil {
 			closeLinks(links)
 			return nil, fmt.Errorf("uprobe_multi on %s: %w", s.sym, err)
@@ -301,20 +375,20 @@ func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]lin
 }
 
 func attachSingle(ex *link.Executable, p programs, info *exeInfo) ([]link.Link, error) {
-	type site struct {
+	sites := []struct {
 		prog *ebpf.Program
 		sym  string
 		addr uint64
-	}
-	sites := []site{{p.Newproc1, symNewproc1, info.newproc1}}
-	for _, r := range info.rets {
-		sites = append(sites, site{p.Newproc1Ret, symNewproc1 + " RET", r})
-	}
-	if info.roundTrip != 0 && info.requestWrite != 0 {
-		sites = append(sites, site{p.RoundTrip, symRoundTrip, info.roundTrip}, site{p.RequestWrite, symRequestWrite, info.requestWrite})
+	}{
+		{p.RoundTrip, symRoundTrip, info.roundTrip},
+		{p.WriteLoop, symWriteLoop, info.writeLoop},
+		{p.Dial, symQueueForDial, info.dial},
 	}
 	var links []link.Link
 	for _, s := range sites {
+		if s.addr == 0 {
+			continue
+		}
 		l, err := ex.Uprobe("", s.prog, &link.UprobeOptions{Address: s.addr})
 		if err != nil {
 			closeLinks(links)
@@ -386,9 +460,9 @@ func (t *Tracker) Close() error {
 }
 
 func (t *Tracker) closePrograms() error {
-	progs := []*ebpf.Program{t.single.Newproc1, t.single.Newproc1Ret, t.single.RoundTrip, t.single.RequestWrite}
+	progs := []*ebpf.Program{t.single.RoundTrip, t.single.WriteLoop, t.single.Dial}
 	if t.multi != nil {
-		progs = append(progs, t.multi.Newproc1, t.multi.Newproc1Ret, t.multi.RoundTrip, t.multi.RequestWrite)
+		progs = append(progs, t.multi.RoundTrip, t.multi.WriteLoop, t.multi.Dial)
 	}
 	var errs []error
 	for _, p := range progs {
@@ -413,8 +487,9 @@ func statKey(path string) (exeKey, error) {
 	return exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtimeNs: fi.ModTime().UnixNano()}, nil
 }
 
-// analyze finds the file offsets of runtime.newproc1 and of its RET
-// instructions, and of the net/http client sites if the program has them.
+// analyze reads what the kernel programs need of an executable: runtime.g
+// offsets, the goroutine table, and the file offsets of the net/http
+// client's probe sites if it has them.
 func analyze(path string) *exeInfo {
 	info, err := analyzeELF(path)
 	if err != nil {
@@ -424,90 +499,71 @@ func analyze(path string) *exeInfo {
 }
 
 func analyzeELF(path string) (*exeInfo, error) {
+	gi, err := goexe.Inspect(path, symRoundTrip, symWriteLoop, symQueueForDial)
+	if err != nil {
+		return nil, err
+	}
 	f, err := elf.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("parse executable: %w", err)
 	}
 	defer f.Close()
-	// Every Go executable has it, stripped or not: no symbol table read
-	// for other programs.
-	if f.Section(".go.buildinfo") == nil {
-		return nil, ErrNotGo
-	}
-	syms, err := f.Symbols()
-	if errors.Is(err, elf.ErrNoSymbols) {
-		return nil, fmt.Errorf("go executable without symbol table (stripped): %w", ErrNotGo)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read symbol table: %w", err)
-	}
-	var np, rt, rw *elf.Symbol
-	for i := range syms {
-		s := &syms[i]
-		if elf.ST_TYPE(s.Info) != elf.STT_FUNC {
-			continue
-		}
-		switch s.Name {
-		case symNewproc1:
-			np = s
-		case symRoundTrip:
-			rt = s
-		case symRequestWrite:
-			rw = s
-		}
-	}
-	if np == nil {
-		return nil, fmt.Errorf("symbol %s not found: %w", symNewproc1, ErrNotGo)
-	}
 	if f.Machine != elf.EM_X86_64 {
-		return nil, fmt.Errorf("find RET instructions of %s: %s executable: %w", symNewproc1, f.Machine, ebpf.ErrNotSupported)
+		return nil, fmt.Errorf("follow goroutines of a %s executable: %w", f.Machine, ebpf.ErrNotSupported)
 	}
-	info := &exeInfo{}
-	npOff, npCode, err := fileOffset(f, np)
-	if err != nil {
-		return nil, err
+	info := &exeInfo{pie: f.Type == elf.ET_DYN}
+	info.proc = goruntimeGoProc{
+		Allgs:      gi.AllGs,
+		GoidOff:    uint32(gi.G.Goid),
+		ParentOff:  uint32(gi.G.ParentGoid),
+		StartpcOff: uint32(gi.G.StartPC),
 	}
-	info.newproc1 = npOff + entryOffset(npCode)
-	rets, err := retOffsets(npCode)
-	if err != nil {
-		return nil, fmt.Errorf("find RET instructions of %s: %w", symNewproc1, err)
-	}
-	for _, r := range rets {
-		info.rets = append(info.rets, npOff+r)
-	}
-	if rt != nil && rw != nil {
-		rtOff, rtCode, err := fileOffset(f, rt)
-		if err != nil {
+	rt, okRT := gi.Funcs[symRoundTrip]
+	wl, okWL := gi.Funcs[symWriteLoop]
+	if okRT && okWL {
+		info.proc.WriteLoop = wl.Entry
+		if info.roundTrip, err = probeSite(f, symRoundTrip, rt); err != nil {
 			return nil, err
 		}
-		rwOff, rwCode, err := fileOffset(f, rw)
-		if err != nil {
+		if info.writeLoop, err = probeSite(f, symWriteLoop, wl); err != nil {
 			return nil, err
 		}
-		info.roundTrip = rtOff + entryOffset(rtCode)
-		info.requestWrite = rwOff + entryOffset(rwCode)
+		if qd, ok := gi.Funcs[symQueueForDial]; ok {
+			if info.dial, err = probeSite(f, symQueueForDial, qd); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return info, nil
 }
 
-// fileOffset converts a function symbol's address to its offset in the file
-// (what uprobes take), and reads its code.
-func fileOffset(f *elf.File, s *elf.Symbol) (uint64, []byte, error) {
+// probeSite is the file offset where to probe fn's entry (entryOffset).
+func probeSite(f *elf.File, name string, fn goexe.Func) (uint64, error) {
+	off, code, err := fileOffset(f, name, fn.Entry, fn.End-fn.Entry)
+	if err != nil {
+		return 0, err
+	}
+	return off + entryOffset(code), nil
+}
+
+// fileOffset converts a function's address to its offset in the file (what
+// uprobes take), and reads its code.
+func fileOffset(f *elf.File, name string, addr, size uint64) (uint64, []byte, error) {
 	for _, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X == 0 || s.Value < p.Vaddr || s.Value >= p.Vaddr+p.Filesz {
+		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X == 0 || addr < p.Vaddr || addr >= p.Vaddr+p.Filesz {
 			continue
 		}
-		off := s.Value - p.Vaddr
-		if s.Size == 0 || off+s.Size > p.Filesz {
-			return 0, nil, fmt.Errorf("symbol %s: size %d outside its segment", s.Name, s.Size)
+		off := addr - p.Vaddr
+		if size == 0 || off+size > p.Filesz {
+			return 0, nil, fmt.Errorf("function %s: size %d outside its segment", name, size)
 		}
-		code := make([]byte, s.Size)
+		code := make([]byte, size)
 		if _, err := p.ReadAt(code, int64(off)); err != nil {
-			return 0, nil, fmt.Errorf("read code of %s: %w", s.Name, err)
+			return 0, nil, fmt.Errorf("read code of %s: %w", name, err)
 		}
 		return p.Off + off, code, nil
 	}
-	return 0, nil, fmt.Errorf("symbol %s: address %#x in no executable segment", s.Name, s.Value)
+	return 0, nil, fmt.Errorf("function %s: address %#x in no executable segment", name, addr)
 }
 
 // entryOffset is where to probe a function's entry. Go functions start with
@@ -518,7 +574,7 @@ func fileOffset(f *elf.File, s *elf.Symbol) (uint64, []byte, error) {
 // a scratch register, not an argument one). Any other prologue is probed at
 // its first instruction. If the stack must grow, the function restarts and
 // the probe fires twice with the same arguments: the programs are
-// idempotent (and newproc1 runs on the system stack).
+// idempotent.
 func entryOffset(code []byte) uint64 {
 	var off uint64
 	for range 3 {
@@ -537,26 +593,4 @@ func entryOffset(code []byte) uint64 {
 		off += uint64(inst.Len)
 	}
 	return 0
-}
-
-// retOffsets disassembles amd64 code linearly (Go puts no data in its
-// functions' code) and returns the offsets of its RET instructions. A byte
-// that does not decode is skipped.
-func retOffsets(code []byte) ([]uint64, error) {
-	var rets []uint64
-	for i := 0; i < len(code); {
-		inst, err := x86asm.Decode(code[i:], 64)
-		if err != nil || inst.Len == 0 {
-			i++
-			continue
-		}
-		if inst.Op == x86asm.RET {
-			rets = append(rets, uint64(i))
-		}
-		i += inst.Len
-	}
-	if len(rets) == 0 {
-		return nil, errors.New("no RET instruction")
-	}
-	return rets, nil
 }

@@ -9,8 +9,9 @@ import (
 	"testing"
 )
 
-// TestAnalyze checks the probe sites found in a Go 1.26 executable: the
-// entry probes on the JBE of the stack check, and every RET of newproc1.
+// TestAnalyze checks the probe sites found in a Go executable, with and
+// without symbols: the entry probes on the JBE of the stack check (emulated
+// by the kernel, no single-step), the same in both builds.
 func TestAnalyze(t *testing.T) {
 	bin := buildGochain(t, "")
 	info := analyze(bin)
@@ -30,27 +31,39 @@ func TestAnalyze(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sites := map[string]uint64{symRoundTrip: info.roundTrip, symWriteLoop: info.writeLoop}
 	for _, s := range syms {
-		if s.Name != symNewproc1 {
+		probe, ok := sites[s.Name]
+		if !ok {
 			continue
 		}
-		start, _, err := fileOffset(f, &s)
+		delete(sites, s.Name)
+		start, _, err := fileOffset(f, s.Name, s.Value, s.Size)
 		if err != nil {
 			t.Fatal(err)
 		}
-		probe := info.newproc1
-		for _, r := range info.rets {
-			if r <= start || r >= start+s.Size || raw[r] != 0xc3 {
-				t.Errorf("%s: RET site %#x is not a RET inside the function", s.Name, r)
-			}
+		// CMPQ SP, 0x10(R14) is 4 bytes; JBE rel32 is 0f 86. Large frames
+		// start with LEAQ -n(SP), R12 (5 or 8 bytes) and CMPQ R12, 0x10(R14).
+		if probe < start || probe > start+16 || raw[probe] != 0x0f || raw[probe+1] != 0x86 {
+			t.Errorf("%s: entry probe at +%d (% x), want the JBE of the stack check", s.Name, probe-start, raw[probe:probe+2])
 		}
-		// CMPQ SP, 0x10(R14) is 4 bytes; JBE rel32 is 0f 86.
-		if probe != start+4 || raw[probe] != 0x0f || raw[probe+1] != 0x86 {
-			t.Errorf("%s: entry probe at +%d (% x), want the JBE at +4", s.Name, probe-start, raw[probe:probe+2])
+		if s.Name == symWriteLoop && info.proc.WriteLoop != s.Value {
+			t.Errorf("writeLoop entry %#x, symbol at %#x", info.proc.WriteLoop, s.Value)
 		}
 	}
-	if len(info.rets) == 0 {
-		t.Fatal("no RET site")
+	if len(sites) != 0 {
+		t.Fatalf("symbols not found: %v", sites)
+	}
+	stripped := analyze(buildGochain(t, "-s -w"))
+	if stripped.err != nil {
+		t.Fatal(stripped.err)
+	}
+	if stripped.proc.Allgs == 0 {
+		t.Fatal("stripped build: no allgs")
+	}
+	stripped.proc.Allgs = info.proc.Allgs // data moves a little without symbols
+	if stripped.roundTrip != info.roundTrip || stripped.writeLoop != info.writeLoop || stripped.proc != info.proc {
+		t.Errorf("stripped build: %+v, with symbols: %+v", *stripped, *info)
 	}
 	t.Logf("%+v", *info)
 }

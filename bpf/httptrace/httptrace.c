@@ -571,14 +571,16 @@ static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 	__builtin_memcpy(t.trace_id, r->trace_id, sizeof(t.trace_id));
 	__builtin_memcpy(t.span_id, r->span_id, sizeof(t.span_id));
 	t.trace_flags = r->trace_flags;
-	__u64 g = current_goroutine(pid_tgid);
-	if (g) {
-		struct go_key k = {.tgid = pid_tgid >> 32, .g = g};
+	bool is_go;
+	__u64 id = current_go_id(pid_tgid >> 32, &is_go);
+	if (id) {
+		struct go_key k = {.tgid = pid_tgid >> 32, .g = id};
 		bpf_map_update_elem(&go_ctxs, &k, &t, BPF_ANY);
-		r->goroutine = g;
+		r->goroutine = id;
 		return;
 	}
-	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
+	if (!is_go)
+		bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
 }
 
 // Handles one request at offset off of the data just read on (tgid, fd):

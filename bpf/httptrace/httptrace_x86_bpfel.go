@@ -99,6 +99,30 @@ type httptraceGoKey struct {
 	G    uint64
 }
 
+type httptraceGoProc struct {
+	_          structs.HostLayout
+	Allgs      uint64
+	WriteLoop  uint64
+	GoidOff    uint32
+	ParentOff  uint32
+	StartpcOff uint32
+	Pad        uint32
+}
+
+type httptraceGoWalk struct {
+	_         structs.HostLayout
+	Anc       uint64
+	Found     uint64
+	Allgs     uint64
+	Len       uint64
+	Scan      uint64
+	Table     uint64
+	Depth     uint32
+	Tgid      uint32
+	GoidOff   uint32
+	ParentOff uint32
+}
+
 type httptraceHttpEvent struct {
 	_          structs.HostLayout
 	StartNs    uint64
@@ -149,7 +173,8 @@ type httptraceThreadCtx struct {
 	SpanId     [8]uint8
 	TraceFlags uint8
 	Inherited  uint8
-	Pad        [6]uint8
+	Blocked    uint8
+	Pad        [5]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -162,7 +187,9 @@ const (
 	httptraceMapCounters             = "counters"
 	httptraceMapEvents               = "events"
 	httptraceMapGoCtxs               = "go_ctxs"
+	httptraceMapGoParents            = "go_parents"
 	httptraceMapGoProcs              = "go_procs"
+	httptraceMapGoWalkState          = "go_walk_state"
 	httptraceMapScratchMap           = "scratch_map"
 	httptraceMapThreadCtxs           = "thread_ctxs"
 	httptraceMapTracedPids           = "traced_pids"
@@ -238,16 +265,18 @@ type httptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceMapSpecs struct {
-	ClientIds  *ebpf.MapSpec `ebpf:"client_ids"`
-	ConnZero   *ebpf.MapSpec `ebpf:"conn_zero"`
-	Conns      *ebpf.MapSpec `ebpf:"conns"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	GoCtxs     *ebpf.MapSpec `ebpf:"go_ctxs"`
-	GoProcs    *ebpf.MapSpec `ebpf:"go_procs"`
-	ScratchMap *ebpf.MapSpec `ebpf:"scratch_map"`
-	ThreadCtxs *ebpf.MapSpec `ebpf:"thread_ctxs"`
-	TracedPids *ebpf.MapSpec `ebpf:"traced_pids"`
+	ClientIds   *ebpf.MapSpec `ebpf:"client_ids"`
+	ConnZero    *ebpf.MapSpec `ebpf:"conn_zero"`
+	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	GoCtxs      *ebpf.MapSpec `ebpf:"go_ctxs"`
+	GoParents   *ebpf.MapSpec `ebpf:"go_parents"`
+	GoProcs     *ebpf.MapSpec `ebpf:"go_procs"`
+	GoWalkState *ebpf.MapSpec `ebpf:"go_walk_state"`
+	ScratchMap  *ebpf.MapSpec `ebpf:"scratch_map"`
+	ThreadCtxs  *ebpf.MapSpec `ebpf:"thread_ctxs"`
+	TracedPids  *ebpf.MapSpec `ebpf:"traced_pids"`
 }
 
 // httptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -282,16 +311,18 @@ func (o *httptraceObjects) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceMaps struct {
-	ClientIds  *ebpf.Map `ebpf:"client_ids"`
-	ConnZero   *ebpf.Map `ebpf:"conn_zero"`
-	Conns      *ebpf.Map `ebpf:"conns"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Events     *ebpf.Map `ebpf:"events"`
-	GoCtxs     *ebpf.Map `ebpf:"go_ctxs"`
-	GoProcs    *ebpf.Map `ebpf:"go_procs"`
-	ScratchMap *ebpf.Map `ebpf:"scratch_map"`
-	ThreadCtxs *ebpf.Map `ebpf:"thread_ctxs"`
-	TracedPids *ebpf.Map `ebpf:"traced_pids"`
+	ClientIds   *ebpf.Map `ebpf:"client_ids"`
+	ConnZero    *ebpf.Map `ebpf:"conn_zero"`
+	Conns       *ebpf.Map `ebpf:"conns"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Events      *ebpf.Map `ebpf:"events"`
+	GoCtxs      *ebpf.Map `ebpf:"go_ctxs"`
+	GoParents   *ebpf.Map `ebpf:"go_parents"`
+	GoProcs     *ebpf.Map `ebpf:"go_procs"`
+	GoWalkState *ebpf.Map `ebpf:"go_walk_state"`
+	ScratchMap  *ebpf.Map `ebpf:"scratch_map"`
+	ThreadCtxs  *ebpf.Map `ebpf:"thread_ctxs"`
+	TracedPids  *ebpf.Map `ebpf:"traced_pids"`
 }
 
 func (m *httptraceMaps) Close() error {
@@ -302,7 +333,9 @@ func (m *httptraceMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.GoCtxs,
+		m.GoParents,
 		m.GoProcs,
+		m.GoWalkState,
 		m.ScratchMap,
 		m.ThreadCtxs,
 		m.TracedPids,

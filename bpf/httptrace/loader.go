@@ -394,8 +394,9 @@ type SharedMaps struct {
 	TracedPids *ebpf.Map // tgid -> 1: processes to trace
 	ThreadCtxs *ebpf.Map // pid_tgid -> context of the request a thread serves
 	ClientIDs  *ebpf.Map // pid_tgid -> ids of an injected traceparent
-	GoProcs    *ebpf.Map // tgid -> 1: Go processes tracked by goroutine
-	GoCtxs     *ebpf.Map // (tgid, goroutine) -> context (Go)
+	GoProcs    *ebpf.Map // tgid -> go_proc: Go processes tracked by goroutine
+	GoCtxs     *ebpf.Map // (tgid, goid) -> context (Go)
+	GoParents  *ebpf.Map // (tgid, goid) -> parentGoid (Go)
 }
 
 // Shared returns the maps to hand to ctxprop.Load.
@@ -406,5 +407,6 @@ func (t *Tracer) Shared() SharedMaps {
 		ClientIDs:  t.objs.ClientIds,
 		GoProcs:    t.objs.GoProcs,
 		GoCtxs:     t.objs.GoCtxs,
+		GoParents:  t.objs.GoParents,
 	}
 }

@@ -34,6 +34,9 @@ const (
 	Node   Lang = "node"
 	Java   Lang = "java"
 	Go     Lang = "go"
+	// GoStripped is apps/go built with -ldflags "-s -w": no symbol table,
+	// no DWARF; not in AllLangs.
+	GoStripped Lang = "go-stripped"
 	// GoSDK is apps/gosdk, a Go app instrumented with the OpenTelemetry SDK
 	// (otelhttp) that exports its own spans over OTLP/HTTP; not in AllLangs.
 	GoSDK Lang = "gosdk"
@@ -196,7 +199,10 @@ func StartAppEnv(t testing.TB, lang Lang, port int, service string, env ...strin
 		classes := buildJavaApp(t, dir)
 		cmd = exec.Command("java", "-cp", classes, "Server", portArg)
 	case Go:
-		cmd = exec.Command(buildGoApp(t, root, dir), portArg)
+		cmd = exec.Command(buildGoApp(t, root, dir, ""), portArg)
+	case GoStripped:
+		dir = filepath.Join(root, "test", "e2e", "apps", string(Go))
+		cmd = exec.Command(buildGoApp(t, root, dir, "-s -w"), portArg)
 	case GoSDK:
 		cmd = exec.Command(buildGoSDKApp(t, dir), portArg)
 	default:
@@ -272,9 +278,13 @@ func buildJavaApp(t testing.TB, dir string) string {
 
 // buildGoApp builds apps/go once into a cache directory keyed by the source's
 // hash and the Go version, and returns the binary's path.
-func buildGoApp(t testing.TB, root, dir string) string {
+func buildGoApp(t testing.TB, root, dir, ldflags string) string {
 	t.Helper()
-	out := cacheDir(t, "go", filepath.Join(dir, "main.go"))
+	kind := "go"
+	if ldflags != "" {
+		kind = "go-" + strings.NewReplacer(" ", "", "-", "").Replace(ldflags)
+	}
+	out := cacheDir(t, kind, filepath.Join(dir, "main.go"))
 	bin := filepath.Join(out, "goapp")
 	if _, err := os.Stat(bin); err == nil {
 		return bin
@@ -284,7 +294,7 @@ func buildGoApp(t testing.TB, root, dir string) string {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(tmp)
-	cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, "goapp"), "./test/e2e/apps/go")
+	cmd := exec.Command("go", "build", "-ldflags="+ldflags, "-o", filepath.Join(tmp, "goapp"), "./test/e2e/apps/go")
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./test/e2e/apps/go: %v\n%s", err, b)

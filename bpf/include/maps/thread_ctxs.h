@@ -8,8 +8,10 @@ struct thread_ctx {
 	__u8 trace_id[16];
 	__u8 span_id[8]; // the SERVER span the thread is serving
 	__u8 trace_flags;
-	__u8 inherited; // copied from the thread that created this one: used once
-	__u8 _pad[6];
+	__u8 inherited; // copied from the thread that created this one, or handed
+	                // to a Go goroutine: used once
+	__u8 blocked;   // Go: the goroutine has no context, whatever its ancestors'
+	__u8 _pad[5];
 };
 
 // Context of the request a thread is serving, pid_tgid -> context.

@@ -1,31 +1,26 @@
 // Command gochain is driven by goruntime's privileged tests, one command per
 // stdin line, one reply per stdout line:
 //
-//	(start)      "ready <tid>": goroutine P is locked to thread tid and waits
-//	ping         P wakes (runtime.execute on tid) and replies "pong"
-//	chain        P starts G2, G2 starts G3; G3 locks its thread and replies
-//	             "locked <tid>", then waits
-//	wake         G3 wakes (runtime.execute on its thread), replies "woke",
-//	             and waits again
-//	done         G3 unlocks its thread and exits (G2 has exited already);
-//	             replies "done"
-//	churn <ms>   P starts GOMAXPROCS workers that start goroutines for ms
-//	             milliseconds; "churned <n>"
-//	pingpong <ms>  with GOMAXPROCS=1, two goroutines hand a token back and
-//	             forth for ms milliseconds; "pingpong <round trips>"
+//	(start)      "ready <g> <goid>": the main goroutine's runtime.g address
+//	             and goid
+//	chain <n>    starts a chain of n goroutines, each started by the one
+//	             before; the last replies "chained <g> <goid> <parent goid>
+//	             <grandparent goid>" and waits for "release"
+//	release      ends the chain; replies "released"
+//	get <url>    one GET with a keep-alive net/http client; "got <status>"
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
-	"time"
 )
 
 var outMu sync.Mutex
@@ -36,36 +31,20 @@ func reply(format string, args ...any) {
 	fmt.Printf(format+"\n", args...)
 }
 
+// goid parses the current goroutine's id from its stack trace header.
+func goid() uint64 {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	f := bytes.Fields(buf)
+	id, _ := strconv.ParseUint(string(f[1]), 10, 64)
+	return id
+}
+
 func main() {
-	pcmds := make(chan string)
-	wake := make(chan struct{})
-	done := make(chan struct{})
-	g3exited := make(chan struct{})
-	go func() { // P
-		runtime.LockOSThread()
-		reply("ready %d %d", syscall.Gettid(), getg())
-		for cmd := range pcmds {
-			f := strings.Fields(cmd)
-			switch f[0] {
-			case "churn":
-				reply("churned %d", churn(millis(f)))
-			case "ping":
-				reply("pong")
-			case "chain":
-				go func() { // G2
-					go func() { // G3
-						runtime.LockOSThread()
-						reply("locked %d %d", syscall.Gettid(), getg())
-						<-wake
-						reply("woke")
-						<-done
-						runtime.UnlockOSThread()
-						g3exited <- struct{}{}
-					}()
-				}()
-			}
-		}
-	}()
+	reply("ready %d %d", getg(), goid())
+	release := make(chan struct{})
+	released := make(chan struct{})
+	client := &http.Client{}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		f := strings.Fields(in.Text())
@@ -73,67 +52,35 @@ func main() {
 			continue
 		}
 		switch f[0] {
-		case "ping", "chain", "churn":
-			pcmds <- in.Text()
-		case "wake":
-			wake <- struct{}{}
-		case "done":
-			done <- struct{}{}
-			<-g3exited
-			reply("done")
-		case "pingpong":
-			reply("pingpong %d", pingpong(millis(f)))
-		}
-	}
-}
-
-func millis(f []string) time.Duration {
-	if len(f) < 2 {
-		return time.Second
-	}
-	ms, _ := strconv.Atoi(f[1])
-	return time.Duration(ms) * time.Millisecond
-}
-
-// churn starts short goroutines from GOMAXPROCS workers, in batches.
-func churn(d time.Duration) int64 {
-	var n atomic.Int64
-	deadline := time.Now().Add(d)
-	var workers sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
-		workers.Go(func() {
-			var sink atomic.Int64
-			for time.Now().Before(deadline) {
-				var wg sync.WaitGroup
-				for range 100 {
-					wg.Go(func() { sink.Add(1) })
+		case "chain":
+			n, _ := strconv.Atoi(f[1])
+			ids := make([]uint64, n+1)
+			ids[0] = goid()
+			var level func(d int)
+			level = func(d int) {
+				ids[d] = goid()
+				if d < n {
+					go level(d + 1)
+					return
 				}
-				wg.Wait()
-				n.Add(100)
+				reply("chained %d %d %d %d", getg(), ids[d], ids[d-1], ids[d-2])
+				<-release
+				released <- struct{}{}
 			}
-		})
-	}
-	workers.Wait()
-	return n.Load()
-}
-
-// pingpong counts round trips of a token between two goroutines on one P:
-// each round trip is two goroutine switches, two runtime.execute calls.
-func pingpong(d time.Duration) int64 {
-	prev := runtime.GOMAXPROCS(1)
-	defer runtime.GOMAXPROCS(prev)
-	ping, pong := make(chan struct{}), make(chan struct{})
-	go func() {
-		for range ping {
-			pong <- struct{}{}
+			go level(1)
+		case "release":
+			release <- struct{}{}
+			<-released
+			reply("released")
+		case "get":
+			resp, err := client.Get(f[1])
+			if err != nil {
+				reply("got 0")
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			reply("got %d", resp.StatusCode)
 		}
-	}()
-	var n int64
-	deadline := time.Now().Add(d)
-	for ; n%1024 != 0 || time.Now().Before(deadline); n++ {
-		ping <- struct{}{}
-		<-pong
 	}
-	close(ping)
-	return n
 }

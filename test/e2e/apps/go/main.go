@@ -3,8 +3,11 @@
 // Usage: goapp <port>   (or PORT in the environment)
 //
 // A goroutine per connection, keep-alive on, outbound calls with a net/http
-// client, each on a new connection (DisableKeepAlives). Endpoints are the same
-// in every language; see test/e2e/doc.go.
+// client, each on a new connection (DisableKeepAlives), or on pooled
+// keep-alive connections with pooled=1, from the last of a chain of nest=<n>
+// goroutines (see nested; held=1: no goroutine of the chain exits before the
+// call is done). Endpoints are the same in every language; see
+// test/e2e/doc.go.
 package main
 
 import (
@@ -45,6 +48,36 @@ func main() {
 // client opens a new connection per call: no pooled keep-alive connection.
 var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
+// pooledClient keeps connections alive: calls reuse them (pooled=1), so the
+// transport's writeLoop goroutine writes requests of many callers.
+var pooledClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+// nested runs f in the depth-th goroutine of a chain started by the caller:
+// the goroutines in between do no I/O and wait for their child, except the
+// last one, which exits as soon as it has started f's goroutine (f's parent
+// has exited when f runs) unless held. depth <= 1 runs f in a goroutine of
+// the caller's.
+func nested(depth int, held bool, f func()) {
+	done := make(chan struct{})
+	var level func(d int)
+	level = func(d int) {
+		switch {
+		case d >= depth:
+			f()
+			close(done)
+		case d == depth-1 && !held:
+			go level(d + 1) // and exit
+		default:
+			child := make(chan struct{})
+			go func() { level(d + 1); close(child) }()
+			<-child
+			<-done
+		}
+	}
+	go level(1)
+	<-done
+}
+
 // pattern is the first n bytes of 0123456789 repeated: /call's pad and body.
 func pattern(n int) []byte {
 	if n <= 0 {
@@ -79,7 +112,26 @@ func call(q url.Values) (*http.Response, error) {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
-	return client.Do(req)
+	c := client
+	if q.Get("pooled") == "1" {
+		c = pooledClient
+	}
+	depth, _ := strconv.Atoi(q.Get("nest"))
+	if depth <= 0 {
+		return c.Do(req)
+	}
+	var resp *http.Response
+	nested(depth, q.Get("held") == "1", func() {
+		resp, err = c.Do(req)
+		if err == nil {
+			// Read here: the body is the nested goroutine's I/O too.
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+		}
+	})
+	return resp, err
 }
 
 func handle(w http.ResponseWriter, r *http.Request) {

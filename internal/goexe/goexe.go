@@ -1,0 +1,254 @@
+// Package goexe reads, from a Go executable file, what the kernel programs
+// need to follow its goroutines, whether or not the binary is stripped
+// (`go build -ldflags "-s -w"` removes the symbol table and DWARF, but keeps
+// the build info and .gopclntab):
+//
+//   - the offsets of runtime.g's goid, parentGoid and startpc: from DWARF
+//     when present, else from a per-release table (table.go, generated from
+//     the DWARF of each release's own build, see gen_test.go) keyed by the
+//     build info's Go version;
+//   - function entries: from the symbol table when present, else from
+//     .gopclntab (debug/gosym reads it in stripped binaries too);
+//   - the address of the goroutine table runtime.allgs (a []*g): from the
+//     symbol table when present, else from the code of runtime.forEachG,
+//     which loads the slice's array and length (two RIP-relative loads of
+//     adjacent words, A and A+8) after taking allglock (an address, LEA):
+//     the lowest A loaded together with A+8 is allgs. Tests check it against
+//     the symbol table of the same program built with symbols.
+//
+// amd64 only for allgs (the instruction decoder is x86's).
+package goexe
+
+import (
+	"debug/buildinfo"
+	"debug/dwarf"
+	"debug/elf"
+	"debug/gosym"
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// ErrNotGo is returned for an executable that is not a Go program.
+var ErrNotGo = errors.New("not a Go executable")
+
+// ErrUnsupportedGo is returned for a stripped executable of a Go release the
+// offset table does not hold (runtime.g has parentGoid since Go 1.21).
+var ErrUnsupportedGo = errors.New("Go release without known runtime.g offsets")
+
+// Func is a function's code, as virtual addresses.
+type Func struct{ Entry, End uint64 }
+
+// Offsets are byte offsets of runtime.g fields.
+type Offsets struct {
+	Goid, ParentGoid, StartPC uint64
+}
+
+// Info is what Inspect found.
+type Info struct {
+	GoVersion string // from the build info, e.g. "go1.26.8"
+	HasDWARF  bool
+	G         Offsets
+	// AllGs is the link-time address of runtime.allgs, 0 if not found.
+	AllGs uint64
+	// Funcs holds the functions asked for that the program has.
+	Funcs map[string]Func
+}
+
+const symAllGs = "runtime.allgs"
+
+// Inspect reads path. funcs names functions to look up (absent ones are
+// left out of Info.Funcs).
+func Inspect(path string, funcs ...string) (*Info, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("parse executable: %w", err)
+	}
+	defer f.Close()
+	// Every Go executable has it, stripped or not: nothing else is read
+	// for other programs.
+	if f.Section(".go.buildinfo") == nil {
+		return nil, ErrNotGo
+	}
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read Go build info: %w", err)
+	}
+	info := &Info{GoVersion: bi.GoVersion, Funcs: map[string]Func{}}
+
+	if d, err := f.DWARF(); err == nil {
+		if off, err := dwarfOffsets(d); err == nil {
+			info.HasDWARF = true
+			info.G = off
+		}
+	}
+	if !info.HasDWARF {
+		off, ok := tableOffsets(info.GoVersion)
+		if !ok {
+			return nil, fmt.Errorf("%s, stripped: %w", info.GoVersion, ErrUnsupportedGo)
+		}
+		info.G = off
+	}
+
+	want := map[string]bool{"runtime.forEachG": true}
+	for _, n := range funcs {
+		want[n] = true
+	}
+	all, allgs, err := functions(f, want)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range funcs {
+		if fn, ok := all[n]; ok {
+			info.Funcs[n] = fn
+		}
+	}
+	info.AllGs = allgs
+	if info.AllGs == 0 && f.Machine == elf.EM_X86_64 {
+		if fe, ok := all["runtime.forEachG"]; ok {
+			info.AllGs, _ = allgsFromCode(f, fe)
+		}
+	}
+	return info, nil
+}
+
+// dwarfOffsets finds runtime.g's fields in DWARF.
+func dwarfOffsets(d *dwarf.Data) (Offsets, error) {
+	r := d.Reader()
+	for {
+		e, err := r.Next()
+		if err != nil || e == nil {
+			return Offsets{}, errors.New("runtime.g not in DWARF")
+		}
+		if e.Tag != dwarf.TagStructType || e.Val(dwarf.AttrName) != "runtime.g" {
+			if e.Children && e.Tag != dwarf.TagCompileUnit {
+				r.SkipChildren()
+			}
+			continue
+		}
+		fields := map[string]uint64{}
+		for {
+			m, err := r.Next()
+			if err != nil || m == nil || m.Tag == 0 {
+				break
+			}
+			if m.Tag != dwarf.TagMember {
+				continue
+			}
+			name, _ := m.Val(dwarf.AttrName).(string)
+			if loc, ok := m.Val(dwarf.AttrDataMemberLoc).(int64); ok {
+				fields[name] = uint64(loc)
+			}
+		}
+		off := Offsets{Goid: fields["goid"], ParentGoid: fields["parentGoid"], StartPC: fields["startpc"]}
+		if off.Goid == 0 || off.ParentGoid == 0 || off.StartPC == 0 {
+			return Offsets{}, fmt.Errorf("runtime.g without goid, parentGoid or startpc: %v", fields)
+		}
+		return off, nil
+	}
+}
+
+// tableRelease is version's release: "go1.26" of "go1.26.8" or of
+// "go1.26.8 X:nocoverageredesign".
+func tableRelease(version string) (string, bool) {
+	version, _, _ = strings.Cut(version, " ")
+	rest, ok := strings.CutPrefix(version, "go1.")
+	if !ok {
+		return version, false
+	}
+	minor, _, _ := strings.Cut(rest, ".")
+	return "go1." + minor, true
+}
+
+// tableOffsets looks version's release up in the generated table.
+func tableOffsets(version string) (Offsets, bool) {
+	release, ok := tableRelease(version)
+	if !ok {
+		return Offsets{}, false
+	}
+	off, ok := gOffsets[release]
+	return off, ok
+}
+
+// functions returns the functions named in want, from the symbol table if
+// there is one, else from .gopclntab, and runtime.allgs from the symbol
+// table (0 without one).
+func functions(f *elf.File, want map[string]bool) (map[string]Func, uint64, error) {
+	out := map[string]Func{}
+	syms, err := f.Symbols()
+	if err == nil {
+		var allgs uint64
+		for _, s := range syms {
+			switch {
+			case s.Name == symAllGs && elf.ST_TYPE(s.Info) == elf.STT_OBJECT:
+				allgs = s.Value
+			case want[s.Name] && elf.ST_TYPE(s.Info) == elf.STT_FUNC:
+				out[s.Name] = Func{Entry: s.Value, End: s.Value + s.Size}
+			}
+		}
+		return out, allgs, nil
+	}
+	if !errors.Is(err, elf.ErrNoSymbols) {
+		return nil, 0, fmt.Errorf("read symbol table: %w", err)
+	}
+	pcln := f.Section(".gopclntab")
+	text := f.Section(".text")
+	if pcln == nil || text == nil {
+		return nil, 0, errors.New("stripped Go executable without .gopclntab")
+	}
+	data, err := pcln.Data()
+	if err != nil {
+		return nil, 0, fmt.Errorf("read .gopclntab: %w", err)
+	}
+	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+	if err != nil {
+		return nil, 0, fmt.Errorf("parse .gopclntab: %w", err)
+	}
+	for _, fn := range tab.Funcs {
+		if want[fn.Name] {
+			out[fn.Name] = Func{Entry: fn.Entry, End: fn.End}
+		}
+	}
+	return out, 0, nil
+}
+
+// allgsFromCode finds runtime.allgs in the code of runtime.forEachG: the
+// lowest address A it loads (MOV) together with A+8.
+func allgsFromCode(f *elf.File, fn Func) (uint64, error) {
+	text := f.Section(".text")
+	if text == nil || fn.Entry < text.Addr || fn.End > text.Addr+text.Size || fn.End <= fn.Entry {
+		return 0, errors.New("runtime.forEachG outside .text")
+	}
+	code := make([]byte, fn.End-fn.Entry)
+	if _, err := text.ReadAt(code, int64(fn.Entry-text.Addr)); err != nil {
+		return 0, fmt.Errorf("read runtime.forEachG: %w", err)
+	}
+	loads := map[uint64]bool{}
+	for i := 0; i < len(code); {
+		inst, err := x86asm.Decode(code[i:], 64)
+		if err != nil || inst.Len == 0 {
+			i++
+			continue
+		}
+		if inst.Op == x86asm.MOV {
+			for _, a := range inst.Args {
+				if m, ok := a.(x86asm.Mem); ok && m.Base == x86asm.RIP {
+					loads[fn.Entry+uint64(i+inst.Len)+uint64(m.Disp)] = true
+				}
+			}
+		}
+		i += inst.Len
+	}
+	var best uint64
+	for a := range loads {
+		if loads[a+8] && (best == 0 || a < best) {
+			best = a
+		}
+	}
+	if best == 0 {
+		return 0, errors.New("no slice load in runtime.forEachG")
+	}
+	return best, nil
+}
