@@ -262,7 +262,7 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 		wl.ports = []int{proxyPort, backendPort}
 		wl.url = fmt.Sprintf("http://127.0.0.1:%d/hello", proxyPort)
 		wl.stats = fmt.Sprintf("http://127.0.0.1:%d/stats", backendPort)
-		if err := startApp("proxy", bins["proxy"], strconv.Itoa(proxyPort), strconv.Itoa(backendPort)); err != nil {
+		if err := startApp("proxy", bins["proxy"], "-new-conn", strconv.Itoa(proxyPort), strconv.Itoa(backendPort)); err != nil {
 			return err
 		}
 		return startApp("backend", bins["server"], "-stats", strconv.Itoa(backendPort))
