@@ -201,7 +201,7 @@ func printHeader(w io.Writer, o options) {
 	var uts syscall.Utsname
 	_ = syscall.Uname(&uts)
 	fmt.Fprintf(w, "\n## ebpf_tracing cost budget\n\n")
-	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency` per service; %d rounds of %s; batch → otlp_http (%s) to a sink in the bench; ebpf: %s\n",
+	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency` per service; rounds: %d, each %s; batch → otlp_http (%s) to a sink in the bench; ebpf: %s\n",
 		host, utsString(uts.Release[:]), runtime.NumCPU(), runtime.Version(), o.threads, o.connections, o.duration, o.rounds,
 		runOrder(o), o.compression, ebpfDesc(o.ebpf))
 }
