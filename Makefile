@@ -72,8 +72,11 @@ test: mounts
 	@echo "propagation again with the sys_exit fallback forced (ebpf.io_hook: sys_exit)"
 	E2E_IO_HOOK=sys_exit go test -count=1 -tags privileged -timeout 20m -run 'Propagation|ClientSpanIsChild|KeepAliveAndPipelining|Concurrent200' ./test/e2e/ 2>&1
 
-# Overhead measurement (wrk without/with the collector), as root; pass flags
-# with BENCH_FLAGS="-wakeup-len 0 -rounds 5". See test/bench/main.go.
+# Cost budget (wrk without the collector, with a floor collector whose
+# programs return at once, and with the collector), as root; pass flags with
+# BENCH_FLAGS, e.g. BENCH_FLAGS=-quick for a smoke run or
+# BENCH_FLAGS="-workload server,neighbour -modes all -rounds 5". See
+# test/bench/main.go and the README's Performance section.
 bench: mounts
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench needs root (the collector loads eBPF programs)"; exit 1; fi
 	@if ! command -v wrk >/dev/null; then \

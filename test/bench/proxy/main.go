@@ -1,27 +1,33 @@
-// Command proxy is the middle tier of the bench's proxy workload
+// Command proxy is the middle tier of the bench's proxy workloads
 // (wrk → proxy → backend): plain net/http, standard library only.
 //
-// Usage: proxy <port> <backend port>
+// Usage: proxy [-new-conn] <port> <backend port>
 //
-//	GET /hello  one GET http://127.0.0.1:<backend port>/hello; 200 with the
-//	            backend's body (text/plain, Content-Length set), 502 when the
-//	            backend fails or answers other than 200
-//	anything else 404
+//	GET /hello        one GET http://127.0.0.1:<backend port>/hello; 200 with
+//	                  the backend's body (text/plain, Content-Length set), 502
+//	                  when the backend fails or answers other than 200
+//	POST /close-idle  closes the idle connections to the backend; 204
+//	anything else     404
 //
 // It listens on 127.0.0.1:<port> and prints "ready" on stdout once listening.
 //
-// The outgoing client opens a NEW connection to the backend for every
-// request (Transport.DisableKeepAlives). The receiver injects traceparent
-// only on connections that a traced process opened after the collector
-// started (bpf/ctxprop's sockops adds a socket to its sockhash when it
-// connects); a keep-alive pool would carry connections opened during a
-// WITHOUT run, or under an earlier collector, into the next WITH run and
-// those would never be injected. Fresh connections per request also mean no
-// connection outlives a collector restart. The cost is a TCP handshake per
-// request on loopback, the same in WITHOUT and WITH runs.
+// By default the outgoing client keeps its connections to the backend alive,
+// one idle connection kept per concurrent request (up to 1024), as a
+// net/http service calling another one usually does. The receiver injects
+// traceparent only on connections that a traced process opened after the
+// collector started (bpf/ctxprop's sockops adds a socket to its sockhash when
+// it connects), so the bench calls POST /close-idle before every run, while
+// no collector runs: each run then opens its own backend connections, under
+// that run's collector if any.
+//
+// With -new-conn the client opens a NEW connection to the backend for every
+// request (Transport.DisableKeepAlives): a TCP handshake and teardown per
+// request on loopback, which the connection-level programs (sockops, the
+// socket state tracepoints) pay for per request instead of per run.
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -32,23 +38,25 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: proxy <port> <backend port>")
+	newConn := flag.Bool("new-conn", false, "open a new backend connection per request (no keep-alive)")
+	flag.Usage = func() { fmt.Fprintln(os.Stderr, "usage: proxy [-new-conn] <port> <backend port>") }
+	flag.Parse()
+	if flag.NArg() != 2 {
+		flag.Usage()
 		os.Exit(2)
 	}
-	backendURL := "http://" + net.JoinHostPort("127.0.0.1", os.Args[2]) + "/hello"
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", os.Args[1]))
+	backendURL := "http://" + net.JoinHostPort("127.0.0.1", flag.Arg(1)) + "/hello"
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", flag.Arg(0)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(1)
 	}
-	client := &http.Client{
-		Transport: &http.Transport{
-			Proxy:             nil, // never an HTTP_PROXY from the environment
-			DisableKeepAlives: true,
-		},
-		Timeout: 10 * time.Second,
+	transport := &http.Transport{
+		Proxy:               nil, // never an HTTP_PROXY from the environment
+		DisableKeepAlives:   *newConn,
+		MaxIdleConnsPerHost: 1024, // the default 2 would close most connections under wrk -c32
 	}
+	client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /hello", func(w http.ResponseWriter, r *http.Request) {
 		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, backendURL, nil)
@@ -70,6 +78,10 @@ func main() {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		_, _ = w.Write(body)
+	})
+	mux.HandleFunc("POST /close-idle", func(w http.ResponseWriter, _ *http.Request) {
+		transport.CloseIdleConnections()
+		w.WriteHeader(http.StatusNoContent)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Println("ready")

@@ -1,0 +1,223 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// workloadNames are the -workload values, in run order.
+var workloadNames = []string{"server", "proxy", "proxy-new", "neighbour"}
+
+// workload is one client → service(s) setup the bench measures.
+type workload struct {
+	name     string // -workload value
+	title    string // report heading
+	appLabel string // whose CPU the app CPU column counts
+
+	// Targets from the project's goals, checked per mode; 0: none.
+	targetTput float64 // throughput ratio WITH/WITHOUT, at least
+	targetP99  float64 // p99 ratio WITH/WITHOUT, at most
+
+	// Set by start.
+	traced    []*app // selected by the collector; wrk talks to the first
+	neighbour *app   // loaded by its own wrk, not selected; nil when none
+	stats     string // the backend's /stats URL; "" when there is none
+	closeIdle string // the keep-alive proxy's POST /close-idle URL; "" when none
+}
+
+// app is one process of a workload.
+type app struct {
+	*proc
+	port int
+	// spansPerReq is how many spans this process must export per request
+	// wrk completes on the workload's front (one per side of each traced
+	// request it takes part in); 0 for the neighbour.
+	spansPerReq int
+}
+
+// newWorkload describes the workload name (one of workloadNames).
+func newWorkload(name string) *workload {
+	switch name {
+	case "server":
+		return &workload{name: name, title: "wrk → Go net/http hello server", appLabel: "server",
+			targetTput: 0.95, targetP99: 1.10}
+	case "proxy":
+		return &workload{name: name, title: "wrk → Go net/http proxy (keep-alive) → Go hello backend", appLabel: "proxy+backend",
+			targetTput: 0.90, targetP99: 1.15}
+	case "proxy-new":
+		return &workload{name: name, title: "wrk → Go net/http proxy (new connection per request) → Go hello backend", appLabel: "proxy+backend",
+			targetTput: 0.90, targetP99: 1.15}
+	case "neighbour":
+		return &workload{name: name, title: "wrk → traced Go hello server, and a second wrk → untraced Go hello neighbour", appLabel: "traced server"}
+	}
+	panic("unknown workload " + name)
+}
+
+// portsNeeded is how many free ports start takes.
+func (wl *workload) portsNeeded() int {
+	if wl.name == "server" {
+		return 1
+	}
+	return 2
+}
+
+// start starts the workload's processes (from the binaries built by run) on
+// the given free ports.
+func (wl *workload) start(ctx context.Context, bins map[string]string, ports []int) error {
+	// Each command takes [flags] <port> [more ports].
+	startApp := func(name string, port, spans int, bin string, flags []string, more ...string) (*app, error) {
+		args := append(append(flags, strconv.Itoa(port)), more...)
+		p, err := startProc(ctx, name, 0, nil, bin, args...)
+		if err != nil {
+			return nil, err
+		}
+		a := &app{proc: p, port: port, spansPerReq: spans}
+		if spans > 0 {
+			wl.traced = append(wl.traced, a)
+		} else {
+			wl.neighbour = a
+		}
+		return a, p.waitOutput(ctx, "ready\n", 10*time.Second)
+	}
+	switch wl.name {
+	case "server":
+		_, err := startApp("server", ports[0], 1, bins["server"], nil)
+		return err
+	case "proxy", "proxy-new":
+		proxyPort, backendPort := ports[0], ports[1]
+		var flags []string
+		if wl.name == "proxy-new" {
+			flags = []string{"-new-conn"}
+		} else {
+			wl.closeIdle = fmt.Sprintf("http://127.0.0.1:%d/close-idle", proxyPort)
+		}
+		// The proxy's SERVER and CLIENT spans.
+		if _, err := startApp("proxy", proxyPort, 2, bins["proxy"], flags, strconv.Itoa(backendPort)); err != nil {
+			return err
+		}
+		wl.stats = fmt.Sprintf("http://127.0.0.1:%d/stats", backendPort)
+		_, err := startApp("backend", backendPort, 1, bins["server"], []string{"-stats"})
+		return err
+	case "neighbour":
+		if _, err := startApp("server", ports[0], 1, bins["server"], nil); err != nil {
+			return err
+		}
+		_, err := startApp("neighbour", ports[1], 0, bins["server"], nil)
+		return err
+	}
+	return fmt.Errorf("unknown workload %q", wl.name)
+}
+
+func (wl *workload) apps() []*app {
+	if wl.neighbour == nil {
+		return wl.traced
+	}
+	return append(wl.traced[:len(wl.traced):len(wl.traced)], wl.neighbour)
+}
+
+func (wl *workload) stop() {
+	for _, a := range wl.apps() {
+		a.kill()
+	}
+}
+
+func (wl *workload) alive() error {
+	for _, a := range wl.apps() {
+		if err := a.alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// url is what the main wrk requests: the first traced process.
+func (wl *workload) url() string {
+	return fmt.Sprintf("http://127.0.0.1:%d/hello", wl.traced[0].port)
+}
+
+// ports are the ports the collector selects (discovery.instrument
+// open_ports): the traced processes', never the neighbour's.
+func (wl *workload) ports() []int {
+	out := make([]int, len(wl.traced))
+	for i, a := range wl.traced {
+		out[i] = a.port
+	}
+	return out
+}
+
+func (wl *workload) tracedPIDs() []int {
+	out := make([]int, len(wl.traced))
+	for i, a := range wl.traced {
+		out[i] = a.pid()
+	}
+	return out
+}
+
+func (wl *workload) desc() string {
+	var parts []string
+	for _, a := range wl.apps() {
+		parts = append(parts, fmt.Sprintf("%s pid %d port %d", a.name, a.pid(), a.port))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// benchClient opens a new connection per call, so no connection of the
+// bench to a workload process stays open across collectors.
+var benchClient = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+
+// backendStats is a proxy workload backend's GET /stats.
+type backendStats struct {
+	Requests        int64 `json:"requests"`
+	WithTraceparent int64 `json:"with_traceparent"`
+}
+
+// getStats reads the backend's counters. Called only while no collector of
+// this bench runs, so these requests are never traced.
+func getStats(ctx context.Context, url string) (backendStats, error) {
+	var st backendStats
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := benchClient.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("backend stats: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("backend stats: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("backend stats: %w", err)
+	}
+	return st, nil
+}
+
+// closeIdleConns makes the keep-alive proxy drop its idle backend
+// connections, so the next run opens its own (see test/bench/proxy). Called
+// only while no collector of this bench runs.
+func (wl *workload) closeIdleConns(ctx context.Context) error {
+	if wl.closeIdle == "" {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, wl.closeIdle, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := benchClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("proxy close-idle: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("proxy close-idle: %s", resp.Status)
+	}
+	return nil
+}
