@@ -228,7 +228,9 @@ func TestUnselectedProcessUntraced(t *testing.T) {
 			resp.Body.Close()
 		}
 	}
-	f.sink.WaitForSpans(t, func(s Span) bool { return s.Service() == "py-svc" && s.Str("url.query") != "" && strings.HasPrefix(s.Str("url.query"), "u=") }, 20, spanTimeout)
+	f.sink.WaitForSpans(t, func(s Span) bool {
+		return s.Service() == "py-svc" && s.Str("url.query") != "" && strings.HasPrefix(s.Str("url.query"), "u=")
+	}, 20, spanTimeout)
 	time.Sleep(settle)
 	for _, s := range f.sink.Spans() {
 		if s.Service() == "other-svc" {
