@@ -349,21 +349,33 @@ func (t *Tracker) progs() programs {
 	return t.single
 }
 
-func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]link.Link, error) {
-	sites := []struct {
-		prog *ebpf.Program
-		sym  string
-		addr uint64
-	}{
+// site is one probed instruction and its program.
+type site struct {
+	prog *ebpf.Program
+	sym  string
+	addr uint64 // file offset
+}
+
+// probeSites are the instructions to probe in an executable (the optional
+// ones it has).
+func probeSites(p programs, info *exeInfo) []site {
+	all := []site{
 		{p.RoundTrip, symRoundTrip, info.roundTrip},
 		{p.WriteLoop, symWriteLoop, info.writeLoop},
 		{p.Dial, symQueueForDial, info.dial},
 	}
-	var links []link.Link
-	for _, s := range sites {
-		if s.addr == 0 {
-			continue
+	var sites []site
+	for _, s := range all {
+		if s.addr != 0 {
+			sites = append(sites, s)
 		}
+	}
+	return sites
+}
+
+func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]link.Link, error) {
+	var links []link.Link
+	for _, s := range probeSites(p, info) {
 		l, err := ex.UprobeMulti(nil, s.prog, &link.UprobeMultiOptions{Addresses: []uint64{s.addr}, PID: uint32(pid)})
 		if err != nil {
 			closeLinks(links)
@@ -375,20 +387,8 @@ func attachMulti(ex *link.Executable, p programs, info *exeInfo, pid int) ([]lin
 }
 
 func attachSingle(ex *link.Executable, p programs, info *exeInfo) ([]link.Link, error) {
-	sites := []struct {
-		prog *ebpf.Program
-		sym  string
-		addr uint64
-	}{
-		{p.RoundTrip, symRoundTrip, info.roundTrip},
-		{p.WriteLoop, symWriteLoop, info.writeLoop},
-		{p.Dial, symQueueForDial, info.dial},
-	}
 	var links []link.Link
-	for _, s := range sites {
-		if s.addr == 0 {
-			continue
-		}
+	for _, s := range probeSites(p, info) {
 		l, err := ex.Uprobe("", s.prog, &link.UprobeOptions{Address: s.addr})
 		if err != nil {
 			closeLinks(links)
