@@ -84,6 +84,13 @@ type ctxpropThreadCtx struct {
 	Pad        [5]uint8
 }
 
+type ctxpropTracestate struct {
+	_    structs.HostLayout
+	Len  uint16
+	Pad  [6]uint8
+	Data [512]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -100,6 +107,7 @@ const (
 	ctxpropMapPropScratchMap    = "prop_scratch_map"
 	ctxpropMapThreadCtxs        = "thread_ctxs"
 	ctxpropMapTracedPids        = "traced_pids"
+	ctxpropMapTracestates       = "tracestates"
 	ctxpropProgCtxpropExisting  = "ctxprop_existing"
 	ctxpropProgCtxpropSkMsg     = "ctxprop_sk_msg"
 	ctxpropProgCtxpropSockops   = "ctxprop_sockops"
@@ -170,6 +178,7 @@ type ctxpropMapSpecs struct {
 	PropScratchMap *ebpf.MapSpec `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids     *ebpf.MapSpec `ebpf:"traced_pids"`
+	Tracestates    *ebpf.MapSpec `ebpf:"tracestates"`
 }
 
 // ctxpropVariableSpecs contains global variables before they are loaded into the kernel.
@@ -212,6 +221,7 @@ type ctxpropMaps struct {
 	PropScratchMap *ebpf.Map `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids     *ebpf.Map `ebpf:"traced_pids"`
+	Tracestates    *ebpf.Map `ebpf:"tracestates"`
 }
 
 func (m *ctxpropMaps) Close() error {
@@ -228,6 +238,7 @@ func (m *ctxpropMaps) Close() error {
 		m.PropScratchMap,
 		m.ThreadCtxs,
 		m.TracedPids,
+		m.Tracestates,
 	)
 }
 

@@ -49,6 +49,7 @@ func Load(shared httptrace.SharedMaps, returnAtOnce bool) (*Propagator, error) {
 		"go_procs":    shared.GoProcs,
 		"go_ctxs":     shared.GoCtxs,
 		"go_parents":  shared.GoParents,
+		"tracestates": shared.Tracestates,
 	}}
 	if err := spec.LoadAndAssign(&p.objs, opts); err != nil {
 		var ve *ebpf.VerifierError

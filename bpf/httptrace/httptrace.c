@@ -22,6 +22,7 @@
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
 #include "maps/client_ids.h"
+#include "maps/tracestate.h"
 #include "maps/go.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

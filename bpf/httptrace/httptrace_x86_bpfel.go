@@ -177,6 +177,13 @@ type httptraceThreadCtx struct {
 	Pad        [5]uint8
 }
 
+type httptraceTracestate struct {
+	_    structs.HostLayout
+	Len  uint16
+	Pad  [6]uint8
+	Data [512]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -193,6 +200,7 @@ const (
 	httptraceMapScratchMap           = "scratch_map"
 	httptraceMapThreadCtxs           = "thread_ctxs"
 	httptraceMapTracedPids           = "traced_pids"
+	httptraceMapTracestates          = "tracestates"
 	httptraceProgHttptraceExit       = "httptrace_exit"
 	httptraceProgHttptraceExitBtf    = "httptrace_exit_btf"
 	httptraceProgHttptraceFork       = "httptrace_fork"
@@ -277,6 +285,7 @@ type httptraceMapSpecs struct {
 	ScratchMap  *ebpf.MapSpec `ebpf:"scratch_map"`
 	ThreadCtxs  *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids  *ebpf.MapSpec `ebpf:"traced_pids"`
+	Tracestates *ebpf.MapSpec `ebpf:"tracestates"`
 }
 
 // httptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -323,6 +332,7 @@ type httptraceMaps struct {
 	ScratchMap  *ebpf.Map `ebpf:"scratch_map"`
 	ThreadCtxs  *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids  *ebpf.Map `ebpf:"traced_pids"`
+	Tracestates *ebpf.Map `ebpf:"tracestates"`
 }
 
 func (m *httptraceMaps) Close() error {
@@ -339,6 +349,7 @@ func (m *httptraceMaps) Close() error {
 		m.ScratchMap,
 		m.ThreadCtxs,
 		m.TracedPids,
+		m.Tracestates,
 	)
 }
 

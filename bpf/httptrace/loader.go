@@ -397,16 +397,19 @@ type SharedMaps struct {
 	GoProcs    *ebpf.Map // tgid -> go_proc: Go processes tracked by goroutine
 	GoCtxs     *ebpf.Map // (tgid, goid) -> context (Go)
 	GoParents  *ebpf.Map // (tgid, goid) -> parentGoid (Go)
+	// Tracestates: SERVER span id -> tracestate of its incoming context.
+	Tracestates *ebpf.Map
 }
 
 // Shared returns the maps to hand to ctxprop.Load.
 func (t *Tracer) Shared() SharedMaps {
 	return SharedMaps{
-		TracedPids: t.objs.TracedPids,
-		ThreadCtxs: t.objs.ThreadCtxs,
-		ClientIDs:  t.objs.ClientIds,
-		GoProcs:    t.objs.GoProcs,
-		GoCtxs:     t.objs.GoCtxs,
-		GoParents:  t.objs.GoParents,
+		TracedPids:  t.objs.TracedPids,
+		ThreadCtxs:  t.objs.ThreadCtxs,
+		ClientIDs:   t.objs.ClientIds,
+		GoProcs:     t.objs.GoProcs,
+		GoCtxs:      t.objs.GoCtxs,
+		GoParents:   t.objs.GoParents,
+		Tracestates: t.objs.Tracestates,
 	}
 }
