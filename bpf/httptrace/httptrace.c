@@ -696,14 +696,30 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 	__u64 reader = (pid_tgid & 0xffffffff00000000ull) | r->tid;
 	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &reader);
 	bool owned = t && same_span(t->span_id, r->span_id);
+	__u64 go_owner = 0;
 	if (r->goroutine) {
 		struct go_key k = {.tgid = key.tgid, .g = r->goroutine};
 		struct thread_ctx *gt = bpf_map_lookup_elem(&go_ctxs, &k);
-		if (gt && same_span(gt->span_id, r->span_id))
+		if (gt && same_span(gt->span_id, r->span_id)) {
 			bpf_map_delete_elem(&go_ctxs, &k);
+			go_owner = r->goroutine;
+		}
 	}
 	c->srv_head = (c->srv_head + 1) & (PIPELINE_DEPTH - 1);
 	c->srv_count--;
+	// A pipelined request read with this one is served next by the same
+	// goroutine (net/http serves a connection's requests in order on its
+	// conn goroutine, from bytes already buffered): it takes the context.
+	if (go_owner && c->srv_count) {
+		struct req_info *nr = &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)];
+		struct thread_ctx nt = {};
+		__builtin_memcpy(nt.trace_id, nr->trace_id, sizeof(nt.trace_id));
+		__builtin_memcpy(nt.span_id, nr->span_id, sizeof(nt.span_id));
+		nt.trace_flags = nr->trace_flags;
+		struct go_key nk = {.tgid = key.tgid, .g = go_owner};
+		bpf_map_update_elem(&go_ctxs, &nk, &nt, BPF_ANY);
+		nr->goroutine = go_owner;
+	}
 	if (owned) {
 		if (c->srv_count == 0)
 			bpf_map_delete_elem(&thread_ctxs, &reader);

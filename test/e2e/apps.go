@@ -447,6 +447,13 @@ type PipelinedResponse struct {
 // order.
 func Pipeline(t testing.TB, addr string, paths []string) []PipelinedResponse {
 	t.Helper()
+	return PipelineWithHeaders(t, addr, paths, nil)
+}
+
+// PipelineWithHeaders is Pipeline with extra header lines per request:
+// headers[i] (e.g. "traceparent: 00-…") go into request i after User-Agent.
+func PipelineWithHeaders(t testing.TB, addr string, paths []string, headers [][]string) []PipelinedResponse {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
@@ -456,6 +463,11 @@ func Pipeline(t testing.TB, addr string, paths []string) []PipelinedResponse {
 	var req strings.Builder
 	for i, p := range paths {
 		fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: e2e-pipeline\r\n", p, addr)
+		if i < len(headers) {
+			for _, h := range headers[i] {
+				req.WriteString(h + "\r\n")
+			}
+		}
 		if i == len(paths)-1 {
 			req.WriteString("Connection: close\r\n")
 		}
