@@ -87,6 +87,10 @@ function handle(req, res) {
       if (tp) {
         headers['traceparent'] = tp;
       }
+      const ts = url.searchParams.get('tracestate');
+      if (ts) {
+        headers['tracestate'] = ts;
+      }
       const method = url.searchParams.get('method') || 'GET';
       let payload;
       if (method === 'POST') {

@@ -89,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
                 headers["X-Pad"] = pattern(int(param("pad"))).decode("ascii")
             if param("traceparent"):
                 headers["traceparent"] = param("traceparent")
+            if param("tracestate"):
+                headers["tracestate"] = param("tracestate")
             method = param("method") or "GET"
             data = None
             if method == "POST":
