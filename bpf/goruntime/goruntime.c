@@ -127,13 +127,18 @@ static __always_inline int on_round_trip(struct pt_regs *ctx)
 		c.blocked = 0;
 	}
 	struct pc_key pk = {.tgid = pid_tgid >> 32, .pc = GO_ARG1(ctx)};
+	// Handed over for a writeLoop that has not started yet: a new
+	// connection's (the caller that dialed usually runs before the
+	// writeLoop goroutine), or one made before the probes, whose writeLoop
+	// stays without context. Always, since the writer found below may be
+	// stale: a persistConn freed by the GC leaves its entry, and a new one
+	// at the same address would otherwise hand its first request to the
+	// dead writeLoop. A live writeLoop never takes it; a later one at this
+	// address gets its own request's context from its own roundTrip.
+	bpf_map_update_elem(&go_handed, &pk, &c, BPF_ANY);
 	__u64 *writer = bpf_map_lookup_elem(&go_write_loops, &pk);
-	if (!writer) {
-		// A new connection whose writeLoop has not started yet (or one made
-		// before the probes, whose writeLoop stays without context).
-		bpf_map_update_elem(&go_handed, &pk, &c, BPF_ANY);
+	if (!writer)
 		return 0;
-	}
 	struct go_key wk = {.tgid = pid_tgid >> 32, .g = *writer};
 	bpf_map_update_elem(&go_ctxs, &wk, &c, BPF_ANY);
 	return 0;
