@@ -136,7 +136,7 @@ func TestGoStrippedGatewayConcurrent(t *testing.T) {
 	gw, py := f.apps["gw-svc"], f.apps["py-svc"]
 	for _, held := range []string{"1", "0"} {
 		t.Run("held="+held, func(t *testing.T) {
-			wrong, missing, n := concurrentGateway(t, gw, py, held)
+			wrong, missing, n := concurrentGateway(t, gw, py, held, true, 200, 50)
 			assert.Zero(t, wrong, "calls that carried another request's trace id")
 			if held == "1" {
 				assert.Zero(t, missing, "calls that carried no traceparent")
@@ -146,11 +146,23 @@ func TestGoStrippedGatewayConcurrent(t *testing.T) {
 	}
 }
 
-// concurrentGateway sends 200 requests, 50 at a time, through gw to py and
-// counts the backend calls that carried another request's trace id and
-// those that carried none.
-func concurrentGateway(t *testing.T, gw, py *App, held string) (wrong, missing, n int) {
-	const total, parallel = 200, 50
+// TestGoGatewayNewConnections: a Go gateway opens a new backend connection
+// per call (DisableKeepAlives) for 1500 requests, 32 at a time, so the GC
+// frees persistConns and new ones reuse their addresses: every call still
+// carries its own request's trace id.
+func TestGoGatewayNewConnections(t *testing.T) {
+	f := startFleetEBPF(t, propagationAll, appSpec{Go, "gw-new-svc"}, appSpec{Go, "be-new-svc"})
+	wrong, missing, n := concurrentGateway(t, f.apps["gw-new-svc"], f.apps["be-new-svc"], "1", false, 1500, 32)
+	assert.Zero(t, wrong, "calls that carried another request's trace id")
+	assert.Zero(t, missing, "calls that carried no traceparent")
+	t.Logf("%d requests: %d wrong trace ids, %d without traceparent", n, wrong, missing)
+}
+
+// concurrentGateway sends total requests, parallel at a time, through gw to
+// py (on pooled backend connections or a new one per call) and counts the
+// backend calls that carried another request's trace id and those that
+// carried none.
+func concurrentGateway(t *testing.T, gw, py *App, held string, pooled bool, total, parallel int) (wrong, missing, n int) {
 	client := NewClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -165,12 +177,19 @@ func concurrentGateway(t *testing.T, gw, py *App, held string) (wrong, missing, 
 	for i := 0; i < total; i++ {
 		tag := fmt.Sprintf("gw%s-%03d", held, i)
 		nest := fmt.Sprint(i % 3 * 3) // 0 (the handler), 3 and 6 levels
+		if !pooled {
+			nest = "0"
+		}
 		in := randomTraceparent()
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			u := gw.CallURL(py.URL("/headers?chain="+tag), "chain", tag, "pooled", "1", "nest", nest, "held", held)
+			params := []string{"chain", tag, "nest", nest, "held", held}
+			if pooled {
+				params = append(params, "pooled", "1")
+			}
+			u := gw.CallURL(py.URL("/headers?chain="+tag), params...)
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 			if err == nil {
 				req.Header.Set("traceparent", in)
