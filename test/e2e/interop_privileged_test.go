@@ -98,7 +98,7 @@ func testSDKInterop(t *testing.T, traceSDK bool) {
 
 	// Our injected header → the SDK.
 	assert.Equal(t, pyClient.SpanID, sdkServer.ParentSpanID, "SDK SERVER span is a child of py-svc's CLIENT span %s: %s", pyClient.SpanID, sdkServer)
-	assert.Equal(t, "00-"+trace+"-"+pyClient.SpanID+"-01", hops[1].Traceparent, "gosdk-svc received py-svc CLIENT span's traceparent")
+	assert.Equal(t, "00-"+trace+"-"+pyClient.SpanID+"-"+rootFlags, hops[1].Traceparent, "gosdk-svc received py-svc CLIENT span's traceparent")
 	assert.Equal(t, 1, hops[1].TraceparentCount, "gosdk-svc received exactly one traceparent")
 	assert.Equal(t, sdkServer.SpanID, sdkClient.ParentSpanID, "SDK CLIENT span is a child of the SDK SERVER span %s: %s", sdkServer.SpanID, sdkClient)
 

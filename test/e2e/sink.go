@@ -25,6 +25,7 @@ type Span struct {
 	TraceID       string // hex; "" when all zero
 	SpanID        string // hex; "" when all zero
 	ParentSpanID  string // hex; "" for a root span
+	Flags         uint32 // OTLP span flags: the W3C trace flags in bits 0-7
 	Name          string
 	Kind          ptrace.SpanKind
 	Status        ptrace.StatusCode
@@ -297,6 +298,7 @@ func flatten(td ptrace.Traces) []Span {
 					TraceID:       idHex(sp.TraceID()),
 					SpanID:        idHex(sp.SpanID()),
 					ParentSpanID:  idHex(sp.ParentSpanID()),
+					Flags:         sp.Flags(),
 					Name:          sp.Name(),
 					Kind:          sp.Kind(),
 					Status:        sp.Status().Code(),
