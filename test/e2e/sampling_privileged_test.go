@@ -314,3 +314,30 @@ func TestSamplingAlwaysOffFromEnv(t *testing.T) {
 	assert.Empty(t, sink.Spans(), "always_off exports nothing")
 	assert.Zero(t, sink.Requests(), "nothing was sent to the sink")
 }
+
+// An unknown sampler, or a ratio out of range, stops the collector at once
+// with a message naming the setting or the variable.
+func TestSamplingBadSamplerFailsClearly(t *testing.T) {
+	bin := DistroPath(t)
+	cfg := CollectorConfig{
+		Instrument:   []Selector{PortsSelector(FreePort(t))},
+		SinkEndpoint: "http://127.0.0.1:1",
+		Sampler:      map[string]string{"name": "jaeger_remote"},
+	}
+	res := RunDistro(t, bin, t.TempDir(), cfg.YAML(), nil, 30*time.Second)
+	assert.NotEqual(t, 0, res.ExitCode)
+	assert.Contains(t, res.Stderr, `sampler: unknown sampler "jaeger_remote"; want always_on, always_off, traceidratio`)
+
+	cfg.Sampler = map[string]string{"name": "parentbased_traceidratio", "arg": `"1.5"`}
+	res = RunDistro(t, bin, t.TempDir(), cfg.YAML(), nil, 30*time.Second)
+	assert.NotEqual(t, 0, res.ExitCode)
+	assert.Contains(t, res.Stderr, `sampler: arg "1.5": parentbased_traceidratio wants a ratio from 0 to 1`)
+
+	// From the environment, when the configuration sets no sampler.
+	cfg.Sampler = nil
+	t.Setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "2")
+	res = RunDistro(t, bin, t.TempDir(), cfg.YAML(), nil, 30*time.Second)
+	assert.NotEqual(t, 0, res.ExitCode)
+	assert.Contains(t, res.Stderr, `OTEL_TRACES_SAMPLER_ARG: arg "2": traceidratio wants a ratio from 0 to 1`)
+}
