@@ -104,7 +104,7 @@ func testSDKInterop(t *testing.T, traceSDK bool) {
 
 	// The SDK's header → us.
 	assert.Equal(t, sdkClient.SpanID, py2Server.ParentSpanID, "py2-svc SERVER span is a child of the SDK CLIENT span %s: %s", sdkClient.SpanID, py2Server)
-	want := "00-" + trace + "-" + sdkClient.SpanID + "-01"
+	want := "00-" + trace + "-" + sdkClient.SpanID + "-" + rootFlags // the SDK keeps its parent's flags
 	assert.Equal(t, want, hops[2].Traceparent, "py2-svc received the SDK CLIENT span's traceparent")
 	assert.Equal(t, 1, hops[2].TraceparentCount, "py2-svc received exactly one traceparent: %v", hops[2].Headers)
 	assert.Equal(t, want, hops[2].Headers["traceparent"], "the only traceparent field")
