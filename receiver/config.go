@@ -41,6 +41,26 @@ const (
 	PropagationTCP      = "tcp"
 )
 
+// Values of SamplerConfig.Name: the OpenTelemetry SDK samplers, spelled as
+// OTEL_TRACES_SAMPLER spells them.
+const (
+	SamplerAlwaysOn                = "always_on"
+	SamplerAlwaysOff               = "always_off"
+	SamplerTraceIDRatio            = "traceidratio"
+	SamplerParentBasedAlwaysOn     = "parentbased_always_on"
+	SamplerParentBasedAlwaysOff    = "parentbased_always_off"
+	SamplerParentBasedTraceIDRatio = "parentbased_traceidratio"
+	// defaultSampler is used when neither sampler.name nor
+	// OTEL_TRACES_SAMPLER is set, as in the OpenTelemetry SDKs.
+	defaultSampler = SamplerParentBasedAlwaysOn
+)
+
+// The standard SDK environment variables of the sampler.
+const (
+	envTracesSampler    = "OTEL_TRACES_SAMPLER"
+	envTracesSamplerArg = "OTEL_TRACES_SAMPLER_ARG"
+)
+
 // Defaults and limits.
 const (
 	defaultPollInterval   = 500 * time.Millisecond
@@ -59,6 +79,9 @@ type Config struct {
 	Discovery DiscoveryConfig `mapstructure:"discovery"`
 	// EBPF tunes the BPF programs, the ring buffer and span batching.
 	EBPF EBPFConfig `mapstructure:"ebpf"`
+	// Sampler is the head sampler, decided in the kernel when a request's
+	// trace context is made.
+	Sampler SamplerConfig `mapstructure:"sampler"`
 
 	// prevent unkeyed literal initialization
 	_ struct{}
@@ -94,6 +117,124 @@ type Selector struct {
 
 	// prevent unkeyed literal initialization
 	_ struct{}
+}
+
+// SamplerConfig selects the head sampler, with the names and arguments of
+// the OpenTelemetry SDKs' OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
+// The decision is the sampled flag of the trace context: an unsampled
+// request still propagates its traceparent (flags 00) and its spans, and
+// those of the outgoing requests made under it, are not exported.
+//
+// When Name is empty, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG are
+// used if set, else parentbased_always_on. A Name set in the configuration
+// WINS over the environment (unlike the BEYLA_* variables): the sampler of
+// a collector is a deliberate choice, and OTEL_TRACES_SAMPLER in its
+// environment may be meant for an SDK.
+type SamplerConfig struct {
+	// Name is always_on, always_off, traceidratio, parentbased_always_on
+	// (default), parentbased_always_off or parentbased_traceidratio. The
+	// parentbased_* samplers keep the decision of a valid incoming
+	// traceparent and decide as the named sampler for new traces; the
+	// others decide every request themselves, on its trace id.
+	Name string `mapstructure:"name"`
+	// Arg is the sampling ratio of traceidratio and
+	// parentbased_traceidratio, a number from 0 to 1; empty means 1. Not
+	// allowed with the other samplers.
+	Arg string `mapstructure:"arg"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// Sampler is the parsed form of SamplerConfig.
+type Sampler struct {
+	// Root decides the requests without a parent: always_on, always_off or
+	// traceidratio.
+	Root string
+	// ParentBased keeps the sampled flag of a valid incoming parent.
+	ParentBased bool
+	// Ratio is traceidratio's sampling ratio, in [0, 1].
+	Ratio float64
+}
+
+// String is the sampler in OTEL_TRACES_SAMPLER's spelling, with its ratio.
+func (s Sampler) String() string {
+	if s.Root == SamplerTraceIDRatio {
+		return s.Name() + ":" + strconv.FormatFloat(s.Ratio, 'g', -1, 64)
+	}
+	return s.Name()
+}
+
+// Parsed returns the sampler, parentbased_always_on when Name is empty. The
+// error names the YAML path.
+func (c SamplerConfig) Parsed() (Sampler, error) {
+	if strings.TrimSpace(c.Name) == "" {
+		if strings.TrimSpace(c.Arg) != "" {
+			return Sampler{}, errors.New("sampler.arg: set without sampler.name")
+		}
+		return parseSampler(defaultSampler, "", false)
+	}
+	s, err := parseSampler(c.Name, c.Arg, false)
+	if err != nil {
+		return Sampler{}, fmt.Errorf("sampler: %w", err)
+	}
+	return s, nil
+}
+
+// parseSampler parses a sampler name (trimmed, case-insensitive) and its
+// argument. lenientArg ignores an argument the sampler does not take, as
+// the SDKs do for OTEL_TRACES_SAMPLER_ARG; the configuration rejects it.
+func parseSampler(name, arg string, lenientArg bool) (Sampler, error) {
+	s, err := parseSamplerName(name)
+	if err != nil {
+		return Sampler{}, err
+	}
+	if err := s.parseArg(arg, lenientArg); err != nil {
+		return Sampler{}, err
+	}
+	return s, nil
+}
+
+func parseSamplerName(name string) (Sampler, error) {
+	name = strings.ToLower(strings.TrimSpace(name))
+	root, parentBased := strings.CutPrefix(name, "parentbased_")
+	switch root {
+	case SamplerAlwaysOn, SamplerAlwaysOff, SamplerTraceIDRatio:
+		return Sampler{Root: root, ParentBased: parentBased}, nil
+	}
+	return Sampler{}, fmt.Errorf("unknown sampler %q; want %s, %s, %s, %s, %s or %s", name,
+		SamplerAlwaysOn, SamplerAlwaysOff, SamplerTraceIDRatio,
+		SamplerParentBasedAlwaysOn, SamplerParentBasedAlwaysOff, SamplerParentBasedTraceIDRatio)
+}
+
+// parseArg sets the ratio of a traceidratio sampler from arg, 1 when arg is
+// empty.
+func (s *Sampler) parseArg(arg string, lenient bool) error {
+	arg = strings.TrimSpace(arg)
+	if s.Root != SamplerTraceIDRatio {
+		if arg != "" && !lenient {
+			return fmt.Errorf("arg %q: %s takes no argument", arg, s.Name())
+		}
+		return nil
+	}
+	s.Ratio = 1
+	if arg == "" {
+		return nil
+	}
+	r, err := strconv.ParseFloat(arg, 64)
+	if err != nil || !(r >= 0 && r <= 1) { // also refuses NaN
+		return fmt.Errorf("arg %q: %s wants a ratio from 0 to 1, e.g. 0.25", arg, s.Name())
+	}
+	s.Ratio = r
+	return nil
+}
+
+// Name is the sampler's name, without its ratio.
+func (s Sampler) Name() string {
+	if s.ParentBased {
+		return "parentbased_" + s.Root
+	}
+	return s.Root
 }
 
 // EBPFConfig tunes the BPF programs, the ring buffer and span batching.
@@ -203,6 +344,9 @@ func (cfg *Config) Validate() error {
 	add("ebpf.wakeup_len", checkWakeupLen(e.WakeupLen))
 	add("ebpf.batch_timeout", checkBatchTimeout(e.BatchTimeout))
 	add("ebpf.batch_length", checkBatchLength(e.BatchLength))
+	if _, err := cfg.Sampler.Parsed(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -434,6 +578,11 @@ func parseEnvInt(v string, check func(int) error, dst *int) error {
 //	BEYLA_BPF_BATCH_TIMEOUT          ebpf.batch_timeout
 //	BEYLA_BPF_BATCH_LENGTH           ebpf.batch_length
 //	BEYLA_BPF_TRACK_REQUEST_HEADERS  ebpf.track_request_headers
+//	OTEL_TRACES_SAMPLER              sampler.name (only when unset)
+//	OTEL_TRACES_SAMPLER_ARG          sampler.arg (only with the above)
+//
+// The two OTEL_* variables follow the SDK rule instead, and the
+// configuration wins over them (see SamplerConfig and applySamplerEnv).
 //
 // A variable that is set and non-empty WINS over the YAML value, as it does
 // in Beyla, so a deployment can tune a shared collector config per host; an
@@ -457,7 +606,44 @@ func applyEnv(cfg *Config, lookup func(string) (string, bool)) (overrides []stri
 		}
 		overrides = append(overrides, ev.name)
 	}
-	return overrides, errors.Join(errs...)
+	used, err := applySamplerEnv(&cfg.Sampler, lookup)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return append(overrides, used...), errors.Join(errs...)
+}
+
+// applySamplerEnv fills an unset sampler (empty sampler.name) from
+// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, as the SDKs read them:
+// the argument counts only with the name, and is ignored by samplers that
+// take none. A sampler set in the configuration wins: the variables are not
+// read. It returns the variables used; a bad value leaves the sampler unset
+// and returns an error that names the variable.
+func applySamplerEnv(sc *SamplerConfig, lookup func(string) (string, bool)) ([]string, error) {
+	if strings.TrimSpace(sc.Name) != "" {
+		return nil, nil
+	}
+	name, _ := lookup(envTracesSampler)
+	if name = strings.TrimSpace(name); name == "" {
+		return nil, nil
+	}
+	s, err := parseSamplerName(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", envTracesSampler, err)
+	}
+	arg, _ := lookup(envTracesSamplerArg)
+	arg = strings.TrimSpace(arg)
+	if err := s.parseArg(arg, true); err != nil {
+		return nil, fmt.Errorf("%s: %w", envTracesSamplerArg, err)
+	}
+	used := []string{envTracesSampler}
+	sc.Name = name
+	sc.Arg = ""
+	if s.Root == SamplerTraceIDRatio && arg != "" {
+		sc.Arg = arg
+		used = append(used, envTracesSamplerArg)
+	}
+	return used, nil
 }
 
 // benchFloorEnv, set to 1, loads every BPF program in a form that returns as

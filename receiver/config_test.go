@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/confmap/confmaptest"
+	"go.opentelemetry.io/collector/consumer/consumertest"
+	"go.opentelemetry.io/collector/receiver/receivertest"
 
 	"github.com/ebpftracing/ebpftracingreceiver/internal/metadata"
 )
@@ -56,7 +58,37 @@ func TestLoadConfig(t *testing.T) {
 					BatchLength:            50,
 					TrackRequestHeaders:    false,
 				},
+				Sampler: SamplerConfig{Name: SamplerParentBasedTraceIDRatio, Arg: "0.25"},
 			},
+		},
+		{
+			name: "sampler_always_off",
+			want: func() *Config {
+				c := defaults(Selector{PID: 1})
+				c.Sampler.Name = SamplerAlwaysOff
+				return c
+			}(),
+		},
+		{
+			name: "bad_sampler_name",
+			wantErr: []string{`sampler: unknown sampler "jaeger_remote"; want always_on, always_off, traceidratio, ` +
+				`parentbased_always_on, parentbased_always_off or parentbased_traceidratio`},
+		},
+		{
+			name:    "bad_sampler_ratio",
+			wantErr: []string{`sampler: arg "1.5": traceidratio wants a ratio from 0 to 1, e.g. 0.25`},
+		},
+		{
+			name:    "sampler_ratio_not_a_number",
+			wantErr: []string{`sampler: arg "quarter": parentbased_traceidratio wants a ratio from 0 to 1, e.g. 0.25`},
+		},
+		{
+			name:    "sampler_arg_without_name",
+			wantErr: []string{`sampler.arg: set without sampler.name`},
+		},
+		{
+			name:    "sampler_arg_not_taken",
+			wantErr: []string{`sampler: arg "0.5": always_on takes no argument`},
 		},
 		{
 			name:    "no_instrument",
@@ -387,4 +419,127 @@ func TestApplyEnvPartial(t *testing.T) {
 	assert.Equal(t, []string{"BEYLA_BPF_BATCH_LENGTH"}, overrides)
 	assert.Equal(t, 5, cfg.EBPF.BatchLength)
 	assert.Equal(t, defaultWakeupLen, cfg.EBPF.WakeupLen)
+}
+
+func TestSamplerParsed(t *testing.T) {
+	tests := []struct {
+		cfg  SamplerConfig
+		want Sampler
+		str  string
+	}{
+		{SamplerConfig{}, Sampler{Root: SamplerAlwaysOn, ParentBased: true}, "parentbased_always_on"},
+		{SamplerConfig{Name: "always_on"}, Sampler{Root: SamplerAlwaysOn}, "always_on"},
+		{SamplerConfig{Name: " Always_Off "}, Sampler{Root: SamplerAlwaysOff}, "always_off"},
+		{SamplerConfig{Name: "traceidratio"}, Sampler{Root: SamplerTraceIDRatio, Ratio: 1}, "traceidratio:1"},
+		{SamplerConfig{Name: "traceidratio", Arg: "0"}, Sampler{Root: SamplerTraceIDRatio, Ratio: 0}, "traceidratio:0"},
+		{SamplerConfig{Name: "traceidratio", Arg: " 0.25 "}, Sampler{Root: SamplerTraceIDRatio, Ratio: 0.25}, "traceidratio:0.25"},
+		{SamplerConfig{Name: "parentbased_always_on"}, Sampler{Root: SamplerAlwaysOn, ParentBased: true}, "parentbased_always_on"},
+		{SamplerConfig{Name: "parentbased_always_off"}, Sampler{Root: SamplerAlwaysOff, ParentBased: true}, "parentbased_always_off"},
+		{SamplerConfig{Name: "parentbased_traceidratio", Arg: "1"}, Sampler{Root: SamplerTraceIDRatio, ParentBased: true, Ratio: 1}, "parentbased_traceidratio:1"},
+	}
+	for _, tt := range tests {
+		got, err := tt.cfg.Parsed()
+		require.NoError(t, err, "%+v", tt.cfg)
+		assert.Equal(t, tt.want, got, "%+v", tt.cfg)
+		assert.Equal(t, tt.str, got.String())
+	}
+	for _, bad := range []SamplerConfig{
+		{Name: "parentbased_"},
+		{Name: "parentbased_parentbased_always_on"},
+		{Name: "ratio"},
+		{Name: "traceidratio", Arg: "-0.1"},
+		{Name: "traceidratio", Arg: "NaN"},
+		{Name: "traceidratio", Arg: "25%"},
+		{Name: "always_off", Arg: "1"},
+		{Arg: "1"},
+	} {
+		_, err := bad.Parsed()
+		assert.Error(t, err, "%+v", bad)
+	}
+}
+
+func TestSamplerEnv(t *testing.T) {
+	tests := []struct {
+		name     string
+		cfg      SamplerConfig
+		env      map[string]string
+		want     SamplerConfig
+		wantUsed []string
+		wantErr  string
+	}{
+		{
+			name:     "env fills an unset sampler",
+			env:      map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+			want:     SamplerConfig{Name: "traceidratio", Arg: "0.1"},
+			wantUsed: []string{"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"},
+		},
+		{
+			name:     "ratio without arg",
+			env:      map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"},
+			want:     SamplerConfig{Name: "parentbased_traceidratio"},
+			wantUsed: []string{"OTEL_TRACES_SAMPLER"},
+		},
+		{
+			name:     "arg ignored by a sampler without one, as in the SDKs",
+			env:      map[string]string{"OTEL_TRACES_SAMPLER": "always_off", "OTEL_TRACES_SAMPLER_ARG": "0.5"},
+			want:     SamplerConfig{Name: "always_off"},
+			wantUsed: []string{"OTEL_TRACES_SAMPLER"},
+		},
+		{
+			name: "arg alone is ignored",
+			env:  map[string]string{"OTEL_TRACES_SAMPLER_ARG": "0.5"},
+		},
+		{
+			name: "empty variables count as unset",
+			env:  map[string]string{"OTEL_TRACES_SAMPLER": " ", "OTEL_TRACES_SAMPLER_ARG": "0.5"},
+		},
+		{
+			name: "configuration wins",
+			cfg:  SamplerConfig{Name: "always_on"},
+			env:  map[string]string{"OTEL_TRACES_SAMPLER": "always_off", "OTEL_TRACES_SAMPLER_ARG": "x"},
+			want: SamplerConfig{Name: "always_on"},
+		},
+		{
+			name:    "unknown sampler",
+			env:     map[string]string{"OTEL_TRACES_SAMPLER": "xray"},
+			wantErr: `OTEL_TRACES_SAMPLER: unknown sampler "xray"`,
+		},
+		{
+			name:    "bad ratio",
+			env:     map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
+			wantErr: `OTEL_TRACES_SAMPLER_ARG: arg "2": traceidratio wants a ratio from 0 to 1, e.g. 0.25`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := createDefaultConfig()
+			cfg.Discovery.Instrument = []Selector{{PID: 1}}
+			cfg.Sampler = tt.cfg
+			used, err := applyEnv(cfg, mapLookup(tt.env))
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				assert.Equal(t, tt.cfg, cfg.Sampler, "a bad value leaves the sampler unchanged")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.wantUsed, used)
+			assert.Equal(t, tt.want, cfg.Sampler)
+			require.NoError(t, cfg.Validate())
+		})
+	}
+}
+
+func TestCreateWithSamplerEnv(t *testing.T) {
+	t.Setenv("OTEL_TRACES_SAMPLER", "nope")
+	cfg := createDefaultConfig()
+	cfg.Discovery.Instrument = []Selector{{PID: 1}}
+	_, err := createTracesReceiver(t.Context(), receivertest.NewNopSettings(metadata.Type), cfg, consumertest.NewNop())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `OTEL_TRACES_SAMPLER: unknown sampler "nope"`)
+
+	// The configured sampler wins: the variable is not even parsed.
+	cfg.Sampler = SamplerConfig{Name: "traceidratio", Arg: "0.5"}
+	_, err = createTracesReceiver(t.Context(), receivertest.NewNopSettings(metadata.Type), cfg, consumertest.NewNop())
+	require.NoError(t, err)
 }

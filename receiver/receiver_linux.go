@@ -112,6 +112,10 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if !useLoop {
 		propagation.Headers = false
 	}
+	sampler, err := r.cfg.Sampler.Parsed()
+	if err != nil {
+		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
 	if propagation.TCP {
 		logger.Warn("ebpf.context_propagation: the TCP packet-level carrier (for TLS) is not available in this version; " +
 			"plaintext HTTP headers are injected when headers (or all) is set")
@@ -142,6 +146,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		NoBPFLoop:           !useLoop,
 		Hook:                ioHook(r.cfg.EBPF.IOHook),
 		ReturnAtOnce:        benchFloor(),
+		Sampler:             kernelSampler(sampler),
 	})
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
@@ -193,6 +198,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
+		zap.String("sampler", sampler.String()),
 		zap.Int("processes", len(added)))
 
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -443,6 +449,20 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 	}
 }
 
+// kernelSampler maps the sampler to the tracer's.
+func kernelSampler(s Sampler) httptrace.Sampler {
+	ks := httptrace.Sampler{IgnoreParent: !s.ParentBased, Ratio: s.Ratio}
+	switch s.Root {
+	case SamplerAlwaysOff:
+		ks.Root = httptrace.RootAlwaysOff
+	case SamplerTraceIDRatio:
+		ks.Root = httptrace.RootRatio
+	default:
+		ks.Root = httptrace.RootAlwaysOn
+	}
+	return ks
+}
+
 // ioHook maps ebpf.io_hook to the tracer's hook ("" tries every variant).
 func ioHook(h string) string {
 	switch h {
@@ -494,6 +514,8 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 			tb.ReceiverEbpfTracingRequestsDropped.Add(ctx, int64(dropped-prev))
 		}
 		k.trace.PipelineFull, k.trace.ConnStateFull = c.PipelineFull, c.ConnStateFull
+		add(ctx, tb.ReceiverEbpfTracingRequestsSampled, c.Sampled, &k.trace.Sampled)
+		add(ctx, tb.ReceiverEbpfTracingRequestsUnsampled, c.Unsampled, &k.trace.Unsampled)
 	}
 	if r.prop == nil {
 		return

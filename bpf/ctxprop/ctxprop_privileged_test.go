@@ -157,7 +157,8 @@ func TestInjectTraceparent(t *testing.T) {
 			client = r
 		}
 	}
-	want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID)
+	// A root context: sampled (0x01) and a random trace id (0x02, W3C Level 2).
+	want := fmt.Sprintf("00-%s-%s-03", client.TraceID, client.SpanID)
 	if got != want {
 		t.Fatalf("downstream received %q, want %q", got, want)
 	}
@@ -187,7 +188,7 @@ func TestInjectTraceparent(t *testing.T) {
 			client = r
 		}
 	}
-	if want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID); got != want {
+	if want := fmt.Sprintf("00-%s-%s-03", client.TraceID, client.SpanID); got != want {
 		t.Errorf("call from a new thread: downstream received %q, want %q", got, want)
 	}
 	if client.TraceID != server.TraceID || client.ParentSpanID != server.SpanID {
@@ -205,7 +206,7 @@ func TestInjectTraceparent(t *testing.T) {
 			client = r
 		}
 	}
-	if want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID); got != want {
+	if want := fmt.Sprintf("00-%s-%s-03", client.TraceID, client.SpanID); got != want {
 		t.Errorf("call from a child process: downstream received %q, want %q", got, want)
 	}
 	if client.TraceID != server.TraceID || client.ParentSpanID != server.SpanID || client.PID == server.PID {
@@ -353,7 +354,7 @@ func TestGoPooledConnection(t *testing.T) {
 				client = r
 			}
 		}
-		want := fmt.Sprintf("00-%s-%s-01", server.TraceID, client.SpanID)
+		want := fmt.Sprintf("00-%s-%s-03", server.TraceID, client.SpanID)
 		if got != want {
 			t.Errorf("call %d: downstream received %q, want %q", i, got, want)
 		}
@@ -430,7 +431,7 @@ s.serve_forever()
 			client = r
 		}
 	}
-	if want := fmt.Sprintf("00-%s-%s-01", client.TraceID, client.SpanID); got != want {
+	if want := fmt.Sprintf("00-%s-%s-03", client.TraceID, client.SpanID); got != want {
 		t.Errorf("pooled connection after AddExisting: downstream received %q, want %q", got, want)
 	}
 }

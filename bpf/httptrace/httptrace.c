@@ -24,6 +24,7 @@
 #include "maps/client_ids.h"
 #include "maps/tracestate.h"
 #include "maps/go.h"
+#include "sampler.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -496,6 +497,11 @@ static __always_inline long wakeup_flag(void)
 static __always_inline void emit(struct conn_state *c, struct req_info *r, __u8 kind,
 				 __u16 status, __u32 tgid)
 {
+	if (!sampled(r->trace_flags)) {
+		count(COUNTER_UNSAMPLED);
+		return;
+	}
+	count(COUNTER_SAMPLED);
 	struct http_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(COUNTER_EVENTS_LOST);
@@ -625,16 +631,26 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	if (track_request_headers && tp_off)
 		have_parent =
 			parse_traceparent(buf, tp_off, n, r->trace_id, r->parent_id, &r->trace_flags);
+	if (have_parent)
+		r->trace_flags = sample_child(r->trace_id, r->trace_flags);
 	if (!have_parent) {
 		random_id(r->trace_id, 4);
 		__builtin_memset(r->parent_id, 0, sizeof(r->parent_id));
-		r->trace_flags = 1;
+		r->trace_flags = sample_root(r->trace_id);
 	}
 	random_id(r->span_id, 2);
 	c->srv_count++;
 	if (c->srv_count == 1)
 		set_thread_ctx(pid_tgid, r);
 	return next < n ? next : 0;
+}
+
+// Decides the context of r, whose traceparent was just parsed, as a child of
+// it. Always true, to sit in a condition.
+static __always_inline bool resample_child(struct req_info *r)
+{
+	r->trace_flags = sample_child(r->trace_id, r->trace_flags);
+	return true;
 }
 
 // A later read of a request whose header block the first read did not hold:
@@ -664,6 +680,7 @@ __noinline int server_headers(__u64 pid_tgid, __u32 fd, __u64 n)
 	bool empty_parent = !parent;
 	if (track_request_headers && tp_off && empty_parent &&
 	    parse_traceparent(s->buf, tp_off, n, r->trace_id, r->parent_id, &r->trace_flags) &&
+	    resample_child(r) &&
 	    (c->hdr_slot & (PIPELINE_DEPTH - 1)) == (c->srv_head & (PIPELINE_DEPTH - 1)))
 		set_thread_ctx(pid_tgid, r);
 	if (st->header_end)
@@ -770,7 +787,7 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 		// The application propagates itself: its header names this span.
 		__builtin_memcpy(r->trace_id, app_trace, sizeof(r->trace_id));
 		__builtin_memcpy(r->span_id, app_parent, sizeof(r->span_id));
-		r->trace_flags = app_flags;
+		r->trace_flags = sample_child(app_trace, app_flags);
 		if (t && same_trace(t->trace_id, app_trace))
 			__builtin_memcpy(r->parent_id, t->span_id, sizeof(r->parent_id));
 	} else if (t) {
@@ -783,7 +800,7 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 	} else {
 		random_id(r->trace_id, 4);
 		random_id(r->span_id, 2);
-		r->trace_flags = 1;
+		r->trace_flags = sample_root(r->trace_id);
 	}
 	c->cli_pending = 1;
 	return 0;

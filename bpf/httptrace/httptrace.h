@@ -21,7 +21,9 @@ enum counter {
 	COUNTER_EVENTS_LOST = 0,     // ring buffer full: record dropped
 	COUNTER_PIPELINE_FULL = 1,   // more pipelined requests than PIPELINE_DEPTH
 	COUNTER_CONN_STATE_FULL = 2, // connection map update failed
-	COUNTER_MAX = 3,
+	COUNTER_SAMPLED = 3,         // finished span of a sampled context: sent
+	COUNTER_UNSAMPLED = 4,       // finished span of an unsampled context: not sent
+	COUNTER_MAX = 5,
 };
 
 // One finished request, as sent to user space. No implicit padding.

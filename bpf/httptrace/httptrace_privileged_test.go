@@ -344,10 +344,29 @@ func testTraceparentValidation(t *testing.T, variant string) {
 				t.Fatal(err)
 			}
 			defer c.Close()
+			before, err := tr.ReadCounters()
+			if err != nil {
+				t.Fatal(err)
+			}
 			fmt.Fprintf(c, "HEAD /hello HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n", tc.header)
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			if _, err := c.Read(make([]byte, 512)); err != nil {
 				t.Fatal(err)
+			}
+			if tc.honoured && strings.HasSuffix(tc.header, "-00") {
+				// Not sampled, and the default sampler follows the
+				// parent: counted, no record.
+				if got := readRequests(t, rd, clock, 1, time.Second); len(got) != 0 {
+					t.Fatalf("unsampled request emitted: %+v", got[0])
+				}
+				after, err := tr.ReadCounters()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if after.Unsampled != before.Unsampled+1 {
+					t.Fatalf("unsampled counter %d -> %d, want +1", before.Unsampled, after.Unsampled)
+				}
+				return
 			}
 			got := readRequests(t, rd, clock, 1, 5*time.Second)
 			if len(got) != 1 {

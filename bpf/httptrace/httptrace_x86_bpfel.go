@@ -89,7 +89,9 @@ const (
 	httptraceCounterCOUNTER_EVENTS_LOST     httptraceCounter = 0
 	httptraceCounterCOUNTER_PIPELINE_FULL   httptraceCounter = 1
 	httptraceCounterCOUNTER_CONN_STATE_FULL httptraceCounter = 2
-	httptraceCounterCOUNTER_MAX             httptraceCounter = 3
+	httptraceCounterCOUNTER_SAMPLED         httptraceCounter = 3
+	httptraceCounterCOUNTER_UNSAMPLED       httptraceCounter = 4
+	httptraceCounterCOUNTER_MAX             httptraceCounter = 5
 )
 
 type httptraceGoKey struct {
@@ -188,33 +190,36 @@ type httptraceTracestate struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	httptraceMapClientIds            = "client_ids"
-	httptraceMapConnZero             = "conn_zero"
-	httptraceMapConns                = "conns"
-	httptraceMapCounters             = "counters"
-	httptraceMapEvents               = "events"
-	httptraceMapGoCtxs               = "go_ctxs"
-	httptraceMapGoParents            = "go_parents"
-	httptraceMapGoProcs              = "go_procs"
-	httptraceMapGoWalkState          = "go_walk_state"
-	httptraceMapScratchMap           = "scratch_map"
-	httptraceMapThreadCtxs           = "thread_ctxs"
-	httptraceMapTracedPids           = "traced_pids"
-	httptraceMapTracestates          = "tracestates"
-	httptraceProgHttptraceExit       = "httptrace_exit"
-	httptraceProgHttptraceExitBtf    = "httptrace_exit_btf"
-	httptraceProgHttptraceFork       = "httptrace_fork"
-	httptraceProgHttptraceForkBtf    = "httptrace_fork_btf"
-	httptraceProgHttptraceSockRecv   = "httptrace_sock_recv"
-	httptraceProgHttptraceSockSend   = "httptrace_sock_send"
-	httptraceProgHttptraceSysExit    = "httptrace_sys_exit"
-	httptraceProgHttptraceSysExitBtf = "httptrace_sys_exit_btf"
-	httptraceVarReturnAtOnce         = "return_at_once"
-	httptraceVarTrackRequestHeaders  = "track_request_headers"
-	httptraceVarUnusedCounter        = "unused_counter"
-	httptraceVarUnusedHttpEvent      = "unused_http_event"
-	httptraceVarUseBpfLoop           = "use_bpf_loop"
-	httptraceVarWakeupBytes          = "wakeup_bytes"
+	httptraceMapClientIds             = "client_ids"
+	httptraceMapConnZero              = "conn_zero"
+	httptraceMapConns                 = "conns"
+	httptraceMapCounters              = "counters"
+	httptraceMapEvents                = "events"
+	httptraceMapGoCtxs                = "go_ctxs"
+	httptraceMapGoParents             = "go_parents"
+	httptraceMapGoProcs               = "go_procs"
+	httptraceMapGoWalkState           = "go_walk_state"
+	httptraceMapScratchMap            = "scratch_map"
+	httptraceMapThreadCtxs            = "thread_ctxs"
+	httptraceMapTracedPids            = "traced_pids"
+	httptraceMapTracestates           = "tracestates"
+	httptraceProgHttptraceExit        = "httptrace_exit"
+	httptraceProgHttptraceExitBtf     = "httptrace_exit_btf"
+	httptraceProgHttptraceFork        = "httptrace_fork"
+	httptraceProgHttptraceForkBtf     = "httptrace_fork_btf"
+	httptraceProgHttptraceSockRecv    = "httptrace_sock_recv"
+	httptraceProgHttptraceSockSend    = "httptrace_sock_send"
+	httptraceProgHttptraceSysExit     = "httptrace_sys_exit"
+	httptraceProgHttptraceSysExitBtf  = "httptrace_sys_exit_btf"
+	httptraceVarReturnAtOnce          = "return_at_once"
+	httptraceVarSamplerParentBased    = "sampler_parent_based"
+	httptraceVarSamplerRatioThreshold = "sampler_ratio_threshold"
+	httptraceVarSamplerRoot           = "sampler_root"
+	httptraceVarTrackRequestHeaders   = "track_request_headers"
+	httptraceVarUnusedCounter         = "unused_counter"
+	httptraceVarUnusedHttpEvent       = "unused_http_event"
+	httptraceVarUseBpfLoop            = "use_bpf_loop"
+	httptraceVarWakeupBytes           = "wakeup_bytes"
 )
 
 // loadHttptrace returns the embedded CollectionSpec for httptrace.
@@ -292,12 +297,15 @@ type httptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceVariableSpecs struct {
-	ReturnAtOnce        *ebpf.VariableSpec `ebpf:"return_at_once"`
-	TrackRequestHeaders *ebpf.VariableSpec `ebpf:"track_request_headers"`
-	UnusedCounter       *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedHttpEvent     *ebpf.VariableSpec `ebpf:"unused_http_event"`
-	UseBpfLoop          *ebpf.VariableSpec `ebpf:"use_bpf_loop"`
-	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	ReturnAtOnce          *ebpf.VariableSpec `ebpf:"return_at_once"`
+	SamplerParentBased    *ebpf.VariableSpec `ebpf:"sampler_parent_based"`
+	SamplerRatioThreshold *ebpf.VariableSpec `ebpf:"sampler_ratio_threshold"`
+	SamplerRoot           *ebpf.VariableSpec `ebpf:"sampler_root"`
+	TrackRequestHeaders   *ebpf.VariableSpec `ebpf:"track_request_headers"`
+	UnusedCounter         *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedHttpEvent       *ebpf.VariableSpec `ebpf:"unused_http_event"`
+	UseBpfLoop            *ebpf.VariableSpec `ebpf:"use_bpf_loop"`
+	WakeupBytes           *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // httptraceObjects contains all objects after they have been loaded into the kernel.
@@ -357,12 +365,15 @@ func (m *httptraceMaps) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceVariables struct {
-	ReturnAtOnce        *ebpf.Variable `ebpf:"return_at_once"`
-	TrackRequestHeaders *ebpf.Variable `ebpf:"track_request_headers"`
-	UnusedCounter       *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedHttpEvent     *ebpf.Variable `ebpf:"unused_http_event"`
-	UseBpfLoop          *ebpf.Variable `ebpf:"use_bpf_loop"`
-	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
+	ReturnAtOnce          *ebpf.Variable `ebpf:"return_at_once"`
+	SamplerParentBased    *ebpf.Variable `ebpf:"sampler_parent_based"`
+	SamplerRatioThreshold *ebpf.Variable `ebpf:"sampler_ratio_threshold"`
+	SamplerRoot           *ebpf.Variable `ebpf:"sampler_root"`
+	TrackRequestHeaders   *ebpf.Variable `ebpf:"track_request_headers"`
+	UnusedCounter         *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedHttpEvent       *ebpf.Variable `ebpf:"unused_http_event"`
+	UseBpfLoop            *ebpf.Variable `ebpf:"use_bpf_loop"`
+	WakeupBytes           *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // httptracePrograms contains all programs after they have been loaded into the kernel.

@@ -41,6 +41,8 @@ type Options struct {
 	// ReturnAtOnce loads programs that return as soon as they run: the
 	// floor of the hooks' own cost, for benchmarks. Nothing is traced.
 	ReturnAtOnce bool
+	// Sampler is the head sampler; the zero value is parentbased_always_on.
+	Sampler Sampler
 }
 
 // Attach variants, in order of preference.
@@ -114,11 +116,37 @@ func Load(opts Options) (*Tracer, error) {
 			return nil, fmt.Errorf("set return_at_once: %w", err)
 		}
 	}
+	if err := setSampler(spec, opts.Sampler); err != nil {
+		return nil, err
+	}
 	t := &Tracer{spec: spec, want: opts.Variant, hook: opts.Hook}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		return nil, fmt.Errorf("load httptrace maps: %w", err)
 	}
 	return t, nil
+}
+
+// setSampler writes the sampler knobs of bpf/include/sampler.h.
+func setSampler(spec *ebpf.CollectionSpec, s Sampler) error {
+	switch s.Root {
+	case RootAlwaysOn, RootAlwaysOff, RootRatio:
+	default:
+		return fmt.Errorf("set sampler: unknown root sampler %d", s.Root)
+	}
+	var parentBased uint8 = 1
+	if s.IgnoreParent {
+		parentBased = 0
+	}
+	for name, v := range map[string]any{
+		"sampler_root":            uint8(s.Root),
+		"sampler_parent_based":    parentBased,
+		"sampler_ratio_threshold": RatioThreshold(s.Ratio),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // Attach loads the programs of the first variant the kernel accepts and
@@ -288,6 +316,8 @@ type Counters struct {
 	EventsLost    uint64 // ring buffer full
 	PipelineFull  uint64 // pipelined requests beyond the tracked depth
 	ConnStateFull uint64 // connection state could not be stored
+	Sampled       uint64 // finished spans of sampled contexts, sent on
+	Unsampled     uint64 // finished spans of unsampled contexts, not sent
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -312,6 +342,12 @@ func (t *Tracer) ReadCounters() (Counters, error) {
 		return c, err
 	}
 	if c.ConnStateFull, err = read(httptraceCounterCOUNTER_CONN_STATE_FULL); err != nil {
+		return c, err
+	}
+	if c.Sampled, err = read(httptraceCounterCOUNTER_SAMPLED); err != nil {
+		return c, err
+	}
+	if c.Unsampled, err = read(httptraceCounterCOUNTER_UNSAMPLED); err != nil {
 		return c, err
 	}
 	return c, nil

@@ -34,6 +34,8 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingHeadersSkipped        metric.Int64Counter
 	ReceiverEbpfTracingProcessesInstrumented metric.Int64Gauge
 	ReceiverEbpfTracingRequestsDropped       metric.Int64Counter
+	ReceiverEbpfTracingRequestsSampled       metric.Int64Counter
+	ReceiverEbpfTracingRequestsUnsampled     metric.Int64Counter
 	ReceiverEbpfTracingSpansEmitted          metric.Int64Counter
 }
 
@@ -111,6 +113,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	builder.ReceiverEbpfTracingRequestsDropped, err = builder.meter.Int64Counter(
 		"otelcol_receiver_ebpf_tracing_requests_dropped",
 		metric.WithDescription("Number of requests the kernel could not track (more pipelined requests than it queues per connection, or the connection map was full); counted in the kernel. [Development]"),
+		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingRequestsSampled, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_requests_sampled",
+		metric.WithDescription("Number of finished requests (SERVER and CLIENT spans) whose trace context the head sampler sampled; their spans are sent to user space. Counted in the kernel. [Development]"),
+		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingRequestsUnsampled, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_requests_unsampled",
+		metric.WithDescription("Number of finished requests (SERVER and CLIENT spans) whose trace context the head sampler did not sample; their context was propagated with the sampled flag clear and no span was exported. Counted in the kernel. [Development]"),
 		metric.WithUnit("{request}"),
 	)
 	errs = errors.Join(errs, err)

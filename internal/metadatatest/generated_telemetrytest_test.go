@@ -27,6 +27,8 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingHeadersSkipped.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsDropped.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingRequestsSampled.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingRequestsUnsampled.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansEmitted.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
@@ -50,6 +52,12 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingRequestsDropped(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingRequestsSampled(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingRequestsUnsampled(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingSpansEmitted(t, testTel,

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,6 +51,14 @@ type CollectorConfig struct {
 	// 127.0.0.1:<port> to the traces pipeline, beside ebpf_tracing, for apps
 	// that export their own spans (GoSDK).
 	OTLPPort int
+	// Sampler holds the receiver's sampler.<key>: <value> lines (name, arg),
+	// values written verbatim; none when empty.
+	Sampler map[string]string
+	// Env holds more "NAME=value" variables for the collector process.
+	Env []string
+	// MetricsPort, when not zero, serves the collector's own metrics
+	// (level detailed) in the Prometheus format on 127.0.0.1:<port>.
+	MetricsPort int
 	// HealthCheckPort, when not zero, enables the health_check extension on
 	// 127.0.0.1:<port>. StartCollector sets it when the distro has the
 	// extension.
@@ -104,6 +113,12 @@ func (c CollectorConfig) YAML() string {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "      %s: %s\n", k, ebpf[k])
 	}
+	if len(c.Sampler) > 0 {
+		b.WriteString("    sampler:\n")
+		for _, k := range slices.Sorted(maps.Keys(c.Sampler)) {
+			fmt.Fprintf(&b, "      %s: %s\n", k, c.Sampler[k])
+		}
+	}
 	receivers := "ebpf_tracing"
 	if c.OTLPPort != 0 {
 		fmt.Fprintf(&b, "  otlp:\n    protocols:\n      http:\n        endpoint: 127.0.0.1:%d\n", c.OTLPPort)
@@ -133,9 +148,20 @@ func (c CollectorConfig) YAML() string {
       receivers: [%s]
       exporters: [otlp_http]
   telemetry:
-    metrics:
-      level: none
 `, receivers)
+	if c.MetricsPort == 0 {
+		b.WriteString("    metrics:\n      level: none\n")
+	} else {
+		fmt.Fprintf(&b, `    metrics:
+      level: detailed
+      readers:
+        - pull:
+            exporter:
+              prometheus:
+                host: 127.0.0.1
+                port: %d
+`, c.MetricsPort)
+	}
 	return b.String()
 }
 
@@ -201,6 +227,9 @@ func StartCollectorBinary(t testing.TB, bin string, cfg CollectorConfig) *Collec
 		t.Fatal(err)
 	}
 	c.cmd = exec.Command(bin, "--config", c.ConfigPath)
+	if len(cfg.Env) > 0 {
+		c.cmd.Env = append(os.Environ(), cfg.Env...)
+	}
 	c.cmd.Stdout = c.out
 	c.cmd.Stderr = c.out
 	startProcessGroup(t, c.cmd, nil, c.done, func() string { return "collector\nconfig:\n" + c.Config }, c.out)

@@ -98,13 +98,13 @@ func testSDKInterop(t *testing.T, traceSDK bool) {
 
 	// Our injected header → the SDK.
 	assert.Equal(t, pyClient.SpanID, sdkServer.ParentSpanID, "SDK SERVER span is a child of py-svc's CLIENT span %s: %s", pyClient.SpanID, sdkServer)
-	assert.Equal(t, "00-"+trace+"-"+pyClient.SpanID+"-01", hops[1].Traceparent, "gosdk-svc received py-svc CLIENT span's traceparent")
+	assert.Equal(t, "00-"+trace+"-"+pyClient.SpanID+"-"+rootFlags, hops[1].Traceparent, "gosdk-svc received py-svc CLIENT span's traceparent")
 	assert.Equal(t, 1, hops[1].TraceparentCount, "gosdk-svc received exactly one traceparent")
 	assert.Equal(t, sdkServer.SpanID, sdkClient.ParentSpanID, "SDK CLIENT span is a child of the SDK SERVER span %s: %s", sdkServer.SpanID, sdkClient)
 
 	// The SDK's header → us.
 	assert.Equal(t, sdkClient.SpanID, py2Server.ParentSpanID, "py2-svc SERVER span is a child of the SDK CLIENT span %s: %s", sdkClient.SpanID, py2Server)
-	want := "00-" + trace + "-" + sdkClient.SpanID + "-01"
+	want := "00-" + trace + "-" + sdkClient.SpanID + "-" + rootFlags // the SDK keeps its parent's flags
 	assert.Equal(t, want, hops[2].Traceparent, "py2-svc received the SDK CLIENT span's traceparent")
 	assert.Equal(t, 1, hops[2].TraceparentCount, "py2-svc received exactly one traceparent: %v", hops[2].Headers)
 	assert.Equal(t, want, hops[2].Headers["traceparent"], "the only traceparent field")

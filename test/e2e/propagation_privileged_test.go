@@ -139,6 +139,11 @@ func checkChain(t *testing.T, apps []*App, cs chainSpans, hops []Hop, incoming s
 		assert.Equal(t, 0, hops[0].TraceparentCount, "%s received no traceparent", apps[0].Service)
 	}
 	assert.Equal(t, incoming, hops[0].Traceparent, "%s received the incoming traceparent", apps[0].Service)
+	// The flags go on as received; a root's are sampled and random (03).
+	flags := rootFlags
+	if incoming != "" {
+		flags = incoming[len(incoming)-2:]
+	}
 	for i, a := range apps {
 		server := cs.Servers[i]
 		assert.Equal(t, trace, server.TraceID, "%s SERVER span joins trace %s: %s", a.Service, trace, server)
@@ -150,11 +155,16 @@ func checkChain(t *testing.T, apps []*App, cs chainSpans, hops []Hop, incoming s
 		assert.Equal(t, server.SpanID, client.ParentSpanID, "%s CLIENT span is a child of its SERVER span %s: %s", a.Service, server.SpanID, client)
 		next := cs.Servers[i+1]
 		assert.Equal(t, client.SpanID, next.ParentSpanID, "%s SERVER span is a child of %s's CLIENT span %s: %s", down.Service, a.Service, client.SpanID, next)
-		want := "00-" + client.TraceID + "-" + client.SpanID + "-01"
+		want := "00-" + client.TraceID + "-" + client.SpanID + "-" + flags
 		assert.Equal(t, want, hops[i+1].Traceparent, "%s received the traceparent of %s's CLIENT span", down.Service, a.Service)
 		assert.Equal(t, 1, hops[i+1].TraceparentCount, "%s received exactly one traceparent", down.Service)
 	}
 }
+
+// rootFlags are the trace flags of a context the receiver starts under the
+// default sampler: sampled (01) and, since it makes the trace id at random,
+// random (02, W3C Trace Context Level 2).
+const rootFlags = "03"
 
 // traceparentIDs splits a version 00 traceparent into trace and parent ids.
 func traceparentIDs(t *testing.T, tp string) (trace, parent string) {
@@ -390,7 +400,7 @@ func TestPropagationIntegrity(t *testing.T) {
 			return
 		}
 		client := f.sink.WaitForSpans(t, All(ClientOf(caller.Service), withTag(tag)), 1, spanTimeout)[0]
-		assert.Equal(t, "00-"+client.TraceID+"-"+client.SpanID+"-01", h.Traceparent, "the header names the CLIENT span: %s", client)
+		assert.Equal(t, "00-"+client.TraceID+"-"+client.SpanID+"-"+rootFlags, h.Traceparent, "the header names the CLIENT span: %s", client)
 	}
 
 	for _, l := range AllLangs() {
@@ -446,7 +456,7 @@ func TestPropagationIntegrity(t *testing.T) {
 				assert.LessOrEqual(t, hops[1].TraceparentCount, 1)
 				if hops[1].TraceparentCount == 1 {
 					client := f.sink.WaitForSpans(t, All(ClientOf(caller.Service), withTag(tag)), 1, spanTimeout)[0]
-					assert.Equal(t, "00-"+client.TraceID+"-"+client.SpanID+"-01", hops[1].Traceparent, "%s", client)
+					assert.Equal(t, "00-"+client.TraceID+"-"+client.SpanID+"-"+rootFlags, hops[1].Traceparent, "%s", client)
 				}
 			})
 		})

@@ -26,6 +26,7 @@ type Span struct {
 	SpanID        string // hex; "" when all zero
 	ParentSpanID  string // hex; "" for a root span
 	TraceState    string // the span's W3C tracestate, "" for none
+	Flags         uint32 // OTLP span flags: the W3C trace flags in bits 0-7
 	Name          string
 	Kind          ptrace.SpanKind
 	Status        ptrace.StatusCode
@@ -299,6 +300,7 @@ func flatten(td ptrace.Traces) []Span {
 					SpanID:        idHex(sp.SpanID()),
 					ParentSpanID:  idHex(sp.ParentSpanID()),
 					TraceState:    sp.TraceState().AsRaw(),
+					Flags:         sp.Flags(),
 					Name:          sp.Name(),
 					Kind:          sp.Kind(),
 					Status:        sp.Status().Code(),
