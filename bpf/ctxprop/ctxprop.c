@@ -49,15 +49,33 @@ struct {
 	__type(value, __u64);
 } prop_counters SEC(".maps");
 
+// Scan state of one write; the bytes are copied into buf.
 struct prop_scratch {
 	__u8 buf[SCAN_SIZE + SCAN_PAD];
-	__u64 end;        // bytes in buf
-	__u64 line_start; // offset of the current header line
-	__u64 line1_end;  // offset just past the request line
-	__u64 header_end; // offset just past the blank line, 0 if not seen
-	__u64 tp_found;   // a traceparent header is present
-	char hdr[TP_HEADER_LEN + 2];
+	char hdr[HDR_MAX]; // the headers to insert
+	__u64 pos;         // next byte to look at
+	__u64 end;         // bytes in buf
+	__u64 blank;       // offset + 1 of the blank line ending the block, 0 if not seen
+	__u64 open_line;   // offset + 1 of a header line cut before NAME_LEN bytes, or 0
+	__u64 mid_line;    // pos is inside a line (the request line, or one cut by a write)
+	__u64 app_tp;      // a traceparent header line was seen
+	__u64 app_ts;      // a tracestate header line was seen
+	struct prop_conn conn; // the request's state, kept in prop_conns between writes
 };
+
+// Not in the trimmed vmlinux.h (uapi values).
+#define PROP_MAP_TYPE_SK_STORAGE 24 // BPF_MAP_TYPE_SK_STORAGE
+#define PROP_F_NO_PREALLOC 1        // BPF_F_NO_PREALLOC
+#define PROP_SK_STORAGE_CREATE 1    // PROP_SK_STORAGE_CREATE
+
+// Outgoing request whose header block is being written, per socket: freed
+// with the socket.
+struct {
+	__uint(type, PROP_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, PROP_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct prop_conn);
+} prop_conns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -115,6 +133,10 @@ int ctxprop_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+#define LINE_WORDS 8 // 8-byte words searched for '\n' per iteration
+
 static __always_inline __u64 scan_load8(const __u8 *buf, __u64 i)
 {
 	__u64 v;
@@ -129,30 +151,86 @@ static __always_inline __u32 scan_load4(const __u8 *buf, __u64 i)
 	return v;
 }
 
-// One byte per iteration; the state lives in the scratch map (see httptrace).
+// High bit set in each byte of w equal to b; the lowest one is exact.
+static __always_inline __u64 bytes_eq(__u64 w, __u8 b)
+{
+	__u64 x = w ^ (ONES * b);
+	return (x - ONES) & ~x & HIGHS;
+}
+
+// Index of the lowest flagged byte of a non-zero bytes_eq mask.
+static __always_inline __u64 first_byte(__u64 m)
+{
+	__u64 n = 0;
+	if (!(m & 0xffffffffull)) {
+		n += 4;
+		m >>= 32;
+	}
+	if (!(m & 0xffffull)) {
+		n += 2;
+		m >>= 16;
+	}
+	if (!(m & 0xffull))
+		n += 1;
+	return n;
+}
+
+// Which of our header names the NAME_LEN bytes w (8), w4 (4) of a line
+// start are, compared case-insensitively: 1 traceparent, 2 tracestate.
+static __always_inline int header_name(__u64 w, __u32 w4)
+{
+	w |= LOWER8;
+	w4 |= LOWER4;
+	if (w == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') && w4 == W4('e', 'n', 't', ':'))
+		return 1;
+	if (w == W8('t', 'r', 'a', 'c', 'e', 's', 't', 'a') &&
+	    (w4 & 0xffffff) == W4('t', 'e', ':', 0))
+		return 2;
+	return 0;
+}
+
+// One line per iteration: at a header line start, look at its name (or note
+// that the write cuts it) and at the blank line; then find the line's end,
+// LINE_WORDS words at a time, resuming there when the line is longer.
 static long scan_cb(__u64 i, void *data)
 {
 	struct prop_scratch *s = *(struct prop_scratch **)data;
-	if (i >= s->end)
+	__u64 pos = s->pos;
+	__u64 end = s->end;
+	if (pos >= end)
 		return 1;
-	__u8 ch = s->buf[i & SCAN_MASK];
-	if (i != s->line_start) {
-		if (ch == '\n') {
-			if (!s->line1_end)
-				s->line1_end = i + 1;
-			s->line_start = i + 1;
+	const __u8 *buf = s->buf;
+	if (!s->mid_line) {
+		__u8 ch = buf[pos & SCAN_MASK];
+		if (ch == '\r' || ch == '\n') {
+			s->blank = pos + 1;
+			return 1;
 		}
-		return 0;
+		if (pos + NAME_LEN <= end) {
+			int h = header_name(scan_load8(buf, pos), scan_load4(buf, pos + 8));
+			if (h == 1)
+				s->app_tp = 1;
+			else if (h == 2)
+				s->app_ts = 1;
+		} else {
+			s->open_line = pos + 1;
+		}
 	}
-	if (ch == '\r' || ch == '\n') {
-		s->header_end = i + 1;
-		return 1;
+#pragma unroll
+	for (int k = 0; k < LINE_WORDS; k++) {
+		__u64 m = bytes_eq(scan_load8(buf, pos + 8 * k), '\n');
+		if (m) {
+			__u64 nl = pos + 8 * k + first_byte(m);
+			if (nl >= end)
+				break;
+			s->pos = nl + 1;
+			s->mid_line = 0;
+			s->open_line = 0;
+			return 0;
+		}
 	}
-	if ((scan_load8(s->buf, i) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
-	    (scan_load4(s->buf, i + 8) | LOWER4) == W4('e', 'n', 't', ':')) {
-		s->tp_found = 1;
-		return 1;
-	}
+	s->pos = pos + 8 * LINE_WORDS;
+	s->mid_line = 1;
 	return 0;
 }
 
@@ -172,96 +250,256 @@ static __always_inline void put_hex(char *dst, const __u8 *src, int n)
 	}
 }
 
+// Resolves a header line whose start the previous write cut before NAME_LEN
+// bytes (c->carry): completes it with this write's first bytes.
+static __always_inline void resolve_carry(struct prop_conn *c, const __u8 *buf, __u64 n)
+{
+	__u64 cl = c->carry_len;
+	if (cl >= NAME_LEN) {
+		c->carry_open = 0;
+		return;
+	}
+#pragma unroll
+	for (int k = 0; k < NAME_LEN; k++) {
+		if (k < n && cl + k < NAME_LEN)
+			c->carry[(cl + k) & 15] = buf[k];
+	}
+	cl += n < NAME_LEN - cl ? n : NAME_LEN - cl;
+	c->carry_len = cl;
+	if (cl < NAME_LEN)
+		return;
+	c->carry_open = 0;
+	__u64 w;
+	__u32 w4;
+	__builtin_memcpy(&w, c->carry, 8);
+	__builtin_memcpy(&w4, c->carry + 8, 4);
+	int h = header_name(w, w4);
+	if (h == 1)
+		c->app_tp = 1;
+	else if (h == 2)
+		c->app_ts = 1;
+}
+
+// Writes "traceparent: 00-<trace>-<span>-<flags>\r\n", and when the SERVER
+// span has a tracestate and the application sends none,
+// "tracestate: <value>\r\n", into s->hdr. Returns the length.
+static __always_inline __u64 build_headers(struct prop_scratch *s, struct prop_conn *c)
+{
+	char *hdr = s->hdr;
+	__builtin_memcpy(hdr, "traceparent: 00-", 16);
+	put_hex(hdr + 16, c->trace_id, 16);
+	hdr[48] = '-';
+	put_hex(hdr + 49, c->span_id, 8);
+	hdr[65] = '-';
+	put_hex(hdr + 66, &c->trace_flags, 1);
+	hdr[68] = '\r';
+	hdr[69] = '\n';
+	if (c->app_ts)
+		return TP_HEADER_LEN;
+	struct tracestate *ts = bpf_map_lookup_elem(&tracestates, &c->server_span);
+	if (!ts)
+		return TP_HEADER_LEN;
+	__u64 len = ts->len;
+	barrier_var(len);
+	if (len == 0 || len > TRACESTATE_MAX)
+		return TP_HEADER_LEN;
+	__builtin_memcpy(hdr + TP_HEADER_LEN, "tracestate: ", TS_PREFIX_LEN);
+	if (bpf_probe_read_kernel(hdr + TP_HEADER_LEN + TS_PREFIX_LEN, len, ts->data))
+		return TP_HEADER_LEN;
+	__u64 p = TP_HEADER_LEN + TS_PREFIX_LEN + len;
+	barrier_var(p);
+	if (p > HDR_MAX - 2)
+		return TP_HEADER_LEN;
+	hdr[p] = '\r';
+	hdr[p + 1] = '\n';
+	prop_count(PROP_TRACESTATE);
+	return p + 2;
+}
+
+// Inserts s->hdr (len bytes) at offset off of the message. 0 on success.
+static __always_inline int insert_headers(struct sk_msg_md *msg, struct prop_scratch *s,
+					  __u64 off, __u64 len)
+{
+	if (len < 8 || len > HDR_MAX)
+		return -1;
+	if (bpf_msg_push_data(msg, off, len, 0))
+		return -1;
+	if (bpf_msg_pull_data(msg, off, off + len, 0))
+		goto undo;
+	__u8 *data = msg->data;
+	__u8 *end = msg->data_end;
+#pragma unroll
+	for (int k = 0; k < HDR_MAX / 8; k++) {
+		if (8 * k + 8 > len)
+			break;
+		if (data + 8 * k + 8 > end)
+			goto undo;
+		__u64 v;
+		__builtin_memcpy(&v, s->hdr + 8 * k, 8);
+		*(__u64 *)(data + 8 * k) = v;
+	}
+	__u64 o = len - 8; // the last, possibly partial, word
+	barrier_var(o);
+	if (o > HDR_MAX - 8)
+		goto undo;
+	if (data + o + 8 > end)
+		goto undo;
+	__u64 v;
+	__builtin_memcpy(&v, s->hdr + o, 8);
+	*(__u64 *)(data + o) = v;
+	return 0;
+undo:
+	bpf_msg_pop_data(msg, off, len, 0);
+	return -1;
+}
+
+// Sees every write on a connection of a traced process. A write that starts
+// an HTTP/1.x request line while the thread serves a traced request decides
+// the CLIENT span's ids (handed to httptrace through client_ids at once:
+// httptrace reads them at the end of this write); the header block is then
+// followed, over as many writes as the application uses, and the headers are
+// inserted before its blank line, in the write that has it, unless the block
+// carries the application's own traceparent. Lines are found 8 bytes at a
+// time; only the block's first SCAN_SIZE bytes are searched: a longer one
+// passes untouched. The rest of the write after the block (a body, a
+// pipelined request) passes untouched.
 SEC("sk_msg")
 int ctxprop_sk_msg(struct sk_msg_md *msg)
 {
 	if (return_at_once)
 		return SK_PASS;
-	__u32 size = msg->size;
-	if (size < 16)
+	__u64 size = msg->size;
+	struct bpf_sock *sk = msg->sk;
+	if (!size || !sk)
 		return SK_PASS;
-	bpf_msg_pull_data(msg, 0, size < SCAN_SIZE ? size : SCAN_SIZE, 0);
-	__u8 *data = msg->data;
-	__u8 *end = msg->data_end;
-	if (data + 16 > end)
-		return SK_PASS;
-	if (!request_method_len(data))
-		return SK_PASS;
-	// Looked up once the write is known to start a request: in a Go
-	// process the lookup may walk the goroutine's ancestry.
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 g;
-	struct thread_ctx *t = current_ctx(pid_tgid, &g);
-	if (!t)
-		return SK_PASS;
-
 	__u32 zero = 0;
 	struct prop_scratch *s = bpf_map_lookup_elem(&prop_scratch_map, &zero);
 	if (!s)
 		return SK_PASS;
-	__u64 n = end - data;
-	if (n > SCAN_SIZE)
-		n = SCAN_SIZE;
-	barrier_var(n);
-	if (n > SCAN_SIZE || n < 16)
-		return SK_PASS;
-	if (bpf_probe_read_kernel(s->buf, n, data))
-		return SK_PASS;
-	s->end = n;
-	s->line_start = (__u64)-1;
-	s->line1_end = 0;
-	s->header_end = 0;
-	s->tp_found = 0;
-	bpf_loop(SCAN_SIZE, scan_cb, &s, 0);
-	if (s->tp_found) {
-		prop_count(PROP_APP_HEADER);
-		return SK_PASS;
-	}
-	__u64 off = s->line1_end;
-	if (!s->header_end || !off || off > SCAN_SIZE) {
-		prop_count(PROP_HEADERS_TOO_LONG);
-		return SK_PASS;
+	// The state of a block cut by a write lives with the socket; the state
+	// of a request is worked on in s->conn and stored only when its block
+	// goes on in the next write (the usual single-write block needs no
+	// storage).
+	struct prop_conn *stored = bpf_sk_storage_get(&prop_conns, sk, 0, 0);
+	bool first = !stored || !stored->in_headers;
+	struct prop_conn *c = &s->conn;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u8 *data, *end;
+	__u64 want;
+	if (first) {
+		if (size < 8)
+			return SK_PASS;
+		data = msg->data;
+		end = msg->data_end;
+		if (data + 8 > end) {
+			bpf_msg_pull_data(msg, 0, 8, 0);
+			data = msg->data;
+			end = msg->data_end;
+			if (data + 8 > end)
+				return SK_PASS;
+		}
+		if (!request_method_len(data))
+			return SK_PASS;
+		// Looked up once the write is known to start a request: in a Go
+		// process the lookup may walk the goroutine's ancestry.
+		__u64 g;
+		struct thread_ctx *t = current_ctx(pid_tgid, &g);
+		if (!t)
+			return SK_PASS;
+		__builtin_memset(c, 0, sizeof(*c));
+		__builtin_memcpy(c->trace_id, t->trace_id, sizeof(c->trace_id));
+		__builtin_memcpy(&c->server_span, t->span_id, sizeof(c->server_span));
+		c->trace_flags = t->trace_flags;
+		random_id(c->span_id, 2);
+		c->in_headers = 1;
+		c->mid_line = 1; // the request line
+		if (t->inherited)
+			end_inherited(pid_tgid, g); // an inherited context serves one request
+		want = size < SCAN_SIZE ? size : SCAN_SIZE;
+	} else {
+		__builtin_memcpy(c, stored, sizeof(*c));
+		stored->in_headers = 0; // set again below if the block goes on
+		__u64 left = c->hdr_bytes < SCAN_SIZE ? SCAN_SIZE - c->hdr_bytes : 0;
+		want = size < left ? size : left;
+		if (!want) {
+			prop_count(PROP_HEADERS_TOO_LONG);
+			return SK_PASS;
+		}
 	}
 
-	struct client_ids ids = {};
-	__builtin_memcpy(ids.trace_id, t->trace_id, sizeof(ids.trace_id));
-	__builtin_memcpy(ids.parent_id, t->span_id, sizeof(ids.parent_id));
-	ids.trace_flags = t->trace_flags;
-	random_id(ids.span_id, 2);
-
-	char *hdr = s->hdr;
-	__builtin_memcpy(hdr, "traceparent: 00-", 16);
-	put_hex(hdr + 16, ids.trace_id, 16);
-	hdr[48] = '-';
-	put_hex(hdr + 49, ids.span_id, 8);
-	hdr[65] = '-';
-	put_hex(hdr + 66, &ids.trace_flags, 1);
-	hdr[68] = '\r';
-	hdr[69] = '\n';
-
-	if (bpf_msg_push_data(msg, off, TP_HEADER_LEN, 0)) {
-		prop_count(PROP_PUSH_FAILED);
-		return SK_PASS;
-	}
-	if (bpf_msg_pull_data(msg, off, off + TP_HEADER_LEN, 0)) {
-		bpf_msg_pop_data(msg, off, TP_HEADER_LEN, 0);
-		prop_count(PROP_PUSH_FAILED);
-		return SK_PASS;
-	}
+	bpf_msg_pull_data(msg, 0, want, 0);
 	data = msg->data;
 	end = msg->data_end;
-	if (data + TP_HEADER_LEN > end) {
-		bpf_msg_pop_data(msg, off, TP_HEADER_LEN, 0);
-		prop_count(PROP_PUSH_FAILED);
+	__u64 n = end - data;
+	if (n > want)
+		n = want;
+	barrier_var(n);
+	if (n > SCAN_SIZE || n < want || bpf_probe_read_kernel(s->buf, n, data)) {
+		prop_count(PROP_PUSH_FAILED); // the bytes cannot be seen: give up on the block
 		return SK_PASS;
 	}
+	if (c->carry_open && !first)
+		resolve_carry(c, s->buf, n);
+	s->pos = 0;
+	s->end = n;
+	s->blank = 0;
+	s->open_line = 0;
+	s->mid_line = c->mid_line;
+	s->app_tp = 0;
+	s->app_ts = 0;
+	bpf_loop(SCAN_LOOPS, scan_cb, &s, 0);
+	if (s->app_tp)
+		c->app_tp = 1;
+	if (s->app_ts)
+		c->app_ts = 1;
+
+	if (s->blank) {
+		if (c->app_tp) {
+			prop_count(PROP_APP_HEADER);
+			return SK_PASS;
+		}
+		__u64 len = build_headers(s, c);
+		if (insert_headers(msg, s, s->blank - 1, len)) {
+			prop_count(PROP_PUSH_FAILED);
+			return SK_PASS;
+		}
+		prop_count(PROP_INJECTED);
+		if (!first)
+			prop_count(PROP_SPLIT);
+	} else if (c->hdr_bytes + n >= SCAN_SIZE || n < size) {
+		prop_count(PROP_HEADERS_TOO_LONG);
+		return SK_PASS;
+	} else {
+		// The block goes on in the next write.
+		c->hdr_bytes += n;
+		c->mid_line = s->mid_line;
+		if (s->open_line) {
+			__u64 ls = s->open_line - 1;
+			__u64 cl = n - ls;
 #pragma unroll
-	for (int k = 0; k < TP_HEADER_LEN; k++)
-		data[k] = hdr[k];
-	bpf_map_update_elem(&client_ids, &pid_tgid, &ids, BPF_ANY);
-	if (t->inherited)
-		end_inherited(pid_tgid, g); // an inherited context serves one request
-	prop_count(PROP_INJECTED);
+			for (int k = 0; k < NAME_LEN; k++) {
+				if (k < cl)
+					c->carry[k] = s->buf[(ls + k) & SCAN_MASK];
+			}
+			c->carry_len = cl < NAME_LEN ? cl : NAME_LEN;
+			c->carry_open = 1;
+		}
+		if (!stored)
+			stored = bpf_sk_storage_get(&prop_conns, sk, 0, PROP_SK_STORAGE_CREATE);
+		if (!stored)
+			return SK_PASS; // no memory: the block passes untouched
+		__builtin_memcpy(stored, c, sizeof(*c));
+		if (c->app_tp)
+			return SK_PASS;
+	}
+	if (first) {
+		struct client_ids ids = {};
+		__builtin_memcpy(ids.trace_id, c->trace_id, sizeof(ids.trace_id));
+		__builtin_memcpy(ids.span_id, c->span_id, sizeof(ids.span_id));
+		__builtin_memcpy(ids.parent_id, &c->server_span, sizeof(ids.parent_id));
+		ids.trace_flags = c->trace_flags;
+		bpf_map_update_elem(&client_ids, &pid_tgid, &ids, BPF_ANY);
+	}
 	return SK_PASS;
 }
 

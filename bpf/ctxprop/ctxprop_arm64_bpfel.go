@@ -53,6 +53,23 @@ type ctxpropGoWalk struct {
 	ParentOff uint32
 }
 
+type ctxpropPropConn struct {
+	_          structs.HostLayout
+	TraceId    [16]uint8
+	SpanId     [8]uint8
+	ServerSpan uint64
+	HdrBytes   uint64
+	Carry      [16]uint8
+	InHeaders  uint8
+	MidLine    uint8
+	CarryLen   uint8
+	CarryOpen  uint8
+	AppTp      uint8
+	AppTs      uint8
+	TraceFlags uint8
+	Pad        [1]uint8
+}
+
 type ctxpropPropCounter uint32
 
 const (
@@ -60,18 +77,23 @@ const (
 	ctxpropPropCounterPROP_APP_HEADER       ctxpropPropCounter = 1
 	ctxpropPropCounterPROP_HEADERS_TOO_LONG ctxpropPropCounter = 2
 	ctxpropPropCounterPROP_PUSH_FAILED      ctxpropPropCounter = 3
-	ctxpropPropCounterPROP_COUNTER_MAX      ctxpropPropCounter = 4
+	ctxpropPropCounterPROP_TRACESTATE       ctxpropPropCounter = 4
+	ctxpropPropCounterPROP_SPLIT            ctxpropPropCounter = 5
+	ctxpropPropCounterPROP_COUNTER_MAX      ctxpropPropCounter = 6
 )
 
 type ctxpropPropScratch struct {
-	_         structs.HostLayout
-	Buf       [4160]uint8
-	End       uint64
-	LineStart uint64
-	Line1End  uint64
-	HeaderEnd uint64
-	TpFound   uint64
-	Hdr       [72]int8
+	_        structs.HostLayout
+	Buf      [16448]uint8
+	Hdr      [640]int8
+	Pos      uint64
+	End      uint64
+	Blank    uint64
+	OpenLine uint64
+	MidLine  uint64
+	AppTp    uint64
+	AppTs    uint64
+	Conn     ctxpropPropConn
 }
 
 type ctxpropThreadCtx struct {
@@ -103,6 +125,7 @@ const (
 	ctxpropMapGoParents         = "go_parents"
 	ctxpropMapGoProcs           = "go_procs"
 	ctxpropMapGoWalkState       = "go_walk_state"
+	ctxpropMapPropConns         = "prop_conns"
 	ctxpropMapPropCounters      = "prop_counters"
 	ctxpropMapPropScratchMap    = "prop_scratch_map"
 	ctxpropMapThreadCtxs        = "thread_ctxs"
@@ -174,6 +197,7 @@ type ctxpropMapSpecs struct {
 	GoParents      *ebpf.MapSpec `ebpf:"go_parents"`
 	GoProcs        *ebpf.MapSpec `ebpf:"go_procs"`
 	GoWalkState    *ebpf.MapSpec `ebpf:"go_walk_state"`
+	PropConns      *ebpf.MapSpec `ebpf:"prop_conns"`
 	PropCounters   *ebpf.MapSpec `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.MapSpec `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.MapSpec `ebpf:"thread_ctxs"`
@@ -217,6 +241,7 @@ type ctxpropMaps struct {
 	GoParents      *ebpf.Map `ebpf:"go_parents"`
 	GoProcs        *ebpf.Map `ebpf:"go_procs"`
 	GoWalkState    *ebpf.Map `ebpf:"go_walk_state"`
+	PropConns      *ebpf.Map `ebpf:"prop_conns"`
 	PropCounters   *ebpf.Map `ebpf:"prop_counters"`
 	PropScratchMap *ebpf.Map `ebpf:"prop_scratch_map"`
 	ThreadCtxs     *ebpf.Map `ebpf:"thread_ctxs"`
@@ -234,6 +259,7 @@ func (m *ctxpropMaps) Close() error {
 		m.GoParents,
 		m.GoProcs,
 		m.GoWalkState,
+		m.PropConns,
 		m.PropCounters,
 		m.PropScratchMap,
 		m.ThreadCtxs,

@@ -152,8 +152,10 @@ func socketInodes(pid int) ([]uint64, error) {
 type Counters struct {
 	Injected       uint64 // headers injected
 	AppHeader      uint64 // requests that had their own traceparent
-	HeadersTooLong uint64 // header blocks too long to search: not injected
-	PushFailed     uint64 // the kernel could not grow the message
+	HeadersTooLong uint64 // header blocks without an end in their first 16 KiB: not injected
+	PushFailed     uint64 // the kernel could not grow (or linearize) the message
+	Tracestate     uint64 // tracestate headers injected with a traceparent
+	Split          uint64 // injections into header blocks written in several writes
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -164,6 +166,8 @@ func (p *Propagator) ReadCounters() (Counters, error) {
 		ctxpropPropCounterPROP_APP_HEADER:       &c.AppHeader,
 		ctxpropPropCounterPROP_HEADERS_TOO_LONG: &c.HeadersTooLong,
 		ctxpropPropCounterPROP_PUSH_FAILED:      &c.PushFailed,
+		ctxpropPropCounterPROP_TRACESTATE:       &c.Tracestate,
+		ctxpropPropCounterPROP_SPLIT:            &c.Split,
 	} {
 		var per []uint64
 		if err := p.objs.PropCounters.Lookup(uint32(idx), &per); err != nil {

@@ -1,0 +1,331 @@
+//go:build linux && privileged
+
+package ctxprop
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
+)
+
+// A Python server whose POST /send?port=N&wait=F with body "a,b,...\n<raw
+// HTTP request>" waits until file F exists, then connects to 127.0.0.1:N and
+// writes the raw request with one send per range [0,a) [a,b) ... [last,end),
+// reads the response until the server closes and returns its status line.
+const pyRawSender = `
+import os, socket, sys, time, urllib.parse
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        cuts, raw = self.rfile.read(int(self.headers["Content-Length"])).split(b"\n", 1)
+        while not os.path.exists(q["wait"][0]):
+            time.sleep(0.005)
+        cuts = [int(c) for c in cuts.split(b",") if c]
+        s = socket.create_connection(("127.0.0.1", int(q["port"][0])))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        prev = 0
+        for c in cuts + [len(raw)]:
+            s.sendall(raw[prev:c])
+            prev = c
+            time.sleep(0.005)
+        resp = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            resp += b
+        s.close()
+        body = resp.split(b"\r\n")[0]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+`
+
+// rawCapture is a downstream that records the exact bytes of each request
+// (up to and with its header block's end), answers 200 and closes.
+type rawCapture struct {
+	l   net.Listener
+	got chan []byte
+}
+
+func startRawCapture(t *testing.T) *rawCapture {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &rawCapture{l: l, got: make(chan []byte, 16)}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+				var buf []byte
+				chunk := make([]byte, 65536)
+				for !bytes.Contains(buf, []byte("\r\n\r\n")) {
+					n, err := conn.Read(chunk)
+					buf = append(buf, chunk[:n]...)
+					if err != nil {
+						break
+					}
+				}
+				c.got <- buf
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+			}()
+		}
+	}()
+	return c
+}
+
+func (c *rawCapture) port() int { return c.l.Addr().(*net.TCPAddr).Port }
+
+func (c *rawCapture) next(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case b := <-c.got:
+		return b
+	case <-time.After(10 * time.Second):
+		t.Fatal("the downstream received no request")
+		return nil
+	}
+}
+
+// rawRequest is "GET /raw HTTP/1.1", Host, then the extra header lines,
+// then the blank line.
+func rawRequest(extra ...string) []byte {
+	var b strings.Builder
+	b.WriteString("GET /raw?x=1 HTTP/1.1\r\nHost: downstream\r\n")
+	for _, h := range extra {
+		b.WriteString(h + "\r\n")
+	}
+	b.WriteString("\r\n")
+	return []byte(b.String())
+}
+
+// padHeaders is n header lines of size bytes each (with their CRLF).
+func padHeaders(n, size int) []string {
+	out := make([]string, n)
+	for i := range out {
+		name := fmt.Sprintf("X-Pad-%03d: ", i)
+		out[i] = name + strings.Repeat("p", size-len(name)-2)
+	}
+	return out
+}
+
+// every is the cut offsets every step bytes from first, below n.
+func every(first, step, n int) []int {
+	var out []int
+	for c := first; c < n; c += step {
+		out = append(out, c)
+	}
+	return out
+}
+
+// TestHeaderBlocks sends raw requests from a traced Python process serving a
+// traced request, in one or in several writes, and checks the exact bytes
+// the downstream received: the request, plus at its header block's end one
+// traceparent (and the context's tracestate) line, or untouched.
+func TestHeaderBlocks(t *testing.T) {
+	tr, p, rd := attached(t)
+	sender := startPyScript(t, pyRawSender)
+	if err := tr.Trace(uint32(sender.pid)); err != nil {
+		t.Fatal(err)
+	}
+	down := startRawCapture(t)
+
+	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	ownTP := "traceparent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
+	big := rawRequest(padHeaders(40, 100)...) // 4 KiB
+	cookie := rawRequest("Accept: */*", "Cookie: c="+strings.Repeat("k", 6144), "User-Agent: raw")
+	block16k := rawRequest(padHeaders(162, 100)...)
+	over16k := rawRequest(padHeaders(166, 100)...)
+	ownSplit := rawRequest("Accept: */*", "X-A: 1", "TraceParent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01")
+	nameAt := bytes.Index(ownSplit, []byte("TraceParent"))
+	small := rawRequest("Accept: */*")
+	for _, tc := range []struct {
+		name       string
+		raw        []byte
+		cuts       []int
+		flags      string // of the incoming traceparent
+		tracestate string // put in tracestates for the SERVER span
+		inject     string // tracestate value expected after the traceparent
+		untouched  bool
+		counter    func(c Counters) uint64
+	}{
+		// httptrace needs 16 bytes in the first write for a CLIENT span.
+		{name: "small", raw: small},
+		{name: "unsampled", raw: small, flags: "00"},
+		{name: "40 headers of 100 bytes", raw: big},
+		{name: "6 KiB cookie", raw: cookie},
+		{name: "16 KiB block", raw: block16k},
+		{name: "tracestate", raw: small, tracestate: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", inject: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
+		{name: "own tracestate", raw: rawRequest("TRACESTATE: app=1"), tracestate: "ours=1"},
+		{name: "own traceparent", raw: rawRequest("Accept: */*", ownTP), tracestate: "ours=1", untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "writes of 7 bytes", raw: big, cuts: append(every(20, 7, 600), every(600, 500, len(big))...), counter: func(c Counters) uint64 { return c.Split }},
+		{name: "writes of 4096 bytes", raw: block16k, cuts: every(4096, 4096, len(block16k)), counter: func(c Counters) uint64 { return c.Split }},
+		{name: "request line alone", raw: cookie, cuts: []int{bytes.IndexByte(cookie, '\n') + 1}, counter: func(c Counters) uint64 { return c.Split }},
+		{name: "blank line cut", raw: small, cuts: []int{len(small) - 2, len(small) - 1}, counter: func(c Counters) uint64 { return c.Split }},
+		{name: "blank line alone", raw: small, cuts: []int{len(small) - 2}, counter: func(c Counters) uint64 { return c.Split }},
+		{name: "own traceparent, name cut", raw: ownSplit, cuts: []int{nameAt + 3, nameAt + 5, nameAt + 20}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "own traceparent, later write", raw: ownSplit, cuts: []int{nameAt}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "over 16 KiB", raw: over16k, untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
+		{name: "over 16 KiB in writes", raw: over16k, cuts: every(4096, 4096, len(over16k)), untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			flags := tc.flags
+			if flags == "" {
+				flags = "01"
+			}
+			before, err := p.ReadCounters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wait := filepath.Join(t.TempDir(), "go")
+			cuts := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(tc.cuts)), ","), "[]")
+			url := fmt.Sprintf("http://127.0.0.1:%d/send?port=%d&wait=%s", sender.port, down.port(), wait)
+			req, err := http.NewRequest("POST", url, strings.NewReader(cuts+"\n"+string(tc.raw)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("traceparent", "00-"+trace+"-00f067aa0ba902b7-"+flags)
+			done := make(chan string, 1)
+			go func() {
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					done <- err.Error()
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				done <- string(b)
+			}()
+			// The sender serves the request: name its SERVER span's
+			// tracestate, then let it call.
+			server := serverSpanOf(t, tr, trace)
+			if tc.tracestate != "" {
+				var v [520]byte
+				v[0] = byte(len(tc.tracestate))
+				copy(v[8:], tc.tracestate)
+				if err := tr.Shared().Tracestates.Put(server, v); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = tr.Shared().Tracestates.Delete(server) })
+			}
+			if err := os.WriteFile(wait, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got := down.next(t)
+			if status := <-done; status != "HTTP/1.1 200 OK" {
+				t.Fatalf("sender: %q", status)
+			}
+			var client spans.Request
+			for _, r := range read(t, rd, 2) {
+				if r.Kind == spans.KindClient {
+					client = r
+				}
+			}
+			after, err := p.ReadCounters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.counter != nil && tc.counter(after) != tc.counter(before)+1 {
+				t.Errorf("counter did not increment: %+v -> %+v", before, after)
+			}
+			if tc.untouched {
+				if !bytes.Equal(got, tc.raw) {
+					t.Fatalf("downstream received %d bytes, want the %d sent untouched:\n%q", len(got), len(tc.raw), head(got))
+				}
+				if after.Injected != before.Injected {
+					t.Errorf("injected counter moved: %+v -> %+v", before, after)
+				}
+				return
+			}
+			tp := fmt.Sprintf("traceparent: 00-%s-%s-%s\r\n", trace, client.SpanID, flags)
+			if client.TraceID.String() != trace || client.SpanID.IsEmpty() {
+				t.Fatalf("CLIENT span %+v", client)
+			}
+			ts := ""
+			if tc.inject != "" {
+				ts = "tracestate: " + tc.inject + "\r\n"
+			}
+			want := string(tc.raw[:len(tc.raw)-2]) + tp + ts + "\r\n"
+			if string(got) != want {
+				t.Fatalf("downstream received %d bytes, want %d:\n got %q\nwant %q", len(got), len(want), tail(got), tail([]byte(want)))
+			}
+			if after.Injected != before.Injected+1 {
+				t.Errorf("injected counter: %+v -> %+v", before, after)
+			}
+		})
+	}
+}
+
+func head(b []byte) []byte { return b[:min(len(b), 300)] }
+func tail(b []byte) []byte { return b[max(0, len(b)-300):] }
+
+// serverSpanOf waits for a thread serving a request of trace and returns its
+// SERVER span id.
+func serverSpanOf(t *testing.T, tr *httptrace.Tracer, trace string) [8]byte {
+	t.Helper()
+	want, _ := hex.DecodeString(trace)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		var k uint64
+		var v [32]byte
+		for it := tr.Shared().ThreadCtxs.Iterate(); it.Next(&k, &v); {
+			if bytes.Equal(v[:16], want) {
+				var id [8]byte
+				copy(id[:], v[16:24])
+				return id
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no thread serves trace %s", trace)
+	return [8]byte{}
+}
+
+type script struct{ pid, port int }
+
+// startPyScript runs a Python server script on a free port until the test
+// ends.
+func startPyScript(t *testing.T, src string) script {
+	port := freePort(t)
+	cmd := exec.Command("python3", "-c", src, fmt.Sprint(port))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	return script{pid: cmd.Process.Pid, port: port}
+}
