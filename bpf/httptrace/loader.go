@@ -288,6 +288,9 @@ type Counters struct {
 	EventsLost    uint64 // ring buffer full
 	PipelineFull  uint64 // pipelined requests beyond the tracked depth
 	ConnStateFull uint64 // connection state could not be stored
+	// HeadersTooLarge counts request header blocks longer than the 16 KiB
+	// scanned: headers past the limit are not looked at.
+	HeadersTooLarge uint64
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -312,6 +315,9 @@ func (t *Tracer) ReadCounters() (Counters, error) {
 		return c, err
 	}
 	if c.ConnStateFull, err = read(httptraceCounterCOUNTER_CONN_STATE_FULL); err != nil {
+		return c, err
+	}
+	if c.HeadersTooLarge, err = read(httptraceCounterCOUNTER_HEADERS_TOO_LARGE); err != nil {
 		return c, err
 	}
 	return c, nil
@@ -347,7 +353,8 @@ func NewClock(monoNow time.Duration) Clock {
 func (c Clock) Time(ns uint64) time.Time { return c.bootWall.Add(time.Duration(ns)) }
 
 // Decode turns one ring buffer record into a request. Records shorter than
-// an event are rejected.
+// an event are rejected; tracestate records (IsTraceState) go to
+// TraceStates instead.
 func Decode(raw []byte, clock Clock, r *spans.Request) error {
 	if len(raw) < EventSize {
 		return fmt.Errorf("decode http event: record of %d bytes, want %d", len(raw), EventSize)

@@ -644,3 +644,15 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+func TestTraceState(t *testing.T) {
+	b := NewBuilder("host", "v1")
+	srv := with(server(), func(r *Request) { r.TraceState = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE" })
+	b.Append(&srv, proc)
+	plain := server()
+	b.Append(&plain, proc)
+	ss := b.Flush().ResourceSpans().At(0).ScopeSpans().At(0).Spans()
+	require.Equal(t, 2, ss.Len())
+	require.Equal(t, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", ss.At(0).TraceState().AsRaw())
+	require.Equal(t, "", ss.At(1).TraceState().AsRaw(), "a builder reused across spans does not leak it")
+}
