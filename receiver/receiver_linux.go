@@ -392,6 +392,7 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 		req  spans.Request
 		read int64
 		kc   kernelCounters
+		ts   = httptrace.NewTraceStates()
 	)
 	flush := func() {
 		if read > 0 {
@@ -430,7 +431,11 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			return fmt.Errorf("read ring buffer: %w", err)
 		default:
 			read++
-			if derr := httptrace.Decode(rec.RawSample, clock, &req); derr == nil {
+			if httptrace.IsTraceState(rec.RawSample) {
+				// The tracestate of the span whose record follows.
+				_ = ts.Add(rec.RawSample)
+			} else if derr := httptrace.Decode(rec.RawSample, clock, &req); derr == nil {
+				ts.Apply(&req)
 				builder.Append(&req, r.process(req.PID))
 			}
 			if builder.Len() < batchLength && time.Now().Before(deadline) {

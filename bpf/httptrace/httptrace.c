@@ -18,7 +18,8 @@
 #include <bpf/bpf_endian.h>
 
 #include "httptrace.h"
-#include "http.h"
+#define W3C_READ(dst, n, src) bpf_probe_read_user(dst, n, src)
+#include "w3c.h"
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
 #include "maps/client_ids.h"
@@ -61,25 +62,32 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-// State of one request parse (see parse_cb).
-struct scan_state {
-	__u64 pos;            // next byte to look at
-	__u64 end;            // end of the data in buf
-	__u64 line_no;        // lines seen, the request line being 0
-	__u64 mid_line;       // pos is inside a line longer than one step
-	__u64 header_end;     // offset just past the blank line, 0 if not seen
-	__u64 tp_off;         // offset of the traceparent value, 0 if none
-	__u64 content_length; // Content-Length value, 0 if none
-	__u64 version_off;    // offset of the request line's minor version digit
-};
 
+_Static_assert(sizeof(struct w3c_tracestate) == sizeof(struct tracestate),
+	       "w3c_tracestate mirrors tracestate");
+
+// The scan state lives in the per-CPU scratch map, not on the stack: the
+// verifier does not track map contents, so the callbacks are verified once
+// instead of once per distinct value of the offsets.
 struct scratch {
 	__u8 buf[BUF_SIZE + BUF_PAD];
-	struct scan_state st;
+	struct w3c_scan st;
 	// The struct sock the socket hook was given, 0 at sys_exit: handed to
 	// the global functions here (they take scalars only).
 	__u64 hint;
+	__u64 src; // user address of the data read or written (buf[0])
+	__u64 len; // bytes of it
+	struct ts_scan ts; // tracestate of a header block seen in one read
 };
+
+// Tracestate validation of a header block that continues in later reads,
+// (tgid, fd) -> state.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct conn_key);
+	__type(value, struct ts_scan);
+} ts_scans SEC(".maps");
 
 // An all-zero connection state, never written: the initial value of new
 // entries in conns (too large to build on the stack).
@@ -100,6 +108,7 @@ struct {
 // Dummy instances so bpf2go emits Go types for them.
 const struct http_event *unused_http_event __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
+const struct tracestate_event *unused_tracestate_event __attribute__((unused));
 
 #if defined(__TARGET_ARCH_x86)
 #define NR_READ 0
@@ -164,10 +173,6 @@ static __always_inline void count(__u32 which)
 		*v += 1;
 }
 
-static __always_inline __u8 at(const __u8 *buf, __u64 i)
-{
-	return buf[i & BUF_MASK];
-}
 
 // True if buf starts a status line: "HTTP/1.x NNN".
 static __always_inline bool is_response(const __u8 *b)
@@ -181,217 +186,6 @@ static __always_inline __u16 status_at(const __u8 *buf, __u64 off)
 {
 	return (at(buf, off + 9) - '0') * 100 + (at(buf, off + 10) - '0') * 10 +
 	       (at(buf, off + 11) - '0');
-}
-
-// Request parsing. The request line is handled without a loop; headers
-// are walked one line per bpf_loop iteration, each line searched 8 bytes at
-// a time. The scan state lives in the per-CPU scratch map, not on the stack:
-// the verifier does not track map contents, so the callback is verified once
-// instead of once per distinct value of the offsets.
-struct parse_ctx {
-	struct scratch *s;
-	struct req_info *r;
-};
-
-#define ONES 0x0101010101010101ull
-#define HIGHS 0x8080808080808080ull
-#define LINE_WORDS 32 // 8-byte words searched for '\n' per iteration
-
-static __always_inline __u64 load8(const __u8 *buf, __u64 i)
-{
-	__u64 v;
-	__builtin_memcpy(&v, buf + (i & BUF_MASK), 8);
-	return v;
-}
-
-static __always_inline __u32 load4(const __u8 *buf, __u64 i)
-{
-	__u32 v;
-	__builtin_memcpy(&v, buf + (i & BUF_MASK), 4);
-	return v;
-}
-
-// High bit set in each byte of w equal to b; the lowest one is exact.
-static __always_inline __u64 bytes_eq(__u64 w, __u8 b)
-{
-	__u64 x = w ^ (ONES * b);
-	return (x - ONES) & ~x & HIGHS;
-}
-
-// Index of the lowest flagged byte of a non-zero bytes_eq mask.
-static __always_inline __u32 first_byte(__u64 m)
-{
-	__u32 n = 0;
-	if (!(m & 0xffffffffull)) {
-		n += 4;
-		m >>= 32;
-	}
-	if (!(m & 0xffffull)) {
-		n += 2;
-		m >>= 16;
-	}
-	if (!(m & 0xffull))
-		n += 1;
-	return n;
-}
-
-// Length of the token at i: up to the first ' ', '\r' or '\n', at most
-// words * 8 (returned when none is found).
-static __always_inline __u32 token_len(const __u8 *buf, __u64 i, const int words)
-{
-#pragma unroll
-	for (int k = 0; k < words; k++) {
-		__u64 w = load8(buf, i + 8 * k);
-		__u64 m = bytes_eq(w, ' ') | bytes_eq(w, '\r') | bytes_eq(w, '\n');
-		if (m)
-			return 8 * k + first_byte(m);
-	}
-	return words * 8;
-}
-
-static __always_inline __u64 skip_ows(const __u8 *buf, __u64 i)
-{
-#pragma unroll
-	for (int k = 0; k < 4; k++) {
-		__u8 c = at(buf, i);
-		if (c != ' ' && c != '\t')
-			break;
-		i++;
-	}
-	return i;
-}
-
-// At the start i of a header line: records the headers this tracer reads.
-static __always_inline void header_line(const __u8 *buf, __u64 i, struct scan_state *st,
-					struct req_info *r)
-{
-	__u64 w = load8(buf, i) | LOWER8;
-	if (w == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r')) {
-		if ((load4(buf, i + 8) | LOWER4) == W4('e', 'n', 't', ':'))
-			st->tp_off = skip_ows(buf, i + 12);
-		return;
-	}
-	if (w == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-')) {
-		if ((load4(buf, i + 8) | LOWER4) != W4('l', 'e', 'n', 'g') ||
-		    (load4(buf, i + 11) | LOWER4) != W4('g', 't', 'h', ':'))
-			return;
-		__u64 p = skip_ows(buf, i + 15);
-		__u64 v = 0;
-#pragma unroll
-		for (int k = 0; k < 10; k++) {
-			__u8 d = at(buf, p + k);
-			if (d < '0' || d > '9')
-				break;
-			v = v * 10 + (d - '0');
-		}
-		st->content_length = v;
-		return;
-	}
-	if ((load4(buf, i) | LOWER4) == W4('h', 'o', 's', 't') && at(buf, i + 4) == ':') {
-		__u64 h = skip_ows(buf, i + 5);
-		__builtin_memcpy(r->host, buf + (h & BUF_MASK), HOST_MAX);
-		__u64 len = token_len(buf, h, HOST_MAX / 8);
-		if (h + len > st->end)
-			len = h < st->end ? st->end - h : 0;
-		r->host_len = len;
-	}
-}
-
-// One line per iteration: at a header line start, look at the header; then
-// find the line's end.
-static long line_cb(__u64 index, void *data)
-{
-	struct parse_ctx *pc = data;
-	struct scratch *s = pc->s;
-	struct scan_state *st = &s->st;
-	const __u8 *buf = s->buf;
-	__u64 pos = st->pos;
-	if (pos >= st->end)
-		return 1;
-	if (!st->mid_line && st->line_no > 0) {
-		__u8 ch = at(buf, pos);
-		if (ch == '\r' || ch == '\n') {
-			st->header_end = pos + (ch == '\r' ? 2 : 1);
-			return 1;
-		}
-		header_line(buf, pos, st, pc->r);
-	}
-#pragma unroll
-	for (int k = 0; k < LINE_WORDS; k++) {
-		__u64 m = bytes_eq(load8(buf, pos + 8 * k), '\n');
-		if (m) {
-			__u64 nl = pos + 8 * k + first_byte(m);
-			if (nl >= st->end)
-				return 1;
-			if (st->line_no == 0 && nl >= 2)
-				st->version_off = nl - 2; // "HTTP/1.x\r\n"
-			st->pos = nl + 1;
-			st->line_no++;
-			st->mid_line = 0;
-			return 0;
-		}
-	}
-	st->pos = pos + 8 * LINE_WORDS;
-	st->mid_line = 1;
-	return 0;
-}
-
-static __always_inline int hexval(__u8 c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1; // upper case is invalid per W3C trace context
-}
-
-// Parses "vv-<32 hex>-<16 hex>-<2 hex>" at off. Returns true if valid.
-static __always_inline bool parse_traceparent(const __u8 *buf, __u64 off, __u64 end,
-					      __u8 trace_id[16], __u8 parent_id[8], __u8 *flags)
-{
-	if (off + TRACEPARENT_LEN > end)
-		return false;
-	int v1 = hexval(at(buf, off)), v0 = hexval(at(buf, off + 1));
-	if (v1 < 0 || v0 < 0 || (v1 == 15 && v0 == 15))
-		return false;
-	if (at(buf, off + 2) != '-' || at(buf, off + 35) != '-' || at(buf, off + 52) != '-')
-		return false;
-	__u8 after = off + TRACEPARENT_LEN < end ? at(buf, off + TRACEPARENT_LEN) : '\r';
-	if (v1 == 0 && v0 == 0) {
-		if (after != '\r' && after != '\n' && after != ' ' && after != '\t')
-			return false;
-	} else if (after != '\r' && after != '\n' && after != '-') {
-		return false;
-	}
-	__u8 any = 0;
-#pragma unroll
-	for (int k = 0; k < 16; k++) {
-		int hi = hexval(at(buf, off + 3 + 2 * k));
-		int lo = hexval(at(buf, off + 4 + 2 * k));
-		if (hi < 0 || lo < 0)
-			return false;
-		trace_id[k] = (hi << 4) | lo;
-		any |= trace_id[k];
-	}
-	if (!any)
-		return false;
-	any = 0;
-#pragma unroll
-	for (int k = 0; k < 8; k++) {
-		int hi = hexval(at(buf, off + 36 + 2 * k));
-		int lo = hexval(at(buf, off + 37 + 2 * k));
-		if (hi < 0 || lo < 0)
-			return false;
-		parent_id[k] = (hi << 4) | lo;
-		any |= parent_id[k];
-	}
-	if (!any)
-		return false;
-	int fh = hexval(at(buf, off + 53)), fl = hexval(at(buf, off + 54));
-	if (fh < 0 || fl < 0)
-		return false;
-	*flags = (fh << 4) | fl;
-	return true;
 }
 
 // Resolves fd of the current task to its struct sock, if it is a TCP socket.
@@ -533,12 +327,28 @@ static __always_inline void emit(struct conn_state *c, struct req_info *r, __u8 
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
+// Sends the tracestate v of span span_id, just before the span's record.
+static __always_inline void emit_tracestate(const __u8 span_id[8], struct tracestate *v)
+{
+	struct tracestate_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_EVENTS_LOST);
+		return;
+	}
+	__builtin_memcpy(e->span_id, span_id, sizeof(e->span_id));
+	__u16 len = v->len;
+	e->len = len < TRACESTATE_EVENT_MAX ? len : TRACESTATE_EVENT_MAX;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	__builtin_memcpy(e->data, v->data, sizeof(e->data));
+	bpf_ringbuf_submit(e, 0);
+}
+
 // Parses the request starting at off into r: request line, then headers.
 // Leaves the header offsets in s->st. Returns the offset just past the
 // request (headers and a Content-Length body), or 0 if its header block is
 // not complete in the buffer.
 static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n, __u32 mlen,
-					   struct req_info *r)
+					   struct req_info *r, __u8 want_ts)
 {
 	const __u8 *buf = s->buf;
 	r->method_len = mlen;
@@ -555,25 +365,48 @@ static __always_inline __u64 parse_request(struct scratch *s, __u64 off, __u64 n
 		len = n - p;
 	r->path_len = len;
 
-	struct scan_state *st = &s->st;
+	struct w3c_scan *st = &s->st;
 	__builtin_memset(st, 0, sizeof(*st));
 	st->pos = p + len;
 	st->end = n;
-	struct parse_ctx pc = {.s = s, .r = r};
-	if (use_bpf_loop)
-		bpf_loop(MAX_LINES, line_cb, &pc, 0);
-	else
-		line_cb(0, &pc); // the request line only: no headers
-	r->proto_minor = st->version_off && at(buf, st->version_off) == '0' ? 0 : 1;
-	if (!st->header_end)
-		return 0;
+	st->len = s->len;
+	st->src = s->src;
+	st->limit = off + HDR_BLOCK_MAX;
+	st->want_ts = want_ts;
+	// Without bpf_loop: the request line only, no headers.
+	w3c_scan(st, (struct w3c_buf *)s->buf, want_ts ? &s->ts : 0, use_bpf_loop);
+	r->proto_minor = st->minor0 ? 0 : 1;
+	if (st->host_len) {
+		__builtin_memcpy(r->host, st->host, HOST_MAX);
+		r->host_len = st->host_len;
+	}
+	if (st->over_limit)
+		count(COUNTER_HEADERS_TOO_LARGE);
+	if (!st->header_end || st->base)
+		return 0; // incomplete, or the buffer no longer holds its start
 	return st->header_end + st->content_length;
+}
+
+// Stores the validated tracestate of ts for the SERVER span r, for ctxprop
+// to send on and for the span record.
+static __always_inline void store_tracestate(struct req_info *r, struct ts_scan *ts)
+{
+	struct w3c_tracestate *v = ts_result(ts);
+	if (!v)
+		return;
+	__u64 id;
+	__builtin_memcpy(&id, r->span_id, sizeof(id));
+	if (!bpf_map_update_elem(&tracestates, &id, v, BPF_ANY))
+		r->has_ts = 1;
 }
 
 // Makes r the context of the thread that read it, or in a tracked Go
 // process of the goroutine that read it.
-static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
+// A global function: keeps its stack out of its callers' frames.
+__noinline int set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 {
+	if (!r)
+		return 0;
 	struct thread_ctx t = {};
 	__builtin_memcpy(t.trace_id, r->trace_id, sizeof(t.trace_id));
 	__builtin_memcpy(t.span_id, r->span_id, sizeof(t.span_id));
@@ -584,10 +417,11 @@ static __always_inline void set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 		struct go_key k = {.tgid = pid_tgid >> 32, .g = id};
 		bpf_map_update_elem(&go_ctxs, &k, &t, BPF_ANY);
 		r->goroutine = id;
-		return;
+		return 0;
 	}
 	if (!is_go)
 		bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
+	return 0;
 }
 
 // Handles one request at offset off of the data just read on (tgid, fd):
@@ -621,41 +455,46 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	__builtin_memset(r, 0, sizeof(*r));
 	r->start_ns = bpf_ktime_get_ns();
 	r->tid = (__u32)pid_tgid;
-	__u64 next = parse_request(s, off, n, mlen, r);
+	random_id(r->span_id, 2);
+	__u64 next = parse_request(s, off, n, mlen, r, track_request_headers);
+	struct w3c_scan *st = &s->st;
 	// A header block cut by the end of the read continues in the next ones.
-	c->hdr_pending = use_bpf_loop && !s->st.header_end;
+	c->hdr_pending = use_bpf_loop && !st->header_end && !st->over_limit;
 	c->hdr_slot = (c->srv_head + c->srv_count) & (PIPELINE_DEPTH - 1);
-	c->hdr_mid_line = s->st.pos < n;
-	bool have_parent = false;
-	__u64 tp_off = s->st.tp_off;
-	if (track_request_headers && tp_off)
-		have_parent =
-			parse_traceparent(buf, tp_off, n, r->trace_id, r->parent_id, &r->trace_flags);
-	if (have_parent)
-		r->trace_flags = sample_child(r->trace_id, r->trace_flags);
-	if (!have_parent) {
+	c->hdr_mid_line = st->mid_line;
+	c->hdr_in_ts = st->in_ts;
+	c->hdr_tp_count = st->tp_count;
+	__u64 scanned = st->len - off;
+	c->hdr_bytes = scanned < HDR_BLOCK_MAX ? scanned : HDR_BLOCK_MAX;
+	c->hdr_ts = 0;
+	// Two or more traceparent headers make the context invalid: a new trace.
+	bool have_parent = track_request_headers && st->tp_count == 1 && st->tp_valid;
+	if (have_parent) {
+		__builtin_memcpy(r->trace_id, st->trace_id, sizeof(r->trace_id));
+		__builtin_memcpy(r->parent_id, st->parent_id, sizeof(r->parent_id));
+		r->trace_flags = sample_child(r->trace_id, st->trace_flags);
+	} else {
 		random_id(r->trace_id, 4);
 		__builtin_memset(r->parent_id, 0, sizeof(r->parent_id));
 		r->trace_flags = sample_root(r->trace_id);
 	}
-	random_id(r->span_id, 2);
+	if (st->ts_seen) {
+		if (c->hdr_pending) {
+			if (!bpf_map_update_elem(&ts_scans, &key, &s->ts, BPF_ANY))
+				c->hdr_ts = 1;
+		} else if (have_parent && st->header_end) {
+			store_tracestate(r, &s->ts);
+		}
+	}
 	c->srv_count++;
 	if (c->srv_count == 1)
 		set_thread_ctx(pid_tgid, r);
 	return next < n ? next : 0;
 }
 
-// Decides the context of r, whose traceparent was just parsed, as a child of
-// it. Always true, to sit in a condition.
-static __always_inline bool resample_child(struct req_info *r)
-{
-	r->trace_flags = sample_child(r->trace_id, r->trace_flags);
-	return true;
-}
-
 // A later read of a request whose header block the first read did not hold:
-// the headers it carries (traceparent, Host) still count, and the context of
-// the request is updated before the application can act on them.
+// the headers it carries (traceparent, tracestate, Host) still count, and the
+// context of the request is updated before the application can act on them.
 __noinline int server_headers(__u64 pid_tgid, __u32 fd, __u64 n)
 {
 	__u32 zero = 0;
@@ -667,26 +506,76 @@ __noinline int server_headers(__u64 pid_tgid, __u32 fd, __u64 n)
 	if (!c || !c->hdr_pending || c->srv_count == 0)
 		return 0;
 	struct req_info *r = &c->srv[c->hdr_slot & (PIPELINE_DEPTH - 1)];
-	struct scan_state *st = &s->st;
+	struct w3c_scan *st = &s->st;
 	__builtin_memset(st, 0, sizeof(*st));
 	st->end = n;
+	st->len = s->len;
+	st->src = s->src;
+	__u64 done = c->hdr_bytes;
+	st->limit = done < HDR_BLOCK_MAX ? HDR_BLOCK_MAX - done : 0;
 	st->line_no = 1;
 	st->mid_line = c->hdr_mid_line;
-	struct parse_ctx pc = {.s = s, .r = r};
-	bpf_loop(MAX_LINES, line_cb, &pc, 0);
-	__u64 tp_off = st->tp_off;
+	st->in_ts = c->hdr_in_ts;
+	st->tp_count = c->hdr_tp_count;
+	st->want_ts = track_request_headers;
+	struct ts_scan *saved = 0;
+	if (c->hdr_ts) {
+		saved = bpf_map_lookup_elem(&ts_scans, &key);
+		st->ts_seen = saved != 0;
+	}
+	if (!saved)
+		st->in_ts = 0;
+	bool had_parent = c->hdr_tp_count == 1;
 	__u64 parent;
 	__builtin_memcpy(&parent, r->parent_id, sizeof(parent));
-	bool empty_parent = !parent;
-	if (track_request_headers && tp_off && empty_parent &&
-	    parse_traceparent(s->buf, tp_off, n, r->trace_id, r->parent_id, &r->trace_flags) &&
-	    resample_child(r) &&
-	    (c->hdr_slot & (PIPELINE_DEPTH - 1)) == (c->srv_head & (PIPELINE_DEPTH - 1)))
-		set_thread_ctx(pid_tgid, r);
-	if (st->header_end)
-		c->hdr_pending = 0;
-	else
-		c->hdr_mid_line = st->pos < n;
+	had_parent = had_parent && parent;
+	w3c_scan(st, (struct w3c_buf *)s->buf, saved ? saved : &s->ts, 1);
+	if (st->over_limit)
+		count(COUNTER_HEADERS_TOO_LARGE);
+	if (st->host_len && !r->host_len) {
+		__builtin_memcpy(r->host, st->host, HOST_MAX);
+		r->host_len = st->host_len;
+	}
+	bool head = (c->hdr_slot & (PIPELINE_DEPTH - 1)) == (c->srv_head & (PIPELINE_DEPTH - 1));
+	bool have_parent = had_parent && st->tp_count == 1;
+	if (track_request_headers && !had_parent && st->tp_count == 1 && st->tp_valid) {
+		__builtin_memcpy(r->trace_id, st->trace_id, sizeof(r->trace_id));
+		__builtin_memcpy(r->parent_id, st->parent_id, sizeof(r->parent_id));
+		r->trace_flags = sample_child(r->trace_id, st->trace_flags);
+		have_parent = true;
+		if (head)
+			set_thread_ctx(pid_tgid, r);
+	} else if (had_parent && st->tp_count > 1) {
+		// A second traceparent: the context is invalid, the trace restarts.
+		random_id(r->trace_id, 4);
+		__builtin_memset(r->parent_id, 0, sizeof(r->parent_id));
+		r->trace_flags = sample_root(r->trace_id);
+		if (head)
+			set_thread_ctx(pid_tgid, r);
+	}
+	c->hdr_tp_count = st->tp_count;
+	bool finished = st->header_end || st->over_limit;
+	if (!finished) {
+		c->hdr_mid_line = st->mid_line;
+		c->hdr_in_ts = st->in_ts;
+		__u64 total = done + st->len;
+		c->hdr_bytes = total < HDR_BLOCK_MAX ? total : HDR_BLOCK_MAX;
+		if (st->ts_seen && !saved &&
+		    !bpf_map_update_elem(&ts_scans, &key, &s->ts, BPF_ANY))
+			c->hdr_ts = 1;
+		return 0;
+	}
+	c->hdr_pending = 0;
+	if (st->ts_seen && have_parent && st->header_end) {
+		if (saved)
+			store_tracestate(r, saved);
+		else
+			store_tracestate(r, &s->ts);
+	}
+	if (c->hdr_ts) {
+		bpf_map_delete_elem(&ts_scans, &key);
+		c->hdr_ts = 0;
+	}
 	return 0;
 }
 
@@ -705,7 +594,14 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 	if (status >= 100 && status < 200 && status != 101)
 		return 0; // interim response (100 Continue): the final one follows
 	struct req_info *r = &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)];
+	__u64 span;
+	__builtin_memcpy(&span, r->span_id, sizeof(span));
+	struct tracestate *ts = r->has_ts ? bpf_map_lookup_elem(&tracestates, &span) : 0;
+	if (ts)
+		emit_tracestate(r->span_id, ts);
 	emit(c, r, KIND_SERVER, status, key.tgid);
+	if (ts)
+		bpf_map_delete_elem(&tracestates, &span);
 	// The context was set on the thread that read the request, which is not
 	// always the one writing the response (Go moves goroutines between
 	// threads): end it there, unless that thread has moved on to another
@@ -768,13 +664,10 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 	__builtin_memset(r, 0, sizeof(*r));
 	r->start_ns = bpf_ktime_get_ns();
 	r->tid = (__u32)pid_tgid;
-	parse_request(s, 0, n, mlen, r);
-	__u64 tp_off = s->st.tp_off;
+	parse_request(s, 0, n, mlen, r, 0);
+	struct w3c_scan *st = &s->st;
 	__u64 g;
 	struct thread_ctx *t = current_ctx(pid_tgid, &g);
-	__u8 app_trace[16];
-	__u8 app_parent[8];
-	__u8 app_flags = 0;
 	struct client_ids *injected = bpf_map_lookup_elem(&client_ids, &pid_tgid);
 	if (injected) {
 		// ctxprop injected a traceparent into this very write.
@@ -783,12 +676,12 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 		__builtin_memcpy(r->parent_id, injected->parent_id, sizeof(r->parent_id));
 		r->trace_flags = injected->trace_flags;
 		bpf_map_delete_elem(&client_ids, &pid_tgid);
-	} else if (tp_off && parse_traceparent(buf, tp_off, n, app_trace, app_parent, &app_flags)) {
+	} else if (st->tp_count == 1 && st->tp_valid) {
 		// The application propagates itself: its header names this span.
-		__builtin_memcpy(r->trace_id, app_trace, sizeof(r->trace_id));
-		__builtin_memcpy(r->span_id, app_parent, sizeof(r->span_id));
-		r->trace_flags = sample_child(app_trace, app_flags);
-		if (t && same_trace(t->trace_id, app_trace))
+		__builtin_memcpy(r->trace_id, st->trace_id, sizeof(r->trace_id));
+		__builtin_memcpy(r->span_id, st->parent_id, sizeof(r->span_id));
+		r->trace_flags = sample_child(st->trace_id, st->trace_flags);
+		if (t && same_trace(t->trace_id, st->trace_id))
 			__builtin_memcpy(r->parent_id, t->span_id, sizeof(r->parent_id));
 	} else if (t) {
 		__builtin_memcpy(r->trace_id, t->trace_id, sizeof(r->trace_id));
@@ -821,6 +714,13 @@ __noinline int client_response(__u64 pid_tgid, __u32 fd)
 	if (status >= 100 && status < 200 && status != 101)
 		return 0;
 	c->cli_pending = 0;
+	// The tracestate of the SERVER span this request is a child of goes
+	// with the context.
+	__u64 parent;
+	__builtin_memcpy(&parent, c->cli.parent_id, sizeof(parent));
+	struct tracestate *ts = parent ? bpf_map_lookup_elem(&tracestates, &parent) : 0;
+	if (ts)
+		emit_tracestate(c->cli.span_id, ts);
 	emit(c, &c->cli, KIND_CLIENT, status, key.tgid);
 	return 0;
 }
@@ -901,6 +801,8 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 			if (n > BUF_SIZE || bpf_probe_read_user(s->buf, n, (void *)ubuf))
 				return 0;
 			s->hint = (__u64)hint;
+			s->src = ubuf;
+			s->len = len;
 			server_headers(pid_tgid, key.fd, n);
 			return 0;
 		}
@@ -964,6 +866,8 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 		n++;
 	}
 	s->hint = (__u64)hint;
+	s->src = ubuf - shift; // buf[i] is the data at src + i
+	s->len = len + shift;
 
 	if (is_read) {
 		if (!mlen) {

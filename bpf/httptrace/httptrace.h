@@ -5,12 +5,11 @@
 #define BUF_SIZE 1024 // request/response prefix copied for parsing
 #define BUF_MASK (BUF_SIZE - 1)
 #define BUF_PAD 136 // lets fixed-size copies start anywhere in the buffer
-#define MAX_LINES 64 // bpf_loop iterations per request: header lines
 #define METHOD_MAX 16
 #define PATH_MAX_LEN 128
 #define HOST_MAX 64
 #define PIPELINE_DEPTH 4 // pipelined requests tracked per connection
-#define TRACEPARENT_LEN 55
+#define TRACESTATE_EVENT_MAX 512
 
 enum span_kind {
 	KIND_SERVER = 1,
@@ -23,7 +22,8 @@ enum counter {
 	COUNTER_CONN_STATE_FULL = 2, // connection map update failed
 	COUNTER_SAMPLED = 3,         // finished span of a sampled context: sent
 	COUNTER_UNSAMPLED = 4,       // finished span of an unsampled context: not sent
-	COUNTER_MAX = 5,
+	COUNTER_HEADERS_TOO_LARGE = 5, // header block over HDR_BLOCK_MAX: rest not scanned
+	COUNTER_MAX = 6,
 };
 
 // One finished request, as sent to user space. No implicit padding.
@@ -53,6 +53,15 @@ struct http_event {
 	char host[HOST_MAX];
 };
 
+// The tracestate of a span's context, sent just before the span's
+// http_event (told apart by its length). No implicit padding.
+struct tracestate_event {
+	__u8 span_id[8];
+	__u16 len; // bytes in data
+	__u8 _pad[6];
+	char data[TRACESTATE_EVENT_MAX];
+};
+
 struct req_info {
 	__u64 start_ns;
 	__u64 goroutine; // Go: the goroutine that read the request, else 0
@@ -65,7 +74,8 @@ struct req_info {
 	__u8 path_len;
 	__u8 host_len;
 	__u8 proto_minor;
-	__u8 _pad[7];
+	__u8 has_ts; // a tracestate is stored for span_id (tracestates)
+	__u8 _pad[6];
 	char method[METHOD_MAX];
 	char path[PATH_MAX_LEN];
 	char host[HOST_MAX];
@@ -82,6 +92,7 @@ struct conn_state {
 	__u8 peer_addr[16];
 	__u16 local_port;
 	__u16 peer_port;
+	__u16 hdr_bytes; // header bytes of srv[hdr_slot] scanned in earlier reads
 	__u8 family;
 	__u8 srv_head;
 	__u8 srv_count;
@@ -91,7 +102,10 @@ struct conn_state {
 	__u8 hdr_pending;  // the header block of srv[hdr_slot] continues in later reads
 	__u8 hdr_slot;
 	__u8 hdr_mid_line; // the last read ended inside a header line
-	__u8 _pad[3];
+	__u8 hdr_in_ts;    // ... inside a tracestate line
+	__u8 hdr_tp_count; // traceparent headers seen in earlier reads
+	__u8 hdr_ts;       // tracestate validation state saved in ts_scans
+	__u8 _pad[6];
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
 	struct req_info cli;                 // pending CLIENT request
 };

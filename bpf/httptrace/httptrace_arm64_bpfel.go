@@ -35,6 +35,7 @@ type httptraceConnState struct {
 	PeerAddr   [16]uint8
 	LocalPort  uint16
 	PeerPort   uint16
+	HdrBytes   uint16
 	Family     uint8
 	SrvHead    uint8
 	SrvCount   uint8
@@ -44,7 +45,10 @@ type httptraceConnState struct {
 	HdrPending uint8
 	HdrSlot    uint8
 	HdrMidLine uint8
-	Pad        [3]uint8
+	HdrInTs    uint8
+	HdrTpCount uint8
+	HdrTs      uint8
+	Pad        [6]uint8
 	Srv        [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
@@ -58,7 +62,8 @@ type httptraceConnState struct {
 		PathLen    uint8
 		HostLen    uint8
 		ProtoMinor uint8
-		Pad        [7]uint8
+		HasTs      uint8
+		Pad        [6]uint8
 		Method     [16]int8
 		Path       [128]int8
 		Host       [64]int8
@@ -76,7 +81,8 @@ type httptraceConnState struct {
 		PathLen    uint8
 		HostLen    uint8
 		ProtoMinor uint8
-		Pad        [7]uint8
+		HasTs      uint8
+		Pad        [6]uint8
 		Method     [16]int8
 		Path       [128]int8
 		Host       [64]int8
@@ -86,12 +92,13 @@ type httptraceConnState struct {
 type httptraceCounter uint32
 
 const (
-	httptraceCounterCOUNTER_EVENTS_LOST     httptraceCounter = 0
-	httptraceCounterCOUNTER_PIPELINE_FULL   httptraceCounter = 1
-	httptraceCounterCOUNTER_CONN_STATE_FULL httptraceCounter = 2
-	httptraceCounterCOUNTER_SAMPLED         httptraceCounter = 3
-	httptraceCounterCOUNTER_UNSAMPLED       httptraceCounter = 4
-	httptraceCounterCOUNTER_MAX             httptraceCounter = 5
+	httptraceCounterCOUNTER_EVENTS_LOST       httptraceCounter = 0
+	httptraceCounterCOUNTER_PIPELINE_FULL     httptraceCounter = 1
+	httptraceCounterCOUNTER_CONN_STATE_FULL   httptraceCounter = 2
+	httptraceCounterCOUNTER_SAMPLED           httptraceCounter = 3
+	httptraceCounterCOUNTER_UNSAMPLED         httptraceCounter = 4
+	httptraceCounterCOUNTER_HEADERS_TOO_LARGE httptraceCounter = 5
+	httptraceCounterCOUNTER_MAX               httptraceCounter = 6
 )
 
 type httptraceGoKey struct {
@@ -159,14 +166,35 @@ type httptraceScratch struct {
 		_             structs.HostLayout
 		Pos           uint64
 		End           uint64
+		Base          uint64
+		Len           uint64
+		Src           uint64
+		Limit         uint64
 		LineNo        uint64
 		MidLine       uint64
 		HeaderEnd     uint64
-		TpOff         uint64
 		ContentLength uint64
-		VersionOff    uint64
+		TsFrom        uint64
+		InTs          uint8
+		WantTs        uint8
+		TsSeen        uint8
+		TpCount       uint8
+		TpValid       uint8
+		TraceFlags    uint8
+		OverLimit     uint8
+		Minor0        uint8
+		TraceId       [16]uint8
+		ParentId      [8]uint8
+		HostLen       uint8
+		TpLen         uint8
+		Pad           [6]uint8
+		Host          [64]int8
+		TpRaw         [64]uint8
 	}
 	Hint uint64
+	Src  uint64
+	Len  uint64
+	Ts   httptraceTsScan
 }
 
 type httptraceThreadCtx struct {
@@ -186,6 +214,46 @@ type httptraceTracestate struct {
 	Data [512]int8
 }
 
+type httptraceTracestateEvent struct {
+	_      structs.HostLayout
+	SpanId [8]uint8
+	Len    uint16
+	Pad    [6]uint8
+	Data   [512]int8
+}
+
+type httptraceTsScan struct {
+	_ structs.HostLayout
+	H struct {
+		_       structs.HostLayout
+		Hash    uint64
+		A_start uint16
+		B_start uint16
+		M_len   uint16
+		KeyLen  uint16
+		SysLen  uint16
+		ValLen  uint16
+		Trim    uint16
+		Phase   uint8
+		Members uint8
+		Flags   uint8
+		Pad     [7]uint8
+	}
+	Hashes [32]uint64
+	A      struct {
+		_    structs.HostLayout
+		Len  uint16
+		Pad  [6]uint8
+		Data [512]int8
+	}
+	B struct {
+		_    structs.HostLayout
+		Len  uint16
+		Pad  [6]uint8
+		Data [512]int8
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -203,6 +271,7 @@ const (
 	httptraceMapThreadCtxs            = "thread_ctxs"
 	httptraceMapTracedPids            = "traced_pids"
 	httptraceMapTracestates           = "tracestates"
+	httptraceMapTsScans               = "ts_scans"
 	httptraceProgHttptraceExit        = "httptrace_exit"
 	httptraceProgHttptraceExitBtf     = "httptrace_exit_btf"
 	httptraceProgHttptraceFork        = "httptrace_fork"
@@ -218,6 +287,7 @@ const (
 	httptraceVarTrackRequestHeaders   = "track_request_headers"
 	httptraceVarUnusedCounter         = "unused_counter"
 	httptraceVarUnusedHttpEvent       = "unused_http_event"
+	httptraceVarUnusedTracestateEvent = "unused_tracestate_event"
 	httptraceVarUseBpfLoop            = "use_bpf_loop"
 	httptraceVarWakeupBytes           = "wakeup_bytes"
 )
@@ -291,6 +361,7 @@ type httptraceMapSpecs struct {
 	ThreadCtxs  *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids  *ebpf.MapSpec `ebpf:"traced_pids"`
 	Tracestates *ebpf.MapSpec `ebpf:"tracestates"`
+	TsScans     *ebpf.MapSpec `ebpf:"ts_scans"`
 }
 
 // httptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -304,6 +375,7 @@ type httptraceVariableSpecs struct {
 	TrackRequestHeaders   *ebpf.VariableSpec `ebpf:"track_request_headers"`
 	UnusedCounter         *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedHttpEvent       *ebpf.VariableSpec `ebpf:"unused_http_event"`
+	UnusedTracestateEvent *ebpf.VariableSpec `ebpf:"unused_tracestate_event"`
 	UseBpfLoop            *ebpf.VariableSpec `ebpf:"use_bpf_loop"`
 	WakeupBytes           *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -341,6 +413,7 @@ type httptraceMaps struct {
 	ThreadCtxs  *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids  *ebpf.Map `ebpf:"traced_pids"`
 	Tracestates *ebpf.Map `ebpf:"tracestates"`
+	TsScans     *ebpf.Map `ebpf:"ts_scans"`
 }
 
 func (m *httptraceMaps) Close() error {
@@ -358,6 +431,7 @@ func (m *httptraceMaps) Close() error {
 		m.ThreadCtxs,
 		m.TracedPids,
 		m.Tracestates,
+		m.TsScans,
 	)
 }
 
@@ -372,6 +446,7 @@ type httptraceVariables struct {
 	TrackRequestHeaders   *ebpf.Variable `ebpf:"track_request_headers"`
 	UnusedCounter         *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedHttpEvent       *ebpf.Variable `ebpf:"unused_http_event"`
+	UnusedTracestateEvent *ebpf.Variable `ebpf:"unused_tracestate_event"`
 	UseBpfLoop            *ebpf.Variable `ebpf:"use_bpf_loop"`
 	WakeupBytes           *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

@@ -4,6 +4,7 @@ package httptrace
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -86,6 +87,7 @@ func attached(t *testing.T, opts Options) (*Tracer, *ringbuf.Reader) {
 
 func readRequests(t *testing.T, rd *ringbuf.Reader, clock Clock, want int, timeout time.Duration) []spans.Request {
 	var out []spans.Request
+	ts := NewTraceStates()
 	deadline := time.Now().Add(timeout)
 	for len(out) < want && time.Now().Before(deadline) {
 		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
@@ -96,10 +98,17 @@ func readRequests(t *testing.T, rd *ringbuf.Reader, clock Clock, want int, timeo
 		if err != nil {
 			t.Fatal(err)
 		}
+		if IsTraceState(rec.RawSample) {
+			if err := ts.Add(rec.RawSample); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
 		var r spans.Request
 		if err := Decode(rec.RawSample, clock, &r); err != nil {
 			t.Fatal(err)
 		}
+		ts.Apply(&r)
 		out = append(out, r)
 	}
 	return out
@@ -436,6 +445,109 @@ func testHeadersSplitAcrossReads(t *testing.T, variant string) {
 			}
 			if r.Method != "HEAD" || r.Path != "/hello" || r.Status != 200 {
 				t.Errorf("request %+v", r)
+			}
+		})
+	}
+}
+
+// Incoming tracestate headers reach the SERVER span, combined, validated and
+// normalized, whether they come in one read or several; the entry kept for
+// ctxprop is gone once the response is written. Header blocks up to 16 KiB
+// are scanned whole; past that the rest is not looked at, and counted.
+func TestTracerTraceState(t *testing.T) { forVariants(t, testTraceState) }
+
+func testTraceState(t *testing.T, variant string) {
+	tr, rd := attached(t, Options{RingBufferSize: 1 << 20, TrackRequestHeaders: true, Variant: variant})
+	port := freePort(t)
+	py := startPython(t, port)
+	if err := tr.Trace(uint32(py.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	const trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	const tp = "traceparent: 00-" + trace + "-" + parent + "-01\r\n"
+	fill := func(lines, width int) string {
+		var b strings.Builder
+		for i := range lines {
+			fmt.Fprintf(&b, "X-Fill-%d: %s\r\n", i, strings.Repeat("f", width))
+		}
+		return b.String()
+	}
+	cases := []struct {
+		name     string
+		pieces   []string
+		honoured bool
+		ts       string
+	}{
+		{"several headers in one read", []string{"HEAD /hello HTTP/1.1\r\n" + tp +
+			"tracestate: rojo=00f067aa0ba902b7\r\nX-Other: 1\r\ntracestate:  congo=t61rcWkgMzE ,, \r\nTRACESTATE: a@b=c\r\n\r\n"},
+			true, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,a@b=c"},
+		{"cut inside a tracestate member", []string{"HEAD /hello HTTP/1.1\r\n" + tp + "tracestate: a=1,bb=x",
+			"yz\r\ntracestate: c=3\r\n\r\n"}, true, "a=1,bb=xyz,c=3"},
+		{"tracestate before a late traceparent", []string{"HEAD /hello HTTP/1.1\r\ntracestate: a=1\r\n",
+			tp + "\r\n"}, true, "a=1"},
+		{"invalid tracestate dropped", []string{"HEAD /hello HTTP/1.1\r\n" + tp + "tracestate: a=1,A=2\r\n\r\n"}, true, ""},
+		{"no traceparent, no tracestate", []string{"HEAD /hello HTTP/1.1\r\ntracestate: a=1\r\n\r\n"}, false, ""},
+		{"second traceparent in a later read restarts the trace", []string{"HEAD /hello HTTP/1.1\r\n" + tp + "tracestate: a=1\r\n",
+			tp + "\r\n"}, false, ""},
+		{"traceparent after 6 KiB of headers", []string{"HEAD /hello HTTP/1.1\r\n" + fill(30, 200) + tp + "tracestate: k=v\r\n\r\n"}, true, "k=v"},
+		{"traceparent past 16 KiB", []string{"HEAD /hello HTTP/1.1\r\n" + fill(90, 200) + tp + "\r\n"}, false, ""},
+	}
+	clock := NewClock(monoNow(t))
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before, err := tr.ReadCounters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for _, p := range tc.pieces {
+				if _, err := c.Write([]byte(p)); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(100 * time.Millisecond) // let the server read each piece on its own
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			resp, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(resp, " 200 ") {
+				t.Fatalf("response %q", resp)
+			}
+			got := readRequests(t, rd, clock, 1, 5*time.Second)
+			if len(got) != 1 {
+				t.Fatalf("got %d requests", len(got))
+			}
+			r := got[0]
+			honoured := r.TraceID.String() == trace && r.ParentSpanID.String() == parent
+			if honoured != tc.honoured {
+				t.Errorf("honoured = %v, want %v (trace %s parent %s)", honoured, tc.honoured, r.TraceID, r.ParentSpanID)
+			}
+			if !tc.honoured && !r.ParentSpanID.IsEmpty() {
+				t.Errorf("not a new root: parent %s", r.ParentSpanID)
+			}
+			if r.TraceState != tc.ts {
+				t.Errorf("tracestate %q, want %q", r.TraceState, tc.ts)
+			}
+			var v struct {
+				Len  uint16
+				Pad  [6]uint8
+				Data [512]byte
+			}
+			if err := tr.objs.Tracestates.Lookup(binary.LittleEndian.Uint64(r.SpanID[:]), &v); err == nil {
+				t.Errorf("tracestates entry of span %s left after the response", r.SpanID)
+			}
+			after, err := tr.ReadCounters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			over := after.HeadersTooLarge > before.HeadersTooLarge
+			if want := strings.Contains(tc.name, "16 KiB"); over != want {
+				t.Errorf("headers-too-large counted %v, want %v", over, want)
 			}
 		})
 	}

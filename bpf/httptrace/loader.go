@@ -318,6 +318,9 @@ type Counters struct {
 	ConnStateFull uint64 // connection state could not be stored
 	Sampled       uint64 // finished spans of sampled contexts, sent on
 	Unsampled     uint64 // finished spans of unsampled contexts, not sent
+	// HeadersTooLarge counts request header blocks longer than the 16 KiB
+	// scanned: headers past the limit are not looked at.
+	HeadersTooLarge uint64
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -348,6 +351,9 @@ func (t *Tracer) ReadCounters() (Counters, error) {
 		return c, err
 	}
 	if c.Unsampled, err = read(httptraceCounterCOUNTER_UNSAMPLED); err != nil {
+		return c, err
+	}
+	if c.HeadersTooLarge, err = read(httptraceCounterCOUNTER_HEADERS_TOO_LARGE); err != nil {
 		return c, err
 	}
 	return c, nil
@@ -383,7 +389,8 @@ func NewClock(monoNow time.Duration) Clock {
 func (c Clock) Time(ns uint64) time.Time { return c.bootWall.Add(time.Duration(ns)) }
 
 // Decode turns one ring buffer record into a request. Records shorter than
-// an event are rejected.
+// an event are rejected; tracestate records (IsTraceState) go to
+// TraceStates instead.
 func Decode(raw []byte, clock Clock, r *spans.Request) error {
 	if len(raw) < EventSize {
 		return fmt.Errorf("decode http event: record of %d bytes, want %d", len(raw), EventSize)

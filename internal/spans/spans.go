@@ -59,6 +59,10 @@ type Request struct {
 	SpanID       pcommon.SpanID
 	ParentSpanID pcommon.SpanID // zero if root
 	TraceFlags   uint8          // W3C trace flags, 0x01 sampled
+	// TraceState is the W3C tracestate of the span's context: for a SERVER
+	// span the validated tracestate of the incoming request, for a CLIENT
+	// span the one of the SERVER span it is a child of. Empty if none.
+	TraceState string
 }
 
 // Process describes the process a request belongs to; it becomes the
@@ -185,6 +189,9 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	span.SetTraceID(r.TraceID)
 	span.SetSpanID(r.SpanID)
 	span.SetParentSpanID(r.ParentSpanID)
+	if r.TraceState != "" {
+		span.TraceState().FromRaw(r.TraceState)
+	}
 	span.SetStartTimestamp(pcommon.NewTimestampFromTime(r.Start))
 	span.SetEndTimestamp(pcommon.NewTimestampFromTime(r.End))
 	span.SetFlags(spanFlags(r))

@@ -644,3 +644,21 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+func TestTraceState(t *testing.T) {
+	b := NewBuilder("host", "v1")
+	srv := with(server(), func(r *Request) { r.TraceState = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE" })
+	b.Append(&srv, proc)
+	plain := server()
+	b.Append(&plain, proc)
+	ss := b.Flush().ResourceSpans().At(0).ScopeSpans().At(0).Spans()
+	if ss.Len() != 2 {
+		t.Fatalf("%d spans, want 2", ss.Len())
+	}
+	if got := ss.At(0).TraceState().AsRaw(); got != srv.TraceState {
+		t.Errorf("trace state %q, want %q", got, srv.TraceState)
+	}
+	if got := ss.At(1).TraceState().AsRaw(); got != "" {
+		t.Errorf("span without a tracestate got %q", got)
+	}
+}
