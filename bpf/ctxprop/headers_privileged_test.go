@@ -19,6 +19,7 @@ import (
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 )
 
 // A Python server whose POST /send?port=N&wait=F with body "a,b,...\n<raw
@@ -243,9 +244,25 @@ func TestHeaderBlocks(t *testing.T) {
 				t.Fatalf("sender: %q", status)
 			}
 			var client spans.Request
-			for _, r := range read(t, rd, 2) {
-				if r.Kind == spans.KindClient {
-					client = r
+			if flags == "00" {
+				// An unsampled context sends no span: the id is the one the
+				// downstream received, checked to be a valid span id.
+				i := bytes.Index(got, []byte("traceparent: 00-"+trace+"-"))
+				if i < 0 || len(got) < i+len("traceparent: 00-")+32+1+16 {
+					t.Fatalf("no traceparent of trace %s downstream: %q", trace, tail(got))
+				}
+				id := got[i+len("traceparent: 00-")+33:][:16]
+				b, err := hex.DecodeString(string(id))
+				if err != nil || bytes.Equal(b, make([]byte, 8)) {
+					t.Fatalf("span id %q", id)
+				}
+				copy(client.SpanID[:], b)
+				client.TraceID = mustTraceID(t, trace)
+			} else {
+				for _, r := range read(t, rd, 2) {
+					if r.Kind == spans.KindClient {
+						client = r
+					}
 				}
 			}
 			after, err := p.ReadCounters()
@@ -328,4 +345,14 @@ func startPyScript(t *testing.T, src string) script {
 		t.Fatal(err)
 	}
 	return script{pid: cmd.Process.Pid, port: port}
+}
+
+func mustTraceID(t *testing.T, s string) (id pcommon.TraceID) {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 16 {
+		t.Fatalf("trace id %q", s)
+	}
+	copy(id[:], b)
+	return id
 }
