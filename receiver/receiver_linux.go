@@ -384,10 +384,18 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 	var (
 		rec  ringbuf.Record
 		req  spans.Request
+		dec  httptrace.Decoder
 		read int64
 		kc   kernelCounters
+		// The resource of the last record's process, until the next flush
+		// (a process's description can change between batches, as
+		// discovery replaces what describe found).
+		lastPID  uint32
+		lastProc spans.Process
+		haveLast bool
 	)
 	flush := func() {
+		haveLast = false
 		if read > 0 {
 			r.telemetry.ReceiverEbpfTracingEventsRead.Add(ctx, read)
 			read = 0
@@ -424,8 +432,11 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			return fmt.Errorf("read ring buffer: %w", err)
 		default:
 			read++
-			if derr := httptrace.Decode(rec.RawSample, clock, &req); derr == nil {
-				builder.Append(&req, r.process(req.PID))
+			if derr := dec.Decode(rec.RawSample, clock, &req); derr == nil {
+				if !haveLast || lastPID != req.PID {
+					lastPID, lastProc, haveLast = req.PID, r.process(req.PID), true
+				}
+				builder.Append(&req, lastProc)
 			}
 			if builder.Len() < batchLength && time.Now().Before(deadline) {
 				continue
