@@ -390,11 +390,19 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 	var (
 		rec  ringbuf.Record
 		req  spans.Request
+		dec  httptrace.Decoder
 		read int64
 		kc   kernelCounters
 		ts   = httptrace.NewTraceStates()
+		// The resource of the last record's process, until the next flush
+		// (a process's description can change between batches, as
+		// discovery replaces what describe found).
+		lastPID  uint32
+		lastProc spans.Process
+		haveLast bool
 	)
 	flush := func() {
+		haveLast = false
 		if read > 0 {
 			r.telemetry.ReceiverEbpfTracingEventsRead.Add(ctx, read)
 			read = 0
@@ -434,9 +442,12 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			if httptrace.IsTraceState(rec.RawSample) {
 				// The tracestate of the span whose record follows.
 				_ = ts.Add(rec.RawSample)
-			} else if derr := httptrace.Decode(rec.RawSample, clock, &req); derr == nil {
+			} else if derr := dec.Decode(rec.RawSample, clock, &req); derr == nil {
 				ts.Apply(&req)
-				builder.Append(&req, r.process(req.PID))
+				if !haveLast || lastPID != req.PID {
+					lastPID, lastProc, haveLast = req.PID, r.process(req.PID), true
+				}
+				builder.Append(&req, lastProc)
 			}
 			if builder.Len() < batchLength && time.Now().Before(deadline) {
 				continue

@@ -130,6 +130,51 @@ func TestDecodeMatchesReference(t *testing.T) {
 	}
 }
 
+// TestDecoderMatchesReference runs records through one Decoder, each twice
+// and with a few distinct records between, so its cache serves hits, misses
+// and replaced slots: it must decode exactly like the reference.
+func TestDecoderMatchesReference(t *testing.T) {
+	clock := NewClock(time.Hour)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var d Decoder
+	var got spans.Request
+	records := make([][]byte, 3000)
+	for i := range records {
+		records[i] = encode(t, randomEvent(rng))
+	}
+	for i := range 2 * len(records) {
+		raw := records[(i/2+(i%2)*7)%len(records)]
+		want := referenceDecode(t, raw, clock)
+		if err := d.Decode(raw, clock, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("record %d: Decoder.Decode\n got %+v\nwant %+v", i, got, want)
+		}
+	}
+}
+
+// TestDecoderReusesStrings: once a Decoder has seen a record's method, path
+// and Host, decoding it again allocates nothing.
+func TestDecoderReusesStrings(t *testing.T) {
+	clock := NewClock(time.Hour)
+	raw := benchRecords(t, 1)[0]
+	var d Decoder
+	var r spans.Request
+	if err := d.Decode(raw, clock, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Method == "" || r.Path == "" {
+		t.Fatalf("bench record without method or path: %+v", r)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = d.Decode(raw, clock, &r) }); n != 0 {
+		t.Fatalf("Decoder.Decode of a seen record: %v allocations, want 0", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = Decode(raw, clock, &r) }); n == 0 {
+		t.Fatal("Decode without a Decoder allocated nothing: the test does not measure what it should")
+	}
+}
+
 func TestDecodeShort(t *testing.T) {
 	var r spans.Request
 	if err := Decode(make([]byte, EventSize-1), NewClock(0), &r); err == nil {
@@ -237,7 +282,7 @@ func benchRecords(tb testing.TB, n int) [][]byte {
 }
 
 // BenchmarkDecodeBuild is the receiver's own cost per span: from raw ring
-// buffer records to a finished ptrace.Traces batch (Decode, Builder.Append,
+// buffer records to a finished ptrace.Traces batch (Decoder.Decode, Builder.Append,
 // Flush), as readLoop does it. One op is one batch.
 func BenchmarkDecodeBuild(b *testing.B) {
 	records := benchRecords(b, 4096)
@@ -254,6 +299,7 @@ func BenchmarkDecodeBuild(b *testing.B) {
 			// The buffer ringbuf.Reader.ReadInto reuses for every record.
 			rec := make([]byte, 0, EventSize+8)
 			var req spans.Request
+			var dec Decoder
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			n, i := 0, 0
@@ -262,7 +308,7 @@ func BenchmarkDecodeBuild(b *testing.B) {
 				for range batch {
 					rec = append(rec[:0], records[i%len(records)]...)
 					i++
-					if err := Decode(rec, clock, &req); err != nil {
+					if err := dec.Decode(rec, clock, &req); err != nil {
 						b.Fatal(err)
 					}
 					bld.Append(&req, procs[req.PID])

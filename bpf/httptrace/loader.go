@@ -390,8 +390,14 @@ func (c Clock) Time(ns uint64) time.Time { return c.bootWall.Add(time.Duration(n
 
 // Decode turns one ring buffer record into a request. Records shorter than
 // an event are rejected; tracestate records (IsTraceState) go to
-// TraceStates instead.
+// TraceStates instead. Its strings are newly allocated; a reader decoding
+// many records uses a Decoder.
 func Decode(raw []byte, clock Clock, r *spans.Request) error {
+	return (*Decoder)(nil).Decode(raw, clock, r)
+}
+
+// Decode is Decode with the strings taken from d's caches.
+func (d *Decoder) Decode(raw []byte, clock Clock, r *spans.Request) error {
 	if len(raw) < EventSize {
 		return fmt.Errorf("decode http event: record of %d bytes, want %d", len(raw), EventSize)
 	}
@@ -401,9 +407,9 @@ func Decode(raw []byte, clock Clock, r *spans.Request) error {
 	r.End = clock.Time(ev.EndNs)
 	r.PID = ev.Pid
 	r.TID = ev.Tid
-	r.Method = cstring(ev.Method[:], ev.MethodLen)
-	r.Path = cstring(ev.Path[:], ev.PathLen)
-	r.Host = cstring(ev.Host[:], ev.HostLen)
+	r.Method = d.str(ev.Method[:], ev.MethodLen)
+	r.Path = d.str(ev.Path[:], ev.PathLen)
+	r.Host = d.str(ev.Host[:], ev.HostLen)
 	r.Status = int(ev.Status)
 	r.ProtoMinor = ev.ProtoMinor
 	r.Local = netip.AddrPortFrom(addr(ev.Family, &ev.LocalAddr), ev.LocalPort)
@@ -422,14 +428,6 @@ func addr(family uint8, b *[16]uint8) netip.Addr {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
 	return netip.AddrFrom16(*b).Unmap()
-}
-
-func cstring(b []int8, n uint8) string {
-	l := int(n)
-	if l > len(b) {
-		l = len(b)
-	}
-	return string(unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), l))
 }
 
 // SharedMaps are the maps ctxprop shares with this tracer.

@@ -114,6 +114,10 @@ type Builder struct {
 	traces ptrace.Traces
 	byPID  map[int]ptrace.SpanSlice
 	n      int
+	// lastLen is the number of spans of each process in the previous
+	// batch: a new batch sizes its span slices from it once, instead of
+	// growing them by doubling.
+	lastLen map[int]int
 
 	// addrs caches the text form of recently seen IP addresses so that a
 	// span does not allocate one string per address.
@@ -130,6 +134,7 @@ func NewBuilder(hostName, scopeVersion string) *Builder {
 		scopeVersion: scopeVersion,
 		traces:       ptrace.NewTraces(),
 		byPID:        make(map[int]ptrace.SpanSlice),
+		lastLen:      make(map[int]int),
 		addrs:        make(map[netip.Addr]string),
 	}
 }
@@ -141,6 +146,10 @@ func (b *Builder) Len() int { return b.n }
 func (b *Builder) Flush() ptrace.Traces {
 	td := b.traces
 	b.traces = ptrace.NewTraces()
+	clear(b.lastLen)
+	for pid, spans := range b.byPID {
+		b.lastLen[pid] = spans.Len()
+	}
 	clear(b.byPID)
 	b.n = 0
 	return td
@@ -182,7 +191,9 @@ func (b *Builder) newResource(proc Process) ptrace.SpanSlice {
 	ss := rs.ScopeSpans().AppendEmpty()
 	ss.Scope().SetName(ScopeName)
 	ss.Scope().SetVersion(b.scopeVersion)
-	return ss.Spans()
+	spans := ss.Spans()
+	spans.EnsureCapacity(b.lastLen[proc.PID])
+	return spans
 }
 
 func (b *Builder) fill(span ptrace.Span, r *Request) {
@@ -196,40 +207,41 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	span.SetEndTimestamp(pcommon.NewTimestampFromTime(r.End))
 	span.SetFlags(spanFlags(r))
 
-	attrs := span.Attributes()
-	attrs.EnsureCapacity(14)
+	// Collected first, so the attribute slice is allocated once at its
+	// exact size.
+	var attrs attrBuf
 
 	// Method and span name. No route is known here, so the name is just
 	// the method, or "HTTP" for methods the conventions do not know.
 	if knownMethod(r.Method) {
 		span.SetName(r.Method)
-		attrs.PutStr(keyMethod, r.Method)
+		attrs.str(keyMethod, r.Method)
 	} else {
 		span.SetName("HTTP")
-		attrs.PutStr(keyMethod, "_OTHER")
+		attrs.str(keyMethod, "_OTHER")
 		if r.Method != "" {
-			attrs.PutStr(keyMethodOriginal, r.Method)
+			attrs.str(keyMethodOriginal, r.Method)
 		}
 	}
 
 	t := parseTarget(r.Path)
 	if t.path != "" {
-		attrs.PutStr(keyURLPath, t.path)
+		attrs.str(keyURLPath, t.path)
 	}
 	if t.query != "" {
-		attrs.PutStr(keyURLQuery, redactQuery(t.query))
+		attrs.str(keyURLQuery, redactQuery(t.query))
 	}
-	attrs.PutStr(keyURLScheme, t.scheme)
+	attrs.str(keyURLScheme, t.scheme)
 
 	if r.Status != 0 {
-		attrs.PutInt(keyStatusCode, int64(r.Status))
+		attrs.int(keyStatusCode, int64(r.Status))
 	}
-	attrs.PutStr(keyProtoVersion, protoVersion(r.ProtoMinor))
+	attrs.str(keyProtoVersion, protoVersion(r.ProtoMinor))
 
 	peer := unmap(r.Peer)
 	if peer.IsValid() {
-		attrs.PutStr(keyPeerAddress, b.addrString(peer.Addr()))
-		attrs.PutInt(keyPeerPort, int64(peer.Port()))
+		attrs.str(keyPeerAddress, b.addrString(peer.Addr()))
+		attrs.int(keyPeerPort, int64(peer.Port()))
 	}
 
 	// Host header first (the origin the client asked for), else the socket.
@@ -245,19 +257,19 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 		local := unmap(r.Local)
 		switch {
 		case host != "":
-			attrs.PutStr(keyServerAddress, host)
+			attrs.str(keyServerAddress, host)
 			if !hasPort && local.IsValid() {
 				port, hasPort = local.Port(), true
 			}
 			if hasPort {
-				attrs.PutInt(keyServerPort, int64(port))
+				attrs.int(keyServerPort, int64(port))
 			}
 		case local.IsValid():
-			attrs.PutStr(keyServerAddress, b.addrString(local.Addr()))
-			attrs.PutInt(keyServerPort, int64(local.Port()))
+			attrs.str(keyServerAddress, b.addrString(local.Addr()))
+			attrs.int(keyServerPort, int64(local.Port()))
 		}
 		if peer.IsValid() {
-			attrs.PutStr(keyClientAddress, b.addrString(peer.Addr()))
+			attrs.str(keyClientAddress, b.addrString(peer.Addr()))
 		}
 	case KindClient:
 		span.SetKind(ptrace.SpanKindClient)
@@ -270,19 +282,19 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 				// url.full has no port, so the origin is the scheme default.
 				port, hasPort = defaultPort(t.scheme), true
 			}
-			attrs.PutStr(keyServerAddress, host)
-			attrs.PutInt(keyServerPort, int64(port))
+			attrs.str(keyServerAddress, host)
+			attrs.int(keyServerPort, int64(port))
 			authority = r.Host
 			if authority == "" {
 				authority = t.authority
 			}
 		case peer.IsValid():
-			attrs.PutStr(keyServerAddress, b.addrString(peer.Addr()))
-			attrs.PutInt(keyServerPort, int64(peer.Port()))
+			attrs.str(keyServerAddress, b.addrString(peer.Addr()))
+			attrs.int(keyServerPort, int64(peer.Port()))
 			peerAuth = peer
 		}
 		if full := t.full(authority, peerAuth, b); full != "" {
-			attrs.PutStr(keyURLFull, full)
+			attrs.str(keyURLFull, full)
 		}
 	default:
 		span.SetKind(ptrace.SpanKindUnspecified)
@@ -293,7 +305,46 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	// about the outcome, so it stays Unset too.
 	if r.Status >= errorFrom {
 		span.Status().SetCode(ptrace.StatusCodeError)
-		attrs.PutStr(keyErrorType, b.errorType(r.Status))
+		attrs.str(keyErrorType, b.errorType(r.Status))
+	}
+	attrs.to(span.Attributes())
+}
+
+// maxSpanAttrs bounds the attributes fill sets on one span.
+const maxSpanAttrs = 16
+
+// attrBuf collects a span's attributes before they are put into its map.
+type attrBuf struct {
+	a [maxSpanAttrs]struct {
+		key, str string
+		i        int64
+		isInt    bool
+	}
+	n int
+}
+
+func (b *attrBuf) str(k, v string) {
+	e := &b.a[b.n]
+	e.key, e.str = k, v
+	b.n++
+}
+
+func (b *attrBuf) int(k string, v int64) {
+	e := &b.a[b.n]
+	e.key, e.i, e.isInt = k, v, true
+	b.n++
+}
+
+// to puts the attributes into m, which gets exactly their capacity.
+func (b *attrBuf) to(m pcommon.Map) {
+	m.EnsureCapacity(m.Len() + b.n)
+	for i := range b.n {
+		e := &b.a[i]
+		if e.isInt {
+			m.PutInt(e.key, e.i)
+		} else {
+			m.PutStr(e.key, e.str)
+		}
 	}
 }
 
