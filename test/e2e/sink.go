@@ -25,6 +25,7 @@ type Span struct {
 	TraceID       string // hex; "" when all zero
 	SpanID        string // hex; "" when all zero
 	ParentSpanID  string // hex; "" for a root span
+	TraceState    string // W3C tracestate, "" if none
 	Name          string
 	Kind          ptrace.SpanKind
 	Status        ptrace.StatusCode
@@ -297,6 +298,7 @@ func flatten(td ptrace.Traces) []Span {
 					TraceID:       idHex(sp.TraceID()),
 					SpanID:        idHex(sp.SpanID()),
 					ParentSpanID:  idHex(sp.ParentSpanID()),
+					TraceState:    sp.TraceState().AsRaw(),
 					Name:          sp.Name(),
 					Kind:          sp.Kind(),
 					Status:        sp.Status().Code(),
