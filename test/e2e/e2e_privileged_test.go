@@ -124,6 +124,37 @@ func TestIncomingTraceparentKept(t *testing.T) {
 	}
 }
 
+// Several incoming tracestate headers reach the exported SERVER span as one
+// validated, normalized tracestate, beside the honoured traceparent.
+func TestIncomingTraceStateKept(t *testing.T) {
+	const (
+		traceID  = "4bf92f3577b34da6a3ce929d0e0e4736"
+		parentID = "00f067aa0ba902b7"
+		tp       = "00-" + traceID + "-" + parentID + "-01"
+	)
+	f := startFleet(t, langSpecs(Python)...)
+	app := f.apps[DefaultService(Python)]
+	Curl(t, "--fail", "-o", "/dev/null", "-H", "traceparent: "+tp,
+		"-H", "tracestate: rojo=00f067aa0ba902b7, congo=t61rcWkgMzE",
+		"-H", "x-between: 1",
+		"-H", "tracestate: ,tenant@vendor=opaque value\t",
+		app.URL("/hello?ts=1"))
+	Curl(t, "--fail", "-o", "/dev/null", "-H", "traceparent: "+tp,
+		"-H", "tracestate: Invalid=1", app.URL("/hello?ts=2"))
+	spans := onlySpans(t, f.sink, All(ServerOf(app.Service), WithPath("/hello")), 2)
+	byQuery := map[string]Span{}
+	for _, s := range spans {
+		byQuery[s.Str("url.query")] = s
+	}
+	s := byQuery["ts=1"]
+	assert.Equal(t, traceID, s.TraceID, "%s", s)
+	assert.Equal(t, parentID, s.ParentSpanID, "%s", s)
+	assert.Equal(t, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,tenant@vendor=opaque value", s.TraceState, "%s", s)
+	s = byQuery["ts=2"]
+	assert.Equal(t, traceID, s.TraceID, "an invalid tracestate keeps the traceparent; %s", s)
+	assert.Equal(t, "", s.TraceState, "an invalid tracestate is dropped; %s", s)
+}
+
 func TestKeepAliveAndPipelining(t *testing.T) {
 	specs := langSpecs(AllLangs()...)
 	pipelined := []appSpec{{Python, "py-pipe-svc"}, {Go, "go-pipe-svc"}}
