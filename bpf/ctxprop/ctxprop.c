@@ -17,6 +17,7 @@
 
 #include "ctxprop.h"
 #include "http.h"
+#include "swar.h"
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
 #include "maps/client_ids.h"
@@ -133,8 +134,6 @@ int ctxprop_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-#define ONES 0x0101010101010101ull
-#define HIGHS 0x8080808080808080ull
 #define LINE_WORDS 8 // 8-byte words searched for '\n' per iteration
 
 static __always_inline __u64 scan_load8(const __u8 *buf, __u64 i)
@@ -149,30 +148,6 @@ static __always_inline __u32 scan_load4(const __u8 *buf, __u64 i)
 	__u32 v;
 	__builtin_memcpy(&v, buf + (i & SCAN_MASK), 4);
 	return v;
-}
-
-// High bit set in each byte of w equal to b; the lowest one is exact.
-static __always_inline __u64 bytes_eq(__u64 w, __u8 b)
-{
-	__u64 x = w ^ (ONES * b);
-	return (x - ONES) & ~x & HIGHS;
-}
-
-// Index of the lowest flagged byte of a non-zero bytes_eq mask.
-static __always_inline __u64 first_byte(__u64 m)
-{
-	__u64 n = 0;
-	if (!(m & 0xffffffffull)) {
-		n += 4;
-		m >>= 32;
-	}
-	if (!(m & 0xffffull)) {
-		n += 2;
-		m >>= 16;
-	}
-	if (!(m & 0xffull))
-		n += 1;
-	return n;
 }
 
 // Which of our header names the NAME_LEN bytes w (8), w4 (4) of a line

@@ -13,6 +13,7 @@
 #pragma once
 
 #include "http.h"
+#include "swar.h"
 
 #define HDR_BLOCK_MAX 16384 // header block bytes scanned per request
 #define W3C_STEPS 2048      // bpf_loop iterations per scan: a line or 256 bytes each
@@ -27,8 +28,6 @@
 #define W3C_TS_SYSTEM_MAX 14
 #define W3C_TS_VALUE_MAX 256
 
-#define ONES 0x0101010101010101ull
-#define HIGHS 0x8080808080808080ull
 #define LINE_WORDS 32 // 8-byte words searched for '\n' per iteration
 
 static __always_inline __u8 at(const __u8 *buf, __u64 i)
@@ -55,30 +54,6 @@ static __always_inline __u32 load4(const __u8 *buf, __u64 i)
 	__u32 v;
 	__builtin_memcpy(&v, buf + (i & BUF_MASK), 4);
 	return v;
-}
-
-// High bit set in each byte of w equal to b; the lowest one is exact.
-static __always_inline __u64 bytes_eq(__u64 w, __u8 b)
-{
-	__u64 x = w ^ (ONES * b);
-	return (x - ONES) & ~x & HIGHS;
-}
-
-// Index of the lowest flagged byte of a non-zero bytes_eq mask.
-static __always_inline __u32 first_byte(__u64 m)
-{
-	__u32 n = 0;
-	if (!(m & 0xffffffffull)) {
-		n += 4;
-		m >>= 32;
-	}
-	if (!(m & 0xffffull)) {
-		n += 2;
-		m >>= 16;
-	}
-	if (!(m & 0xffull))
-		n += 1;
-	return n;
 }
 
 // Length of the token at i: up to the first ' ', '\r' or '\n', at most
