@@ -478,6 +478,17 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	return SK_PASS;
 }
 
+// Receive side of the sockhash's sockets: passes every skb on unchanged.
+// Its attachment is what matters: on kernels with the sockmap receive
+// regression (Linux 929e30f93125) a socket in a sockhash without an SK_SKB
+// verdict answers FIONREAD with 0; with one, received data is accounted
+// in the psock's queue that FIONREAD reports.
+SEC("sk_skb/verdict")
+int ctxprop_sk_skb(struct __sk_buff *skb)
+{
+	return SK_PASS;
+}
+
 #define TCP_ESTABLISHED 1
 
 // Iterates over the host's TCP sockets and puts the established ones of a

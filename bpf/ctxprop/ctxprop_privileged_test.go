@@ -438,3 +438,82 @@ s.serve_forever()
 		t.Errorf("pooled connection after AddExisting: downstream received %q, want %q", got, want)
 	}
 }
+
+// TestExistingBlockedReader: a process traced while one of its threads is
+// blocked in recv() on a connection it opened. The connection must still
+// deliver what the peer sends next, to that same blocked call, whatever
+// AddExisting does with it (with an SK_SKB verdict on the sockhash, a
+// socket enrolled under a blocked reader would leave the data where that
+// reader no longer looks).
+func TestExistingBlockedReader(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	client := fmt.Sprintf(`
+import socket, sys
+s = socket.create_connection(("127.0.0.1", %d))
+s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+print("blocked", flush=True)
+data = s.recv(100)
+print("got", len(data), flush=True)
+`, l.Addr().(*net.TCPAddr).Port)
+	cmd := exec.Command("python3", "-c", client)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := bufio.NewReader(out)
+	if _, err := lines.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	var srv net.Conn
+	select {
+	case srv = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("client did not connect")
+	}
+	defer srv.Close()
+	req := make([]byte, 200)
+	if _, err := srv.Read(req); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the client is in recv() now
+
+	tr, p, _ := attached(t)
+	if err := tr.Trace(uint32(cmd.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddExisting(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		s, _ := lines.ReadString('\n')
+		got <- s
+	}()
+	select {
+	case s := <-got:
+		if s != "got 27\n" {
+			t.Fatalf("blocked reader: %q, want %q", s, "got 27\n")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader blocked in recv() when its process was traced never got the response")
+	}
+}

@@ -133,6 +133,7 @@ const (
 	ctxpropMapTracestates       = "tracestates"
 	ctxpropProgCtxpropExisting  = "ctxprop_existing"
 	ctxpropProgCtxpropSkMsg     = "ctxprop_sk_msg"
+	ctxpropProgCtxpropSkSkb     = "ctxprop_sk_skb"
 	ctxpropProgCtxpropSockops   = "ctxprop_sockops"
 	ctxpropVarReturnAtOnce      = "return_at_once"
 	ctxpropVarUnusedPropCounter = "unused_prop_counter"
@@ -182,6 +183,7 @@ type ctxpropSpecs struct {
 type ctxpropProgramSpecs struct {
 	CtxpropExisting *ebpf.ProgramSpec `ebpf:"ctxprop_existing"`
 	CtxpropSkMsg    *ebpf.ProgramSpec `ebpf:"ctxprop_sk_msg"`
+	CtxpropSkSkb    *ebpf.ProgramSpec `ebpf:"ctxprop_sk_skb"`
 	CtxpropSockops  *ebpf.ProgramSpec `ebpf:"ctxprop_sockops"`
 }
 
@@ -282,6 +284,7 @@ type ctxpropVariables struct {
 type ctxpropPrograms struct {
 	CtxpropExisting *ebpf.Program `ebpf:"ctxprop_existing"`
 	CtxpropSkMsg    *ebpf.Program `ebpf:"ctxprop_sk_msg"`
+	CtxpropSkSkb    *ebpf.Program `ebpf:"ctxprop_sk_skb"`
 	CtxpropSockops  *ebpf.Program `ebpf:"ctxprop_sockops"`
 }
 
@@ -289,6 +292,7 @@ func (p *ctxpropPrograms) Close() error {
 	return _CtxpropClose(
 		p.CtxpropExisting,
 		p.CtxpropSkMsg,
+		p.CtxpropSkSkb,
 		p.CtxpropSockops,
 	)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"golang.org/x/sys/unix"
 )
 
 // Propagator is the loaded, and after Attach attached, header injector.
@@ -23,6 +24,7 @@ type Propagator struct {
 	objs      ctxpropObjects
 	sockops   link.Link
 	skMsgOn   bool
+	skSkbOn   bool
 	cgroupDir string
 }
 
@@ -79,6 +81,15 @@ func (p *Propagator) Attach(cgroupDir string) error {
 		return fmt.Errorf("attach sk_msg to sockhash: %w", err)
 	}
 	p.skMsgOn = true
+	err = link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  p.objs.CtxpropSocks.FD(),
+		Program: p.objs.CtxpropSkSkb,
+		Attach:  ebpf.AttachSkSKBVerdict,
+	})
+	if err != nil {
+		return fmt.Errorf("attach sk_skb verdict to sockhash: %w", err)
+	}
+	p.skSkbOn = true
 	l, err := link.AttachCgroup(link.CgroupOptions{
 		Path:    cgroupDir,
 		Attach:  ebpf.AttachCGroupSockOps,
@@ -100,6 +111,10 @@ func (p *Propagator) AddExisting(pid int) error {
 	inodes, err := socketInodes(pid)
 	if err != nil || len(inodes) == 0 {
 		return err
+	}
+	inodes = clientSockets(pid, inodes)
+	if len(inodes) == 0 {
+		return nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -128,17 +143,22 @@ func (p *Propagator) AddExisting(pid int) error {
 	return nil
 }
 
-// socketInodes lists the socket inodes among the open files of pid.
+// socketInodes lists the socket inodes among the open files of pid, less
+// those a thread of pid is blocked reading right now (see blockedReads).
 func socketInodes(pid int) ([]uint64, error) {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list fds of pid %d: %w", pid, err)
 	}
+	blocked := blockedReads(pid)
 	var out []uint64
 	for _, e := range ents {
 		target, err := os.Readlink(dir + "/" + e.Name())
 		if err != nil || !strings.HasPrefix(target, "socket:[") || !strings.HasSuffix(target, "]") {
+			continue
+		}
+		if fd, err := strconv.ParseUint(e.Name(), 10, 64); err == nil && blocked[fd] {
 			continue
 		}
 		if ino, err := strconv.ParseUint(target[len("socket:["):len(target)-1], 10, 64); err == nil {
@@ -146,6 +166,99 @@ func socketInodes(pid int) ([]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// blockedReads returns the fds that threads of pid are blocked reading in
+// a system call (/proc/<pid>/task/*/syscall). A socket must not enter the
+// sockhash under such a reader: with the SK_SKB verdict on the sockhash,
+// what arrives next is queued where a recv() that began before can no
+// longer see it, and that call would wait forever. Such a socket is left
+// out: its requests are still traced, but get no header injected.
+func blockedReads(pid int) map[uint64]bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil
+	}
+	out := map[uint64]bool{}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		// "nr arg0 arg1 ... sp pc", the arguments in hex; "running" or -1 otherwise.
+		fs := strings.Fields(string(b))
+		if len(fs) < 2 {
+			continue
+		}
+		nr, err := strconv.ParseInt(fs[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch nr {
+		case unix.SYS_READ, unix.SYS_READV, unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_RECVMMSG:
+		default:
+			continue
+		}
+		if fd, err := strconv.ParseUint(strings.TrimPrefix(fs[1], "0x"), 16, 64); err == nil {
+			out[fd] = true
+		}
+	}
+	return out
+}
+
+// clientSockets keeps the inodes of connections the process opened: those
+// whose local port is not one it listens on. Accepted connections need no
+// injection, and enrolling a socket whose reader is already blocked in
+// recv leaves that reader waiting on the psock's queue. Without
+// /proc/<pid>/net/tcp* it keeps them all.
+func clientSockets(pid int, inodes []uint64) []uint64 {
+	mine := make(map[uint64]bool, len(inodes))
+	for _, ino := range inodes {
+		mine[ino] = true
+	}
+	listening := map[uint64]bool{} // local ports the process listens on
+	type est struct{ port, ino uint64 }
+	var established []est
+	read := false
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		read = true
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			fs := strings.Fields(line)
+			if len(fs) < 10 {
+				continue
+			}
+			ino, err1 := strconv.ParseUint(fs[9], 10, 64)
+			i := strings.LastIndexByte(fs[1], ':')
+			if err1 != nil || i < 0 || !mine[ino] {
+				continue
+			}
+			port, err := strconv.ParseUint(fs[1][i+1:], 16, 16)
+			if err != nil {
+				continue
+			}
+			switch fs[3] {
+			case "0A": // TCP_LISTEN
+				listening[port] = true
+			case "01": // TCP_ESTABLISHED
+				established = append(established, est{port, ino})
+			}
+		}
+	}
+	if !read {
+		return inodes
+	}
+	var out []uint64
+	for _, e := range established {
+		if !listening[e.port] {
+			out = append(out, e.ino)
+		}
+	}
+	return out
 }
 
 // Counters are the injector's counters, summed over CPUs.
@@ -200,6 +313,17 @@ func (p *Propagator) Close() error {
 			errs = append(errs, fmt.Errorf("detach sk_msg from sockhash: %w", err))
 		}
 		p.skMsgOn = false
+	}
+	if p.skSkbOn {
+		err := link.RawDetachProgram(link.RawDetachProgramOptions{
+			Target:  p.objs.CtxpropSocks.FD(),
+			Program: p.objs.CtxpropSkSkb,
+			Attach:  ebpf.AttachSkSKBVerdict,
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("detach sk_skb verdict from sockhash: %w", err))
+		}
+		p.skSkbOn = false
 	}
 	if err := p.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close ctxprop objects: %w", err))

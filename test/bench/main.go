@@ -32,6 +32,11 @@
 //     tracepoints, sockops on the root cgroup) and shares the CPUs: its
 //     throughput and p99 against the run without collector are what a
 //     process on the same node that nobody asked to trace pays.
+//   - neighbour-pinned: the same with the traced side (its server, its wrk,
+//     the collector and this process, which holds the sink) on CPU 0 and
+//     the neighbour with its wrk on CPU 1 (taskset, in every run, the one
+//     without collector too): the neighbour's row is then what its own
+//     hooks cost it, without the CPU the traced side's work takes from it.
 //
 // The proxy backends count the requests that arrived with a traceparent
 // header (GET /stats, read before and after each run, outside any
@@ -100,6 +105,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -317,6 +323,24 @@ func startAndRun(ctx context.Context, e env, wl *workload) ([]runResult, error) 
 	ports, err := freePorts(wl.portsNeeded())
 	if err != nil {
 		return nil, err
+	}
+	if wl.pinned {
+		if runtime.NumCPU() < 2 {
+			return nil, fmt.Errorf("workload %s needs 2 CPUs, this machine has %d", wl.name, runtime.NumCPU())
+		}
+		// This process holds the sink: it is on the traced side.
+		if err := pinSelf(tracedCPUs); err != nil {
+			return nil, err
+		}
+		defer func() {
+			all := make([]string, runtime.NumCPU())
+			for i := range all {
+				all[i] = strconv.Itoa(i)
+			}
+			if err := pinSelf(strings.Join(all, ",")); err != nil {
+				logf("unpin: %v", err)
+			}
+		}()
 	}
 	if err := wl.start(ctx, e.bins, ports); err != nil {
 		return nil, err

@@ -5,13 +5,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // proc is a child process in its own process group.
@@ -47,6 +51,43 @@ func startProc(ctx context.Context, name string, deathSig syscall.Signal, env []
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// startPinned is startProc with the process (and every thread it makes)
+// on the CPUs of cpus (taskset -c, which execs in place: the pid is the
+// command's); unpinned when cpus is "".
+func startPinned(ctx context.Context, cpus, name string, deathSig syscall.Signal, env []string, path string, args ...string) (*proc, error) {
+	if cpus == "" {
+		return startProc(ctx, name, deathSig, env, path, args...)
+	}
+	return startProc(ctx, name, deathSig, env, "taskset", append([]string{"-c", cpus, path}, args...)...)
+}
+
+// pinSelf puts every thread of this process on the CPUs of cpus (a list
+// like "0" or "0,1"); threads made later inherit it from their creator.
+func pinSelf(cpus string) error {
+	var set unix.CPUSet
+	for _, f := range strings.Split(cpus, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return fmt.Errorf("cpu list %q: %w", cpus, err)
+		}
+		set.Set(n)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("pin thread %d to CPUs %s: %w", tid, cpus, err)
+		}
+	}
+	return nil
 }
 
 func (p *proc) pid() int       { return p.cmd.Process.Pid }

@@ -184,10 +184,10 @@ func runOne(ctx context.Context, e env, wl *workload, round int, spec runSpec) (
 func (r *runResult) measure(ctx context.Context, e env, wl *workload, d time.Duration, collPID int) error {
 	o := e.o
 	groups := [][]int{wl.tracedPIDs()}
-	runners := []wrkRunner{{path: e.wrkPath, url: wl.url(), threads: o.threads, connections: o.connections}}
+	runners := []wrkRunner{{path: e.wrkPath, url: wl.url(), threads: o.threads, connections: o.connections, cpus: wl.tracedSide()}}
 	if wl.neighbour != nil {
 		groups = append(groups, []int{wl.neighbour.pid()})
-		runners = append(runners, wrkRunner{path: e.wrkPath, url: fmt.Sprintf("http://127.0.0.1:%d/hello", wl.neighbour.port), threads: o.threads, connections: o.connections})
+		runners = append(runners, wrkRunner{path: e.wrkPath, url: fmt.Sprintf("http://127.0.0.1:%d/hello", wl.neighbour.port), threads: o.threads, connections: o.connections, cpus: wl.neighbourSide()})
 	}
 	pids := []int{os.Getpid()}
 	if collPID != 0 {
@@ -275,7 +275,7 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 		envs = []string{floorEnv}
 	}
 	start := time.Now()
-	coll, err := startProc(ctx, "collector", syscall.SIGTERM, envs, o.collector, "--config", cfgPath)
+	coll, err := startPinned(ctx, wl.tracedSide(), "collector", syscall.SIGTERM, envs, o.collector, "--config", cfgPath)
 	if err != nil {
 		return err
 	}

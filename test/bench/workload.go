@@ -13,7 +13,7 @@ import (
 )
 
 // workloadNames are the -workload values, in run order.
-var workloadNames = []string{"server", "proxy", "proxy-new", "neighbour"}
+var workloadNames = []string{"server", "proxy", "proxy-new", "neighbour", "neighbour-pinned"}
 
 // workload is one client → service(s) setup the bench measures.
 type workload struct {
@@ -30,6 +30,34 @@ type workload struct {
 	neighbour *app   // loaded by its own wrk, not selected; nil when none
 	stats     string // the backend's /stats URL; "" when there is none
 	closeIdle string // the keep-alive proxy's POST /close-idle URL; "" when none
+
+	// pinned: the traced side (its server, its wrk, the collector and this
+	// process with its sink) runs on CPU 0, the neighbour and its wrk on
+	// CPU 1, so the neighbour's row shows what its own hooks cost it, not
+	// the CPU the traced side's work takes from it.
+	pinned bool
+}
+
+// CPU lists (taskset -c) of the pinned workload's two sides.
+const (
+	tracedCPUs    = "0"
+	neighbourCPUs = "1"
+)
+
+// tracedSide and neighbourSide are the CPU lists a process of the workload
+// runs on; "" when it is not pinned.
+func (wl *workload) tracedSide() string {
+	if wl.pinned {
+		return tracedCPUs
+	}
+	return ""
+}
+
+func (wl *workload) neighbourSide() string {
+	if wl.pinned {
+		return neighbourCPUs
+	}
+	return ""
 }
 
 // app is one process of a workload.
@@ -56,6 +84,9 @@ func newWorkload(name string) *workload {
 			targetTput: 0.90, targetP99: 1.15}
 	case "neighbour":
 		return &workload{name: name, title: "wrk → traced Go hello server, and a second wrk → untraced Go hello neighbour", appLabel: "traced server"}
+	case "neighbour-pinned":
+		return &workload{name: name, title: "neighbour with the traced side (server, wrk, collector, sink) on CPU " + tracedCPUs +
+			" and the untraced neighbour with its wrk on CPU " + neighbourCPUs, appLabel: "traced server", pinned: true}
 	}
 	panic("unknown workload " + name)
 }
@@ -74,7 +105,11 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 	// Each command takes [flags] <port> [more ports].
 	startApp := func(name string, port, spans int, bin string, flags []string, more ...string) (*app, error) {
 		args := append(append(flags, strconv.Itoa(port)), more...)
-		p, err := startProc(ctx, name, 0, nil, bin, args...)
+		cpus := wl.tracedSide()
+		if spans == 0 {
+			cpus = wl.neighbourSide()
+		}
+		p, err := startPinned(ctx, cpus, name, 0, nil, bin, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -105,7 +140,7 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 		wl.stats = fmt.Sprintf("http://127.0.0.1:%d/stats", backendPort)
 		_, err := startApp("backend", backendPort, 1, bins["server"], []string{"-stats"})
 		return err
-	case "neighbour":
+	case "neighbour", "neighbour-pinned":
 		if _, err := startApp("server", ports[0], 1, bins["server"], nil); err != nil {
 			return err
 		}

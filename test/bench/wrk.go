@@ -15,6 +15,7 @@ import (
 type wrkRunner struct {
 	path, url            string
 	threads, connections int
+	cpus                 string // taskset -c list; "" for any CPU
 }
 
 // wrkResult is what one wrk run printed.
@@ -32,7 +33,7 @@ func (w wrkRunner) run(ctx context.Context, d time.Duration) (wrkResult, error) 
 		"-t" + strconv.Itoa(w.threads), "-c" + strconv.Itoa(w.connections),
 		"-d" + strconv.Itoa(int(d.Round(time.Second)/time.Second)) + "s", "--latency", w.url,
 	}
-	p, err := startProc(ctx, "wrk", 0, nil, w.path, args...)
+	p, err := startPinned(ctx, w.cpus, "wrk", 0, nil, w.path, args...)
 	if err != nil {
 		return wrkResult{}, err
 	}

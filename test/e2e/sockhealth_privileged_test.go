@@ -1,4 +1,4 @@
-//go:build linux && privileged && sockhealth
+//go:build linux && privileged
 
 package e2e
 
@@ -27,10 +27,11 @@ import (
 // of traced processes in the ctxprop sockhash; on kernels with the sockmap
 // receive regression (Linux commit 929e30f93125, seen on 6.18) a socket in a
 // sockhash without an SK_SKB verdict program answers FIONREAD with 0 while
-// epoll reports it readable. Not in make test yet (build tag sockhealth):
-// they fail on 6.18.44 until ctxprop attaches a working SK_SKB verdict.
-// These tests run real clients and gateways
-// against a backend with the collector and check what they saw.
+// epoll reports it readable. ctxprop attaches a pass-through SK_SKB
+// verdict to the sockhash, which keeps FIONREAD right; without it these
+// tests fail on 6.18.44 (FIONREAD 0 on 300 of 300 responses). They run
+// real clients against a backend with the collector and check what they
+// saw.
 
 // rawBackend is an HTTP/1.1 server on raw TCP: GET /resp?size=n answers the
 // pattern of n bytes in one write; with X-Half-Close it first reads until the
