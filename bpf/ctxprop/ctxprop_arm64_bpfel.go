@@ -36,6 +36,8 @@ type ctxpropGoProc struct {
 	GoidOff    uint32
 	ParentOff  uint32
 	StartpcOff uint32
+	WritechOff uint32
+	RecvqOff   uint32
 	Pad        uint32
 }
 
