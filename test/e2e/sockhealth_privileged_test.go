@@ -367,6 +367,8 @@ type gatewayLoad struct {
 	ok, failed int
 	errs       []string // the first few failures
 	max        time.Duration
+	wall       time.Duration         // the whole run
+	bySize     map[int]time.Duration // summed request times per response size
 }
 
 // gatewaySizes are the response sizes driveGateway asks for, in turn.
@@ -385,9 +387,10 @@ func driveGateway(t *testing.T, gw *App, n, conc int) gatewayLoad {
 	}
 	var (
 		mu  sync.Mutex
-		res gatewayLoad
+		res = gatewayLoad{bySize: map[int]time.Duration{}}
 		wg  sync.WaitGroup
 	)
+	began := time.Now()
 	next := make(chan int)
 	for range conc {
 		wg.Add(1)
@@ -417,6 +420,7 @@ func driveGateway(t *testing.T, gw *App, n, conc int) gatewayLoad {
 				d := time.Since(start)
 				mu.Lock()
 				res.max = max(res.max, d)
+				res.bySize[size] += d
 				if err != nil {
 					res.failed++
 					if len(res.errs) < 5 {
@@ -434,6 +438,7 @@ func driveGateway(t *testing.T, gw *App, n, conc int) gatewayLoad {
 	}
 	close(next)
 	wg.Wait()
+	res.wall = time.Since(began)
 	return res
 }
 
@@ -479,6 +484,9 @@ func TestSockHealthGateways(t *testing.T) {
 
 			traced := driveGateway(t, gw, requests, concurrency)
 			got, tp := backend.requests.Load(), backend.traceparent.Load()
+			t.Logf("%s: baseline %v (mean %.2f ms at 200 B, %.2f ms at 64 KiB); traced %v (mean %.2f ms at 200 B, %.2f ms at 64 KiB)",
+				g.name, base.wall.Round(time.Millisecond), ms(base.bySize[200])/(requests/2), ms(base.bySize[64<<10])/(requests/2),
+				traced.wall.Round(time.Millisecond), ms(traced.bySize[200])/(requests/2), ms(traced.bySize[64<<10])/(requests/2))
 			t.Logf("%s: baseline max %.1f ms (traceparents %d); traced max %.1f ms, %d ok, %d failed; backend %d requests, %d with a traceparent",
 				g.name, ms(base.max), baseTP, ms(traced.max), traced.ok, traced.failed, got, tp)
 			assert.Zero(t, traced.failed, "%s with the collector: failed requests (of %d): %v", g.name, requests, traced.errs)
