@@ -63,6 +63,8 @@ test: mounts
 	for c in curl:curl wrk:wrk bpftool:bpftool ip:iproute2; do \
 		command -v "$${c%%:*}" >/dev/null || missing="$$missing $${c#*:}"; \
 	done; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	/usr/bin/python3 -c 'import aiohttp' 2>/dev/null || missing="$$missing python3-aiohttp"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(APT_GET) update && $(APT_GET) install -y $$missing; \

@@ -292,8 +292,22 @@ static __always_inline __u64 build_headers(struct prop_scratch *s, struct prop_c
 }
 
 // Inserts s->hdr (len bytes) at offset off of the message. 0 on success.
+//
+// bpf_msg_push_data leaves the message in three scatterlist pieces (the
+// bytes before off, the new ones, the rest of the piece off was in), and the
+// kernel sends each piece with its own tcp_sendmsg_locked and push. Only the
+// first goes out at once: on a socket with Nagle on (nginx's upstream
+// connections, Python http.client) the others are small segments behind an
+// unacknowledged small segment and wait for the peer's ACK, which a server
+// that has half a header block delays (40 ms delayed ACK on Linux) -- every
+// injected request waited that long. So once written, the pieces from the
+// message's start up to the byte after the insertion are merged back into
+// one (bpf_msg_pull_data copies them whole into one buffer): the header
+// block leaves in one segment, as the application wrote it. If the kernel
+// cannot allocate the buffer the message is sent in pieces, bytes intact
+// (counted, PROP_UNMERGED).
 static __always_inline int insert_headers(struct sk_msg_md *msg, struct prop_scratch *s,
-					  __u64 off, __u64 len)
+					  __u64 off, __u64 len, __u64 size)
 {
 	if (len < 8 || len > HDR_MAX)
 		return -1;
@@ -322,6 +336,9 @@ static __always_inline int insert_headers(struct sk_msg_md *msg, struct prop_scr
 	__u64 v;
 	__builtin_memcpy(&v, s->hdr + o, 8);
 	*(__u64 *)(data + o) = v;
+	// The block's blank line follows the insertion (off < size).
+	if (off < size && bpf_msg_pull_data(msg, 0, off + len + 1, 0))
+		prop_count(PROP_UNMERGED);
 	return 0;
 undo:
 	bpf_msg_pop_data(msg, off, len, 0);
@@ -434,7 +451,7 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 			return SK_PASS;
 		}
 		__u64 len = build_headers(s, c);
-		if (insert_headers(msg, s, s->blank - 1, len)) {
+		if (insert_headers(msg, s, s->blank - 1, len, size)) {
 			prop_count(PROP_PUSH_FAILED);
 			return SK_PASS;
 		}

@@ -18,7 +18,8 @@ enum prop_counter {
 	PROP_PUSH_FAILED = 3,      // the kernel refused to grow the message
 	PROP_TRACESTATE = 4,       // tracestate headers injected with a traceparent
 	PROP_SPLIT = 5,            // injected into a header block written in several writes
-	PROP_COUNTER_MAX = 6,
+	PROP_UNMERGED = 6,         // injected, but the message could not be made one piece again
+	PROP_COUNTER_MAX = 7,
 };
 
 // Per-connection state of an outgoing request whose header block is being

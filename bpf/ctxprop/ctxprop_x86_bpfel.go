@@ -36,6 +36,8 @@ type ctxpropGoProc struct {
 	GoidOff    uint32
 	ParentOff  uint32
 	StartpcOff uint32
+	WritechOff uint32
+	RecvqOff   uint32
 	Pad        uint32
 }
 
@@ -79,7 +81,8 @@ const (
 	ctxpropPropCounterPROP_PUSH_FAILED      ctxpropPropCounter = 3
 	ctxpropPropCounterPROP_TRACESTATE       ctxpropPropCounter = 4
 	ctxpropPropCounterPROP_SPLIT            ctxpropPropCounter = 5
-	ctxpropPropCounterPROP_COUNTER_MAX      ctxpropPropCounter = 6
+	ctxpropPropCounterPROP_UNMERGED         ctxpropPropCounter = 6
+	ctxpropPropCounterPROP_COUNTER_MAX      ctxpropPropCounter = 7
 )
 
 type ctxpropPropScratch struct {

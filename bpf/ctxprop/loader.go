@@ -269,6 +269,7 @@ type Counters struct {
 	PushFailed     uint64 // the kernel could not grow (or linearize) the message
 	Tracestate     uint64 // tracestate headers injected with a traceparent
 	Split          uint64 // injections into header blocks written in several writes
+	Unmerged       uint64 // injections sent in several pieces (no memory to merge them)
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -281,6 +282,7 @@ func (p *Propagator) ReadCounters() (Counters, error) {
 		ctxpropPropCounterPROP_PUSH_FAILED:      &c.PushFailed,
 		ctxpropPropCounterPROP_TRACESTATE:       &c.Tracestate,
 		ctxpropPropCounterPROP_SPLIT:            &c.Split,
+		ctxpropPropCounterPROP_UNMERGED:         &c.Unmerged,
 	} {
 		var per []uint64
 		if err := p.objs.PropCounters.Lookup(uint32(idx), &per); err != nil {

@@ -106,6 +106,29 @@ static __always_inline int on_write_loop(struct pt_regs *ctx)
 	return 0;
 }
 
+// The writeLoop goroutine of persistConn pc (its go_ctxs key) if it is
+// parked waiting for a request, 0 otherwise: the first receiver waiting on
+// pc.writech, which only the writeLoop reads, checked by its start
+// function. This finds the writer of a connection opened before the probes
+// (whose writeLoop entry was never seen) and is never stale; the
+// go_write_loops entry covers a writer not parked at that instant.
+static __always_inline __u64 parked_writer(__u32 tgid, __u64 pc)
+{
+	struct go_proc *p = bpf_map_lookup_elem(&go_procs, &tgid);
+	if (!p || !p->writech_off || !p->recvq_off || !p->write_loop || !p->startpc_off || !pc)
+		return 0;
+	__u64 ch = read_u64(pc + p->writech_off);
+	if (!ch)
+		return 0;
+	__u64 sg = read_u64(ch + p->recvq_off); // recvq.first, a *sudog
+	if (!sg)
+		return 0;
+	__u64 g = read_u64(sg); // sudog.g, its first field
+	if (!g || read_u64(g + p->startpc_off) != p->write_loop)
+		return 0;
+	return go_id(p, g);
+}
+
 // net/http.(*persistConn).roundTrip(pc *persistConn, req *transportRequest),
 // entry, on the caller's goroutine: the connection's writeLoop goroutine
 // writes this request next, under the caller's context, or under none if
@@ -136,10 +159,15 @@ static __always_inline int on_round_trip(struct pt_regs *ctx)
 	// dead writeLoop. A live writeLoop never takes it; a later one at this
 	// address gets its own request's context from its own roundTrip.
 	bpf_map_update_elem(&go_handed, &pk, &c, BPF_ANY);
-	__u64 *writer = bpf_map_lookup_elem(&go_write_loops, &pk);
-	if (!writer)
-		return 0;
-	struct go_key wk = {.tgid = pid_tgid >> 32, .g = *writer};
+	struct go_key wk = {.tgid = pid_tgid >> 32, .g = parked_writer(pid_tgid >> 32, GO_ARG1(ctx))};
+	if (wk.g) {
+		bpf_map_update_elem(&go_write_loops, &pk, &wk.g, BPF_ANY);
+	} else {
+		__u64 *writer = bpf_map_lookup_elem(&go_write_loops, &pk);
+		if (!writer)
+			return 0;
+		wk.g = *writer;
+	}
 	bpf_map_update_elem(&go_ctxs, &wk, &c, BPF_ANY);
 	return 0;
 }

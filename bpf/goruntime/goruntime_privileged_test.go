@@ -167,7 +167,7 @@ func TestGoProc(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("go_proc: %+v", gp)
-			if gp.GoidOff == 0 || gp.ParentOff == 0 || gp.StartpcOff == 0 || gp.Allgs == 0 {
+			if gp.GoidOff == 0 || gp.ParentOff == 0 || gp.StartpcOff == 0 || gp.Allgs == 0 || gp.WritechOff == 0 || gp.RecvqOff == 0 {
 				t.Fatalf("incomplete go_proc %+v", gp)
 			}
 			if got := peek(t, p.pid, g+uint64(gp.GoidOff)); got != id {

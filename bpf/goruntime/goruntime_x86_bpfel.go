@@ -27,6 +27,8 @@ type goruntimeGoProc struct {
 	GoidOff    uint32
 	ParentOff  uint32
 	StartpcOff uint32
+	WritechOff uint32
+	RecvqOff   uint32
 	Pad        uint32
 }
 

@@ -517,11 +517,18 @@ func analyzeELF(path string) (*exeInfo, error) {
 		GoidOff:    uint32(gi.G.Goid),
 		ParentOff:  uint32(gi.G.ParentGoid),
 		StartpcOff: uint32(gi.G.StartPC),
+		WritechOff: uint32(gi.G.Writech),
+		RecvqOff:   uint32(gi.G.Recvq),
 	}
 	rt, okRT := gi.Funcs[symRoundTrip]
 	wl, okWL := gi.Funcs[symWriteLoop]
 	if okRT && okWL {
+		// What the writeLoop goroutine's g.startpc holds: the wrapper the
+		// go statement starts (writeLoop itself if none is found).
 		info.proc.WriteLoop = wl.Entry
+		if start := gi.Starts[symWriteLoop]; start != 0 {
+			info.proc.WriteLoop = start
+		}
 		if info.roundTrip, err = probeSite(f, symRoundTrip, rt); err != nil {
 			return nil, err
 		}

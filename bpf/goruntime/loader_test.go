@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -47,12 +48,19 @@ func TestAnalyze(t *testing.T) {
 		if probe < start || probe > start+16 || raw[probe] != 0x0f || raw[probe+1] != 0x86 {
 			t.Errorf("%s: entry probe at +%d (% x), want the JBE of the stack check", s.Name, probe-start, raw[probe:probe+2])
 		}
-		if s.Name == symWriteLoop && info.proc.WriteLoop != s.Value {
-			t.Errorf("writeLoop entry %#x, symbol at %#x", info.proc.WriteLoop, s.Value)
-		}
 	}
 	if len(sites) != 0 {
 		t.Fatalf("symbols not found: %v", sites)
+	}
+	// The writeLoop goroutine's g.startpc: the go wrapper dialConn starts.
+	start := ""
+	for _, s := range syms {
+		if s.Value == info.proc.WriteLoop && elf.ST_TYPE(s.Info) == elf.STT_FUNC {
+			start = s.Name
+		}
+	}
+	if !strings.HasPrefix(start, "net/http.(*Transport).dialConn.") {
+		t.Errorf("writeLoop goroutine's start %#x is %q, want dialConn's go wrapper", info.proc.WriteLoop, start)
 	}
 	stripped := analyze(buildGochain(t, "-s -w"))
 	if stripped.err != nil {

@@ -115,6 +115,8 @@ type httptraceGoProc struct {
 	GoidOff    uint32
 	ParentOff  uint32
 	StartpcOff uint32
+	WritechOff uint32
+	RecvqOff   uint32
 	Pad        uint32
 }
 

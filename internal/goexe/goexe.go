@@ -41,9 +41,14 @@ var ErrUnsupportedGo = errors.New("Go release without known runtime.g offsets")
 // Func is a function's code, as virtual addresses.
 type Func struct{ Entry, End uint64 }
 
-// Offsets are byte offsets of runtime.g fields.
+// Offsets are byte offsets of runtime.g fields, and of the fields that lead
+// from a net/http client connection to the goroutine that writes its
+// requests: net/http.persistConn's writech (a channel) and runtime.hchan's
+// recvq (its waiting receivers). Writech and Recvq are 0 in a program
+// without net/http.
 type Offsets struct {
 	Goid, ParentGoid, StartPC uint64
+	Writech, Recvq            uint64
 }
 
 // Info is what Inspect found.
@@ -55,6 +60,11 @@ type Info struct {
 	AllGs uint64
 	// Funcs holds the functions asked for that the program has.
 	Funcs map[string]Func
+	// Starts maps a function asked for to the entry of the wrapper a `go`
+	// statement runs for it (`go pc.writeLoop()` starts
+	// net/http.(*Transport).dialConn.gowrap3, which calls writeLoop): what
+	// runtime.g.startpc holds in the goroutine. amd64 only.
+	Starts map[string]uint64
 }
 
 const symAllGs = "runtime.allgs"
@@ -93,16 +103,32 @@ func Inspect(path string, funcs ...string) (*Info, error) {
 	}
 
 	want := map[string]bool{"runtime.forEachG": true}
+	pkgs := map[string]bool{}
 	for _, n := range funcs {
 		want[n] = true
+		pkgs[funcPackage(n)] = true
 	}
-	all, allgs, err := functions(f, want)
+	all, allgs, err := functions(f, func(name string) bool {
+		return want[name] || (pkgs[funcPackage(name)] && isWrapper(name))
+	})
 	if err != nil {
 		return nil, err
 	}
+	info.Starts = map[string]uint64{}
 	for _, n := range funcs {
-		if fn, ok := all[n]; ok {
-			info.Funcs[n] = fn
+		fn, ok := all[n]
+		if !ok {
+			continue
+		}
+		info.Funcs[n] = fn
+		if f.Machine != elf.EM_X86_64 {
+			continue
+		}
+		for name, w := range all {
+			if !want[name] && funcPackage(name) == funcPackage(n) && calls(f, w, fn.Entry) {
+				info.Starts[n] = w.Entry
+				break
+			}
 		}
 	}
 	info.AllGs = allgs
@@ -114,15 +140,19 @@ func Inspect(path string, funcs ...string) (*Info, error) {
 	return info, nil
 }
 
-// dwarfOffsets finds runtime.g's fields in DWARF.
+// dwarfOffsets finds the fields of Offsets in DWARF: runtime.g's are
+// required, the others taken if present.
 func dwarfOffsets(d *dwarf.Data) (Offsets, error) {
+	want := map[string]map[string]uint64{"runtime.g": nil, "runtime.hchan": nil, "net/http.persistConn": nil}
+	left := len(want)
 	r := d.Reader()
-	for {
+	for left > 0 {
 		e, err := r.Next()
 		if err != nil || e == nil {
-			return Offsets{}, errors.New("runtime.g not in DWARF")
+			break
 		}
-		if e.Tag != dwarf.TagStructType || e.Val(dwarf.AttrName) != "runtime.g" {
+		name, _ := e.Val(dwarf.AttrName).(string)
+		if f, ok := want[name]; e.Tag != dwarf.TagStructType || !ok || f != nil {
 			if e.Children && e.Tag != dwarf.TagCompileUnit {
 				r.SkipChildren()
 			}
@@ -137,17 +167,27 @@ func dwarfOffsets(d *dwarf.Data) (Offsets, error) {
 			if m.Tag != dwarf.TagMember {
 				continue
 			}
-			name, _ := m.Val(dwarf.AttrName).(string)
+			fname, _ := m.Val(dwarf.AttrName).(string)
 			if loc, ok := m.Val(dwarf.AttrDataMemberLoc).(int64); ok {
-				fields[name] = uint64(loc)
+				fields[fname] = uint64(loc)
 			}
 		}
-		off := Offsets{Goid: fields["goid"], ParentGoid: fields["parentGoid"], StartPC: fields["startpc"]}
-		if off.Goid == 0 || off.ParentGoid == 0 || off.StartPC == 0 {
-			return Offsets{}, fmt.Errorf("runtime.g without goid, parentGoid or startpc: %v", fields)
-		}
-		return off, nil
+		want[name] = fields
+		left--
 	}
+	g := want["runtime.g"]
+	if g == nil {
+		return Offsets{}, errors.New("runtime.g not in DWARF")
+	}
+	off := Offsets{Goid: g["goid"], ParentGoid: g["parentGoid"], StartPC: g["startpc"]}
+	if off.Goid == 0 || off.ParentGoid == 0 || off.StartPC == 0 {
+		return Offsets{}, fmt.Errorf("runtime.g without goid, parentGoid or startpc: %v", g)
+	}
+	pc, ch := want["net/http.persistConn"], want["runtime.hchan"]
+	if pc["writech"] != 0 && ch["recvq"] != 0 {
+		off.Writech, off.Recvq = pc["writech"], ch["recvq"]
+	}
+	return off, nil
 }
 
 // tableRelease is version's release: "go1.26" of "go1.26.8" or of
@@ -172,10 +212,53 @@ func tableOffsets(version string) (Offsets, bool) {
 	return off, ok
 }
 
+// funcPackage is the package path of a function's symbol name:
+// "net/http" of "net/http.(*persistConn).writeLoop".
+func funcPackage(name string) string {
+	slash := strings.LastIndexByte(name, '/') + 1
+	dot := strings.IndexByte(name[slash:], '.')
+	if dot < 0 {
+		return name
+	}
+	return name[:slash+dot]
+}
+
+// isWrapper tells a compiler-generated function a `go` statement may start:
+// a go wrapper (".gowrapN", Go ≥ 1.22) or a closure (".funcN", before).
+func isWrapper(name string) bool {
+	return strings.Contains(name, ".gowrap") || strings.Contains(name, ".func")
+}
+
+// calls reports whether fn's code has a direct CALL to target (amd64).
+func calls(f *elf.File, fn Func, target uint64) bool {
+	text := f.Section(".text")
+	if text == nil || fn.Entry < text.Addr || fn.End > text.Addr+text.Size || fn.End <= fn.Entry || fn.End-fn.Entry > 1<<16 {
+		return false
+	}
+	code := make([]byte, fn.End-fn.Entry)
+	if _, err := text.ReadAt(code, int64(fn.Entry-text.Addr)); err != nil {
+		return false
+	}
+	for i := 0; i < len(code); {
+		inst, err := x86asm.Decode(code[i:], 64)
+		if err != nil || inst.Len == 0 {
+			i++
+			continue
+		}
+		if inst.Op == x86asm.CALL {
+			if rel, ok := inst.Args[0].(x86asm.Rel); ok && fn.Entry+uint64(i+inst.Len)+uint64(int64(rel)) == target {
+				return true
+			}
+		}
+		i += inst.Len
+	}
+	return false
+}
+
 // functions returns the functions named in want, from the symbol table if
 // there is one, else from .gopclntab, and runtime.allgs from the symbol
 // table (0 without one).
-func functions(f *elf.File, want map[string]bool) (map[string]Func, uint64, error) {
+func functions(f *elf.File, want func(name string) bool) (map[string]Func, uint64, error) {
 	out := map[string]Func{}
 	syms, err := f.Symbols()
 	if err == nil {
@@ -184,7 +267,7 @@ func functions(f *elf.File, want map[string]bool) (map[string]Func, uint64, erro
 			switch {
 			case s.Name == symAllGs && elf.ST_TYPE(s.Info) == elf.STT_OBJECT:
 				allgs = s.Value
-			case want[s.Name] && elf.ST_TYPE(s.Info) == elf.STT_FUNC:
+			case elf.ST_TYPE(s.Info) == elf.STT_FUNC && want(s.Name):
 				out[s.Name] = Func{Entry: s.Value, End: s.Value + s.Size}
 			}
 		}
@@ -207,7 +290,7 @@ func functions(f *elf.File, want map[string]bool) (map[string]Func, uint64, erro
 		return nil, 0, fmt.Errorf("parse .gopclntab: %w", err)
 	}
 	for _, fn := range tab.Funcs {
-		if want[fn.Name] {
+		if want(fn.Name) {
 			out[fn.Name] = Func{Entry: fn.Entry, End: fn.End}
 		}
 	}

@@ -51,6 +51,10 @@ func TestStrippedSameAsSymbols(t *testing.T) {
 	if stripped.AllGs == 0 {
 		t.Fatal("stripped: no allgs")
 	}
+	// `go pconn.writeLoop()` starts a wrapper: the goroutine's startpc.
+	if full.Starts[symWriteLoop] == 0 || full.Starts[symWriteLoop] == full.Funcs[symWriteLoop].Entry || !reflect.DeepEqual(full.Starts, stripped.Starts) {
+		t.Fatalf("go wrapper of writeLoop: with symbols %#x, stripped %#x", full.Starts, stripped.Starts)
+	}
 	t.Logf("%+v", full)
 }
 

@@ -3,13 +3,13 @@
 
 package goexe
 
-// gOffsets are runtime.g's field offsets per Go release, read from the
-// DWARF of a program built by that release (amd64).
+// gOffsets are the field offsets of Offsets per Go release, read from the
+// DWARF of a net/http program built by that release (amd64).
 var gOffsets = map[string]Offsets{
-	"go1.21": {Goid: 152, ParentGoid: 272, StartPC: 296},
-	"go1.22": {Goid: 152, ParentGoid: 272, StartPC: 296},
-	"go1.23": {Goid: 160, ParentGoid: 280, StartPC: 304},
-	"go1.24": {Goid: 160, ParentGoid: 280, StartPC: 304},
-	"go1.25": {Goid: 152, ParentGoid: 272, StartPC: 296},
-	"go1.26": {Goid: 152, ParentGoid: 280, StartPC: 304},
+	"go1.21": {Goid: 152, ParentGoid: 272, StartPC: 296, Writech: 136, Recvq: 56},
+	"go1.22": {Goid: 152, ParentGoid: 272, StartPC: 296, Writech: 136, Recvq: 56},
+	"go1.23": {Goid: 160, ParentGoid: 280, StartPC: 304, Writech: 136, Recvq: 64},
+	"go1.24": {Goid: 160, ParentGoid: 280, StartPC: 304, Writech: 136, Recvq: 64},
+	"go1.25": {Goid: 152, ParentGoid: 272, StartPC: 296, Writech: 136, Recvq: 64},
+	"go1.26": {Goid: 152, ParentGoid: 280, StartPC: 304, Writech: 136, Recvq: 64},
 }

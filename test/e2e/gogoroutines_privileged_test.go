@@ -158,6 +158,27 @@ func TestGoGatewayNewConnections(t *testing.T) {
 	t.Logf("%d requests: %d wrong trace ids, %d without traceparent", n, wrong, missing)
 }
 
+// TestGoGatewayPoolBeforeCollector: the gateway's pooled backend
+// connections were opened before the collector started, so their writeLoop
+// goroutines were never seen starting: the hand-over finds each one parked
+// on its connection's request channel. Built with and without symbols.
+func TestGoGatewayPoolBeforeCollector(t *testing.T) {
+	for _, lang := range []Lang{Go, GoStripped} {
+		t.Run(string(lang), func(t *testing.T) {
+			warm := func(apps map[string]*App) {
+				// Opens up to 32 pooled connections, no collector yet: the
+				// backend sees no traceparent.
+				concurrentGateway(t, apps["gw-svc"], apps["py-svc"], "1", true, 64, 32)
+			}
+			f := startFleetAfter(t, propagationAll, warm, appSpec{lang, "gw-svc"}, appSpec{Python, "py-svc"})
+			wrong, missing, n := concurrentGateway(t, f.apps["gw-svc"], f.apps["py-svc"], "1", true, 200, 32)
+			assert.Zero(t, wrong, "calls that carried another request's trace id")
+			assert.Zero(t, missing, "calls that carried no traceparent")
+			t.Logf("%d requests on connections pooled before the collector: %d wrong trace ids, %d without traceparent", n, wrong, missing)
+		})
+	}
+}
+
 // concurrentGateway sends total requests, parallel at a time, through gw to
 // py (on pooled backend connections or a new one per call) and counts the
 // backend calls that carried another request's trace id and those that

@@ -55,12 +55,22 @@ func startFleet(t *testing.T, specs ...appSpec) *fleet {
 // (CollectorConfig.EBPF).
 func startFleetEBPF(t *testing.T, ebpf map[string]string, specs ...appSpec) *fleet {
 	t.Helper()
+	return startFleetAfter(t, ebpf, nil, specs...)
+}
+
+// startFleetAfter is startFleetEBPF running before(apps) once the apps are
+// up, before the collector starts (e.g. to open pooled connections).
+func startFleetAfter(t *testing.T, ebpf map[string]string, before func(apps map[string]*App), specs ...appSpec) *fleet {
+	t.Helper()
 	f := &fleet{sink: StartSink(t), apps: map[string]*App{}}
 	ports := FreePorts(t, len(specs))
 	for i, s := range specs {
 		app := StartApp(t, s.lang, ports[i], s.service)
 		t.Logf("%s app %s ready in %v (pid %d, port %d)", s.lang, s.service, app.StartUp.Round(time.Millisecond), app.PID, app.Port)
 		f.apps[s.service] = app
+	}
+	if before != nil {
+		before(f.apps)
 	}
 	f.col = StartCollector(t, CollectorConfig{
 		Instrument:   []Selector{PortsSelector(ports...)},

@@ -4,12 +4,14 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/pdata/ptrace"
 )
 
 // Socket health under context propagation. The kernel puts the connections
@@ -250,3 +253,249 @@ func TestSockHealthFIONREAD(t *testing.T) {
 
 	checkProbe(t, "half-close", runProbe(t, probe, backend, "halfclose", 20, 5000), 20)
 }
+
+// gateway is a reverse proxy under test/e2e/apps/sockhealth that listens on
+// a port and forwards every request to a backend over a keep-alive pool.
+type gateway struct {
+	name string
+	// bin is the runtime the gateway needs; the subtest skips without it.
+	bin   string
+	start func(t *testing.T, service string, port, backendPort int) *App
+}
+
+var gateways = []gateway{
+	{name: "node", bin: "node", start: func(t *testing.T, service string, port, backendPort int) *App {
+		return startSockApp(t, service, port, "node", "gw_node.js", strconv.Itoa(port), strconv.Itoa(backendPort))
+	}},
+	{name: "go", bin: "go", start: func(t *testing.T, service string, port, backendPort int) *App {
+		bin := filepath.Join(t.TempDir(), "gogw")
+		cmd := exec.Command("go", "build", "-o", bin, "./test/e2e/apps/sockhealth/gogw")
+		cmd.Dir = RepoRoot(t)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build ./test/e2e/apps/sockhealth/gogw: %v\n%s", err, b)
+		}
+		return startSockApp(t, service, port, bin, strconv.Itoa(port), strconv.Itoa(backendPort))
+	}},
+	{name: "python-aiohttp", bin: "/usr/bin/python3", start: func(t *testing.T, service string, port, backendPort int) *App {
+		// The Debian python, which has python3-aiohttp (python3 on PATH
+		// may be another one).
+		if err := exec.Command("/usr/bin/python3", "-c", "import aiohttp").Run(); err != nil {
+			t.Skipf("/usr/bin/python3 has no aiohttp (apt-get install python3-aiohttp): %v", err)
+		}
+		return startSockApp(t, service, port, "/usr/bin/python3", "-u", "gw_aiohttp.py", strconv.Itoa(port), strconv.Itoa(backendPort))
+	}},
+	{name: "nginx", bin: "/usr/sbin/nginx", start: startNginxGateway},
+}
+
+// nginxConf is the gateway's nginx.conf: one worker, an upstream keep-alive
+// pool, every path the master would write under dir. "env" keeps
+// OTEL_SERVICE_NAME in the worker's environment.
+const nginxConf = `%sworker_processes 1;
+pid %[2]s/nginx.pid;
+error_log %[2]s/error.log warn;
+env OTEL_SERVICE_NAME;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path %[2]s/body;
+    proxy_temp_path %[2]s/proxy;
+    fastcgi_temp_path %[2]s/fastcgi;
+    uwsgi_temp_path %[2]s/uwsgi;
+    scgi_temp_path %[2]s/scgi;
+    upstream backend {
+        server 127.0.0.1:%[3]d;
+        keepalive 16;
+    }
+    server {
+        listen 127.0.0.1:%[4]d;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+`
+
+// startNginxGateway runs /usr/sbin/nginx in the foreground with a generated
+// config in a temporary directory and waits until it answers.
+func startNginxGateway(t *testing.T, service string, port, backendPort int) *App {
+	t.Helper()
+	dir := t.TempDir()
+	user := ""
+	if os.Geteuid() == 0 {
+		// Workers would run as nobody, who cannot write the temporary
+		// directory (64 KiB responses go through proxy_temp_path).
+		user = "user root;\n"
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil, nginxConf, user, dir, backendPort, port), 0o644))
+	cmd := exec.Command("/usr/sbin/nginx", "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", conf, "-g", "daemon off;")
+	cmd.Dir = dir
+	cmd.Env = append(cmd.Environ(), "OTEL_SERVICE_NAME="+service)
+	app := &App{Lang: Lang(service), Service: service, Port: port, cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
+	cmd.Stdout, cmd.Stderr = app.out, app.out
+	startProcessGroup(t, cmd, nil, app.done, func() string {
+		log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return fmt.Sprintf("nginx (port %d; error.log:\n%s)", port, log)
+	}, app.out)
+	app.PID = cmd.Process.Pid
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get(app.URL(warmupPath))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return app
+			}
+		}
+		select {
+		case <-app.done:
+			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Fatalf("nginx exited before it answered: %v\n%s\n%s", cmd.ProcessState, app.out, log)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx not answering on port %d after 20s: %v\n%s", port, err, app.out)
+		}
+	}
+}
+
+// gatewayLoad is what driveGateway saw.
+type gatewayLoad struct {
+	ok, failed int
+	errs       []string // the first few failures
+	max        time.Duration
+	wall       time.Duration         // the whole run
+	bySize     map[int]time.Duration // summed request times per response size
+}
+
+// gatewaySizes are the response sizes driveGateway asks for, in turn.
+var gatewaySizes = []int{200, 64 << 10}
+
+// driveGateway sends n GET /resp?size=… requests through gw from conc
+// workers sharing a keep-alive client, and checks each status and body.
+func driveGateway(t *testing.T, gw *App, n, conc int) gatewayLoad {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConns: conc, MaxIdleConnsPerHost: conc, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	patterns := map[int][]byte{}
+	for _, s := range gatewaySizes {
+		patterns[s] = Pattern(s)
+	}
+	var (
+		mu  sync.Mutex
+		res = gatewayLoad{bySize: map[int]time.Duration{}}
+		wg  sync.WaitGroup
+	)
+	began := time.Now()
+	next := make(chan int)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				size := gatewaySizes[i%len(gatewaySizes)]
+				start := time.Now()
+				err := func() error {
+					resp, err := client.Get(gw.URL(fmt.Sprintf("/resp?size=%d&i=%d", size, i)))
+					if err != nil {
+						return err
+					}
+					defer resp.Body.Close()
+					body, err := io.ReadAll(resp.Body)
+					if err != nil {
+						return fmt.Errorf("status %d, body after %d bytes: %w", resp.StatusCode, len(body), err)
+					}
+					if resp.StatusCode != http.StatusOK {
+						return fmt.Errorf("status %d: %.200q", resp.StatusCode, body)
+					}
+					if !bytes.Equal(body, patterns[size]) {
+						return fmt.Errorf("body of %d bytes is not the %d-byte pattern", len(body), size)
+					}
+					return nil
+				}()
+				d := time.Since(start)
+				mu.Lock()
+				res.max = max(res.max, d)
+				res.bySize[size] += d
+				if err != nil {
+					res.failed++
+					if len(res.errs) < 5 {
+						res.errs = append(res.errs, fmt.Sprintf("request %d (size %d, %v): %v", i, size, d.Round(time.Millisecond), err))
+					}
+				} else {
+					res.ok++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	res.wall = time.Since(began)
+	return res
+}
+
+// TestSockHealthGateways runs reverse proxies (Node http with a keep-alive
+// Agent, Go net/http, Python aiohttp, nginx with an upstream keepalive pool)
+// in front of the raw backend, and drives 3000 requests at concurrency 8,
+// 200 B and 64 KiB responses in turn, through each: first without the
+// collector, then with it (context propagation on, the gateway selected by
+// its port). With the collector every request must succeed with the exact
+// body, none may be more than 900 ms slower than the slowest of the run
+// without it, and the backend must receive a traceparent on each.
+func TestSockHealthGateways(t *testing.T) {
+	const (
+		requests    = 3000
+		concurrency = 8
+		slack       = 900 * time.Millisecond
+	)
+	for _, g := range gateways {
+		t.Run(g.name, func(t *testing.T) {
+			if _, err := exec.LookPath(g.bin); err != nil {
+				t.Skipf("%s gateway: %s not found: %v", g.name, g.bin, err)
+			}
+			backend := startRawBackend(t)
+			port := FreePort(t)
+			service := "gw-" + g.name
+			gw := g.start(t, service, port, backend.Port())
+
+			base := driveGateway(t, gw, requests, concurrency)
+			require.Zero(t, base.failed, "%s without the collector: failed requests (of %d): %v", g.name, requests, base.errs)
+			baseTP := backend.traceparent.Load()
+			backend.reset()
+
+			sink := StartSink(t)
+			StartCollector(t, CollectorConfig{
+				Instrument:   []Selector{PortsSelector(port)},
+				SinkEndpoint: sink.Endpoint(),
+				EBPF:         propagationAll,
+			})
+			waitTracedBy(t, sink, gw, All(
+				func(s Span) bool { return s.Kind == ptrace.SpanKindServer },
+				WithAttr("server.port", port)))
+			backend.reset()
+
+			traced := driveGateway(t, gw, requests, concurrency)
+			got, tp := backend.requests.Load(), backend.traceparent.Load()
+			t.Logf("%s: baseline %v (mean %.2f ms at 200 B, %.2f ms at 64 KiB); traced %v (mean %.2f ms at 200 B, %.2f ms at 64 KiB)",
+				g.name, base.wall.Round(time.Millisecond), ms(base.bySize[200])/(requests/2), ms(base.bySize[64<<10])/(requests/2),
+				traced.wall.Round(time.Millisecond), ms(traced.bySize[200])/(requests/2), ms(traced.bySize[64<<10])/(requests/2))
+			t.Logf("%s: baseline max %.1f ms (traceparents %d); traced max %.1f ms, %d ok, %d failed; backend %d requests, %d with a traceparent",
+				g.name, ms(base.max), baseTP, ms(traced.max), traced.ok, traced.failed, got, tp)
+			assert.Zero(t, traced.failed, "%s with the collector: failed requests (of %d): %v", g.name, requests, traced.errs)
+			assert.LessOrEqual(t, traced.max, base.max+slack,
+				"%s with the collector: slowest request %.1f ms, baseline's slowest %.1f ms + %v", g.name, ms(traced.max), ms(base.max), slack)
+			assert.EqualValues(t, requests, got, "%s: requests the backend received", g.name)
+			assert.EqualValues(t, requests, tp, "%s: backend requests with a traceparent (of %d)", g.name, got)
+		})
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

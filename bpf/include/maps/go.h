@@ -11,10 +11,12 @@
 // What the programs need to know of one Go executable, per process.
 struct go_proc {
 	__u64 allgs;      // run-time address of runtime.allgs (a []*g), 0 if unknown
-	__u64 write_loop; // run-time entry of net/http.(*persistConn).writeLoop, 0 if none
+	__u64 write_loop; // run-time g.startpc of a net/http writeLoop goroutine (its go wrapper), 0 if none
 	__u32 goid_off;   // offsets in runtime.g; goid_off 0: unknown, goroutines
 	__u32 parent_off; // are then keyed by g address, without ancestry
 	__u32 startpc_off;
+	__u32 writech_off; // net/http.persistConn.writech, 0 if unknown
+	__u32 recvq_off;   // runtime.hchan.recvq, 0 if unknown
 	__u32 _pad;
 };
 
