@@ -105,7 +105,7 @@ static __always_inline __u64 current_go_id(__u32 tgid, bool *is_go)
 // goroutines are appended). g structs are never freed: an exited goroutine
 // keeps its goid and parentGoid until its g is reused, and a reused g has a
 // new goid, so a match is never another goroutine. Parents found in the
-// table are remembered in go_parents.
+// table are remembered in go_parents, ancestors not in it as parentless.
 struct go_walk {
 	__u64 anc;   // the ancestor looked at
 	__u64 found; // result: the ancestor whose context applies, 0 if none
@@ -165,8 +165,13 @@ static long go_walk_cb(__u64 i, void *data)
 		w->scan = 1;
 		return 0;
 	}
-	if (w->scan > w->len)
-		return 1; // not in the table: its g was reused
+	if (w->scan > w->len) {
+		// Not in the table: its g was reused, and a goid is never seen
+		// again. Remembered as parentless, so no later walk scans for it.
+		__u64 none = 0;
+		bpf_map_update_elem(&go_parents, &k, &none, BPF_ANY);
+		return 1;
+	}
 	__u64 g = read_u64(w->allgs + 8 * (w->len - w->scan));
 	w->scan++;
 	if (!g || read_u64(g + w->goid_off) != w->anc)
