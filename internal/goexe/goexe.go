@@ -231,13 +231,25 @@ func isWrapper(name string) bool {
 
 // calls reports whether fn's code has a direct CALL to target (amd64).
 func calls(f *elf.File, fn Func, target uint64) bool {
+	found := false
+	err := eachInst(f, fn, func(inst x86asm.Inst, next uint64) {
+		if rel, ok := inst.Args[0].(x86asm.Rel); ok && inst.Op == x86asm.CALL && next+uint64(int64(rel)) == target {
+			found = true
+		}
+	})
+	return err == nil && found
+}
+
+// eachInst decodes fn's code (amd64), calling visit with each instruction
+// and the address of the next one; undecodable bytes are skipped.
+func eachInst(f *elf.File, fn Func, visit func(inst x86asm.Inst, next uint64)) error {
 	text := f.Section(".text")
-	if text == nil || fn.Entry < text.Addr || fn.End > text.Addr+text.Size || fn.End <= fn.Entry || fn.End-fn.Entry > 1<<16 {
-		return false
+	if text == nil || fn.Entry < text.Addr || fn.End > text.Addr+text.Size || fn.End <= fn.Entry || fn.End-fn.Entry > 1<<20 {
+		return errors.New("function outside .text")
 	}
 	code := make([]byte, fn.End-fn.Entry)
 	if _, err := text.ReadAt(code, int64(fn.Entry-text.Addr)); err != nil {
-		return false
+		return err
 	}
 	for i := 0; i < len(code); {
 		inst, err := x86asm.Decode(code[i:], 64)
@@ -245,14 +257,10 @@ func calls(f *elf.File, fn Func, target uint64) bool {
 			i++
 			continue
 		}
-		if inst.Op == x86asm.CALL {
-			if rel, ok := inst.Args[0].(x86asm.Rel); ok && fn.Entry+uint64(i+inst.Len)+uint64(int64(rel)) == target {
-				return true
-			}
-		}
 		i += inst.Len
+		visit(inst, fn.Entry+uint64(i))
 	}
-	return false
+	return nil
 }
 
 // functions returns the functions named in want, from the symbol table if
@@ -300,29 +308,19 @@ func functions(f *elf.File, want func(name string) bool) (map[string]Func, uint6
 // allgsFromCode finds runtime.allgs in the code of runtime.forEachG: the
 // lowest address A it loads (MOV) together with A+8.
 func allgsFromCode(f *elf.File, fn Func) (uint64, error) {
-	text := f.Section(".text")
-	if text == nil || fn.Entry < text.Addr || fn.End > text.Addr+text.Size || fn.End <= fn.Entry {
-		return 0, errors.New("runtime.forEachG outside .text")
-	}
-	code := make([]byte, fn.End-fn.Entry)
-	if _, err := text.ReadAt(code, int64(fn.Entry-text.Addr)); err != nil {
-		return 0, fmt.Errorf("read runtime.forEachG: %w", err)
-	}
 	loads := map[uint64]bool{}
-	for i := 0; i < len(code); {
-		inst, err := x86asm.Decode(code[i:], 64)
-		if err != nil || inst.Len == 0 {
-			i++
-			continue
+	err := eachInst(f, fn, func(inst x86asm.Inst, next uint64) {
+		if inst.Op != x86asm.MOV {
+			return
 		}
-		if inst.Op == x86asm.MOV {
-			for _, a := range inst.Args {
-				if m, ok := a.(x86asm.Mem); ok && m.Base == x86asm.RIP {
-					loads[fn.Entry+uint64(i+inst.Len)+uint64(m.Disp)] = true
-				}
+		for _, a := range inst.Args {
+			if m, ok := a.(x86asm.Mem); ok && m.Base == x86asm.RIP {
+				loads[next+uint64(m.Disp)] = true
 			}
 		}
-		i += inst.Len
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read runtime.forEachG: %w", err)
 	}
 	var best uint64
 	for a := range loads {
