@@ -853,6 +853,18 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return 0;
+	s->hint = (__u64)hint;
+	if (resp) {
+		// A response is known by its status line: the 16 bytes read.
+		__builtin_memcpy(s->buf, head, sizeof(head));
+		s->src = ubuf;
+		s->len = len;
+		if (is_read)
+			client_response(pid_tgid, key.fd);
+		else
+			server_response(pid_tgid, key.fd);
+		return 0;
+	}
 	__u64 n = len;
 	if (n > BUF_SIZE - 1)
 		n = BUF_SIZE - 1;
@@ -865,25 +877,18 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 		s->buf[0] = prefix;
 		n++;
 	}
-	s->hint = (__u64)hint;
 	s->src = ubuf - shift; // buf[i] is the data at src + i
 	s->len = len + shift;
 
 	if (is_read) {
-		if (!mlen) {
-			client_response(pid_tgid, key.fd);
-			return 0;
-		}
 		__u64 off = 0;
 		for (int i = 0; i < PIPELINE_DEPTH; i++) {
 			off = server_request(pid_tgid, key.fd, off, n);
 			if (!off)
 				break;
 		}
-	} else if (mlen) {
-		client_request(pid_tgid, key.fd, n);
 	} else {
-		server_response(pid_tgid, key.fd);
+		client_request(pid_tgid, key.fd, n);
 	}
 	return 0;
 }
