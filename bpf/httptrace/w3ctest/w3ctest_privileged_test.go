@@ -325,3 +325,41 @@ func TestLargeHeaderBlocks(t *testing.T) {
 		assert.Equal(t, uint64(len(req)), got.headerEnd)
 	})
 }
+
+// BenchmarkScan reports the kernel time of one header block scan
+// (BPF_PROG_TEST_RUN, repeated in the kernel): a Go client's request, a
+// curl request with a traceparent, and 30 extra headers.
+func BenchmarkScan(b *testing.B) {
+	cases := map[string]string{
+		"go-client": request("Host: 127.0.0.1:8080", "User-Agent: Go-http-client/1.1", "Accept-Encoding: gzip"),
+		"traceparent": request("Host: 127.0.0.1:8080", "User-Agent: curl/8.5.0", "Accept: */*", "traceparent: "+tp),
+	}
+	var many []string
+	for i := range 30 {
+		many = append(many, fmt.Sprintf("X-Extra-%02d: %s", i, strings.Repeat("v", 60)))
+	}
+	cases["30-headers"] = request(many...)
+	for name, req := range cases {
+		b.Run(name, func(b *testing.B) {
+			require.NoError(b, rlimit.RemoveMemlock())
+			var objs w3ctestObjects
+			require.NoError(b, loadW3ctestObjects(&objs, nil))
+			defer objs.Close()
+			in := make([]byte, 8+len(req))
+			binary.LittleEndian.PutUint32(in, uint32(len(req)))
+			copy(in[8:], req)
+			st, err := ebpf.EnableStats(0) // BPF_STATS_RUN_TIME
+			require.NoError(b, err)
+			defer st.Close()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := objs.W3cParse.Run(&ebpf.RunOptions{Context: in}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			stats, err := objs.W3cParse.Stats()
+			require.NoError(b, err)
+			b.ReportMetric(float64(stats.Runtime.Nanoseconds())/float64(stats.RunCount), "bpf-ns/scan")
+		})
+	}
+}
