@@ -5,6 +5,7 @@ package ctxprop
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,11 +71,13 @@ print("ready", flush=True)
 s.serve_forever()
 `
 
-// rawCapture is a downstream that records the exact bytes of each request
-// (up to and with its header block's end), answers 200 and closes.
+// rawCapture is a downstream that records the exact bytes of each
+// connection's requests (up to and with the end of the requests-th header
+// block), answers each with 200 in one write and closes.
 type rawCapture struct {
-	l   net.Listener
-	got chan []byte
+	l        net.Listener
+	got      chan []byte
+	requests atomic.Int32 // header blocks per connection; 0 is 1
 }
 
 func startRawCapture(t *testing.T) *rawCapture {
@@ -89,20 +93,23 @@ func startRawCapture(t *testing.T) *rawCapture {
 			if err != nil {
 				return
 			}
+			n := max(1, int(c.requests.Load()))
 			go func() {
 				defer conn.Close()
 				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 				var buf []byte
 				chunk := make([]byte, 65536)
-				for !bytes.Contains(buf, []byte("\r\n\r\n")) {
-					n, err := conn.Read(chunk)
-					buf = append(buf, chunk[:n]...)
+				for bytes.Count(buf, []byte("\r\n\r\n")) < n {
+					k, err := conn.Read(chunk)
+					buf = append(buf, chunk[:k]...)
 					if err != nil {
 						break
 					}
 				}
 				c.got <- buf
-				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+				resp := strings.Repeat("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", n-1) +
+					"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+				_, _ = io.WriteString(conn, resp)
 			}()
 		}
 	}()
@@ -163,6 +170,10 @@ type headerCase struct {
 	inject     string // tracestate value expected after the traceparent
 	untouched  bool
 	counter    func(c Counters) uint64
+	// Pipelined requests in the raw bytes: requests header blocks (0 is
+	// 1), the first injected of them get a header (0: all), clients of
+	// them get a CLIENT span (0: all).
+	requests, injected, clients int
 }
 
 // headerSender is a traced process serving POST /send (see pyRawSender).
@@ -208,6 +219,8 @@ func TestHeaderBlocks(t *testing.T) {
 	ownSplit := rawRequest("Accept: */*", "X-A: 1", "TraceParent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01")
 	nameAt := bytes.Index(ownSplit, []byte("TraceParent"))
 	small := rawRequest("Accept: */*")
+	second := rawRequest("X-Second: 2")
+	cat := func(rs ...[]byte) []byte { return bytes.Join(rs, nil) }
 	for _, tc := range []headerCase{
 		// httptrace needs 16 bytes in the first write for a CLIENT span.
 		{name: "small", raw: small},
@@ -227,11 +240,20 @@ func TestHeaderBlocks(t *testing.T) {
 		{name: "own traceparent, later write", raw: ownSplit, cuts: []int{nameAt}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
 		{name: "over 16 KiB", raw: over16k, untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
 		{name: "over 16 KiB in writes", raw: over16k, cuts: every(4096, 4096, len(over16k)), untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
+		// A pipelining client: each request of a write gets its own CLIENT
+		// span and header, as far as httptrace sees the write.
+		{name: "two requests in one write", raw: cat(small, second), requests: 2},
+		{name: "four requests in one write", raw: cat(small, second, rawRequest(padHeaders(3, 100)...), small), requests: 4},
+		{name: "second with its own traceparent", raw: cat(small, rawRequest(ownTP), second), requests: 3, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "five requests in one write", raw: cat(small, small, small, small, second), requests: 5, injected: 4, clients: 4, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
+		{name: "second past 1 KiB", raw: cat(rawRequest(padHeaders(10, 100)...), second), requests: 2, injected: 1, clients: 1, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
+		{name: "second block in the next write", raw: cat(small, second), cuts: []int{len(small) + 30}, requests: 2, injected: 1, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
+		{name: "second after a split first", raw: cat(small, second), cuts: []int{20}, requests: 2, injected: 1, clients: 1, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
 	} {
 		for _, snd := range senders {
 			for _, lib := range []bool{false, true} {
 				// The library chooses its own writes.
-				if lib && (!snd.lib || tc.cuts != nil) {
+				if lib && (!snd.lib || tc.cuts != nil || tc.requests > 1) {
 					continue
 				}
 				mode := "raw"
@@ -254,6 +276,7 @@ func sendHeaderBlock(t *testing.T, tr *httptrace.Tracer, p *Propagator, rd *ring
 	if flags == "" {
 		flags = "01"
 	}
+	down.requests.Store(int32(tc.requests))
 	before, err := p.ReadCounters()
 	if err != nil {
 		t.Fatal(err)
@@ -300,7 +323,9 @@ func sendHeaderBlock(t *testing.T, tr *httptrace.Tracer, p *Propagator, rd *ring
 	if status != "HTTP/1.1 200 OK" {
 		t.Fatalf("sender: %q", status)
 	}
-	var client spans.Request
+	requests := max(1, tc.requests)
+	injected := cmp.Or(tc.injected, requests)
+	var clients []spans.Request
 	if flags == "00" {
 		// An unsampled context sends no span: the id is the one the
 		// downstream received, checked to be a valid span id.
@@ -313,12 +338,14 @@ func sendHeaderBlock(t *testing.T, tr *httptrace.Tracer, p *Propagator, rd *ring
 		if err != nil || bytes.Equal(b, make([]byte, 8)) {
 			t.Fatalf("span id %q", id)
 		}
+		var client spans.Request
 		copy(client.SpanID[:], b)
 		client.TraceID = mustTraceID(t, trace)
+		clients = append(clients, client)
 	} else {
-		for _, r := range read(t, rd, 2) {
+		for _, r := range read(t, rd, 1+cmp.Or(tc.clients, requests)) {
 			if r.Kind == spans.KindClient {
-				client = r
+				clients = append(clients, r)
 			}
 		}
 	}
@@ -341,26 +368,47 @@ func sendHeaderBlock(t *testing.T, tr *httptrace.Tracer, p *Propagator, rd *ring
 		}
 		return
 	}
-	tp := fmt.Sprintf("traceparent: 00-%s-%s-%s\r\n", trace, client.SpanID, flags)
-	if client.TraceID.String() != trace || client.SpanID.IsEmpty() {
-		t.Fatalf("CLIENT span %+v", client)
-	}
 	ts := ""
 	if tc.inject != "" {
 		ts = "tracestate: " + tc.inject + "\r\n"
 	}
-	end := strings.Index(sent, "\r\n\r\n") + 2 // the last header line's end
-	if end < 2 {
-		t.Fatalf("the sender wrote no header block: %q", head([]byte(sent)))
+	// The sent bytes with, at the end of each of the first injected header
+	// blocks that have no traceparent of their own, the header naming its
+	// CLIENT span.
+	var want strings.Builder
+	rest, added := sent, 0
+	for i := range requests {
+		end := strings.Index(rest, "\r\n\r\n") + 2 // the last header line's end
+		if end < 2 {
+			t.Fatalf("the sender wrote no header block %d: %q", i, head([]byte(rest)))
+		}
+		want.WriteString(rest[:end])
+		if i < injected && !strings.Contains(strings.ToLower(rest[:end]), "\r\ntraceparent:") {
+			if i >= len(clients) {
+				t.Fatalf("%d CLIENT spans for %d requests", len(clients), requests)
+			}
+			c := clients[i]
+			if c.TraceID.String() != trace || c.SpanID.IsEmpty() {
+				t.Fatalf("CLIENT span %d: %+v", i, c)
+			}
+			fmt.Fprintf(&want, "traceparent: 00-%s-%s-%s\r\n%s", trace, c.SpanID, flags, ts)
+			added++
+		}
+		rest = rest[end:]
+		if i == requests-1 {
+			want.WriteString(rest)
+		} else {
+			want.WriteString(rest[:2])
+			rest = rest[2:]
+		}
 	}
-	want := sent[:end] + tp + ts + sent[end:]
-	if string(got) != want {
-		t.Fatalf("downstream received %d bytes, want %d:\n got %q\nwant %q", len(got), len(want), tail(got), tail([]byte(want)))
+	if string(got) != want.String() {
+		t.Fatalf("downstream received %d bytes, want %d:\n got %q\nwant %q", len(got), want.Len(), tail(got), tail([]byte(want.String())))
 	}
-	if after.Injected != before.Injected+1 {
-		t.Errorf("injected counter: %+v -> %+v", before, after)
+	if after.Injected != before.Injected+uint64(added) {
+		t.Errorf("injected counter: %+v -> %+v, want +%d", before, after, added)
 	}
-	if lib && sender.libWrite > 0 && end > sender.libWrite && after.Split != before.Split+1 {
+	if end := strings.Index(sent, "\r\n\r\n"); lib && sender.libWrite > 0 && end > sender.libWrite && after.Split != before.Split+1 {
 		t.Errorf("a %d-byte block from the library was not injected across writes: %+v -> %+v", end, before, after)
 	}
 }
