@@ -62,6 +62,7 @@ struct prop_scratch {
 	__u64 mid_line;    // pos is inside a line (the request line, or one cut by a write)
 	__u64 app_tp;      // a traceparent header line was seen
 	__u64 app_ts;      // a tracestate header line was seen
+	__u64 tp_line;     // offset + 1 of the first traceparent line starting in buf, or 0
 	__u64 next;        // next_request: where the next request may start
 	__u64 added;       // ... bytes inserted into the message before it
 	__u64 size;        // ... the message's size before any insertion
@@ -187,6 +188,8 @@ static long scan_cb(__u64 i, void *data)
 		}
 		if (pos + NAME_LEN <= end) {
 			int h = header_name(scan_load8(buf, pos), scan_load4(buf, pos + 8));
+			if (h == 1 && !s->tp_line)
+				s->tp_line = pos + 1;
 			if (h == 1)
 				s->app_tp = 1;
 			else if (h == 2)
@@ -355,7 +358,78 @@ static __always_inline void set_ids(struct client_id *id, struct prop_conn *c)
 	__builtin_memcpy(id->span_id, c->span_id, sizeof(id->span_id));
 	__builtin_memcpy(id->parent_id, &c->server_span, sizeof(id->parent_id));
 	id->trace_flags = c->trace_flags;
-	id->set = 1;
+	id->set = CLIENT_ID_SENT;
+}
+
+static __always_inline int hex_val(__u8 ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+// Reads the application's own "traceparent: 00-<trace>-<span>-<flags>"
+// whose line starts at s->tp_line - 1 in this write (a later write of the
+// block than the request line, where httptrace did not see it) into
+// s->ids.req[0] as CLIENT_ID_APP: the CLIENT span made at the request line
+// takes it. Only a version-00 value whole in this write is read; otherwise
+// the span keeps the ids picked at the request line. 1 when read.
+// A global function: verified once.
+__noinline int app_traceparent(void)
+{
+	__u32 zero = 0;
+	struct prop_scratch *s = bpf_map_lookup_elem(&prop_scratch_map, &zero);
+	if (!s || !s->tp_line)
+		return 0;
+	const __u8 *buf = s->buf;
+	__u64 p = s->tp_line - 1 + NAME_LEN; // just past "traceparent:"
+	for (int k = 0; k < 2; k++) {
+		__u8 ch = buf[p & SCAN_MASK];
+		if (ch == ' ' || ch == '\t')
+			p++;
+	}
+	if (p + 56 > s->end)
+		return 0;
+#define v(k) buf[(p + (k)) & SCAN_MASK]
+	if (v(0) != '0' || v(1) != '0' || v(2) != '-' || v(35) != '-' || v(52) != '-')
+		return 0;
+	if (v(55) != '\r' && v(55) != '\n' && v(55) != ' ' && v(55) != '\t')
+		return 0;
+	struct client_id *id = &s->ids.req[0];
+	__builtin_memset(id, 0, sizeof(*id));
+	__u8 any_t = 0, any_s = 0;
+#pragma unroll
+	for (int k = 0; k < 16; k++) {
+		int hi = hex_val(v(3 + 2 * k)), lo = hex_val(v(4 + 2 * k));
+		if (hi < 0 || lo < 0)
+			return 0;
+		id->trace_id[k] = hi << 4 | lo;
+		any_t |= id->trace_id[k];
+	}
+#pragma unroll
+	for (int k = 0; k < 8; k++) {
+		int hi = hex_val(v(36 + 2 * k)), lo = hex_val(v(37 + 2 * k));
+		if (hi < 0 || lo < 0)
+			return 0;
+		id->span_id[k] = hi << 4 | lo;
+		any_s |= id->span_id[k];
+	}
+	int hi = hex_val(v(53)), lo = hex_val(v(54));
+	if (hi < 0 || lo < 0 || !any_t || !any_s)
+		return 0;
+	id->trace_flags = hi << 4 | lo;
+	struct prop_conn *c = &s->conn;
+	bool same = true;
+#pragma unroll
+	for (int k = 0; k < 16; k++)
+		same = same && id->trace_id[k] == c->trace_id[k];
+	if (same)
+		__builtin_memcpy(id->parent_id, &c->server_span, sizeof(id->parent_id));
+	id->set = CLIENT_ID_APP;
+	return 1;
+#undef v
 }
 
 // Offset just past the blank line s->blank names.
@@ -517,7 +591,13 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	s->mid_line = c->mid_line;
 	s->app_tp = 0;
 	s->app_ts = 0;
+	s->tp_line = 0;
 	bpf_loop(SCAN_LOOPS, scan_cb, &s, 0);
+	if (!first && s->tp_line && !c->app_tp && app_traceparent()) {
+		// The application's own traceparent, in a later write than the
+		// request line: the CLIENT span made there takes its ids.
+		bpf_map_update_elem(&client_ids, &pid_tgid, &s->ids, BPF_ANY);
+	}
 	if (s->app_tp)
 		c->app_tp = 1;
 	if (s->app_ts)

@@ -102,6 +102,7 @@ type ctxpropPropScratch struct {
 	MidLine  uint64
 	AppTp    uint64
 	AppTs    uint64
+	TpLine   uint64
 	Next     uint64
 	Added    uint64
 	Size     uint64

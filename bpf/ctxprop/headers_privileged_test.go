@@ -169,6 +169,7 @@ type headerCase struct {
 	tracestate string // put in tracestates for the SERVER span
 	inject     string // tracestate value expected after the traceparent
 	untouched  bool
+	appIDs     bool // the CLIENT span has the ids of the app's own traceparent (ownTP)
 	counter    func(c Counters) uint64
 	// Pipelined requests in the raw bytes: requests header blocks (0 is
 	// 1), the first injected of them get a header (0: all), clients of
@@ -186,7 +187,11 @@ type headerSender struct {
 	script
 }
 
-const headerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+const (
+	headerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	// ownTP is an application's own traceparent line.
+	ownTP = "traceparent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
+)
 
 // TestHeaderBlocks sends requests from traced Python, Node and Go processes
 // serving a traced request: raw, in one or in several writes (Python
@@ -211,7 +216,6 @@ func TestHeaderBlocks(t *testing.T) {
 	}
 	down := startRawCapture(t)
 
-	ownTP := "traceparent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
 	big := rawRequest(padHeaders(40, 100)...) // 4 KiB
 	cookie := rawRequest("Accept: */*", "Cookie: c="+strings.Repeat("k", 6144), "User-Agent: raw")
 	block16k := rawRequest(padHeaders(162, 100)...)
@@ -230,14 +234,16 @@ func TestHeaderBlocks(t *testing.T) {
 		{name: "16 KiB block", raw: block16k},
 		{name: "tracestate", raw: small, tracestate: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", inject: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
 		{name: "own tracestate", raw: rawRequest("TRACESTATE: app=1"), tracestate: "ours=1"},
-		{name: "own traceparent", raw: rawRequest("Accept: */*", ownTP), tracestate: "ours=1", untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "own traceparent", raw: rawRequest("Accept: */*", ownTP), tracestate: "ours=1", untouched: true, appIDs: true, counter: func(c Counters) uint64 { return c.AppHeader }},
 		{name: "writes of 7 bytes", raw: big, cuts: append(every(20, 7, 600), every(600, 500, len(big))...), counter: func(c Counters) uint64 { return c.Split }},
 		{name: "writes of 4096 bytes", raw: block16k, cuts: every(4096, 4096, len(block16k)), counter: func(c Counters) uint64 { return c.Split }},
 		{name: "request line alone", raw: cookie, cuts: []int{bytes.IndexByte(cookie, '\n') + 1}, counter: func(c Counters) uint64 { return c.Split }},
 		{name: "blank line cut", raw: small, cuts: []int{len(small) - 2, len(small) - 1}, counter: func(c Counters) uint64 { return c.Split }},
 		{name: "blank line alone", raw: small, cuts: []int{len(small) - 2}, counter: func(c Counters) uint64 { return c.Split }},
 		{name: "own traceparent, name cut", raw: ownSplit, cuts: []int{nameAt + 3, nameAt + 5, nameAt + 20}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
-		{name: "own traceparent, later write", raw: ownSplit, cuts: []int{nameAt}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "own traceparent, later write", raw: ownSplit, cuts: []int{nameAt}, untouched: true, appIDs: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		// Go's net/http writes it in the second 4 KiB write.
+		{name: "own traceparent after 6 KiB", raw: rawRequest("Cookie: c="+strings.Repeat("k", 6144), ownTP), untouched: true, appIDs: true, counter: func(c Counters) uint64 { return c.AppHeader }},
 		{name: "over 16 KiB", raw: over16k, untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
 		{name: "over 16 KiB in writes", raw: over16k, cuts: every(4096, 4096, len(over16k)), untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
 		// A pipelining client: each request of a write gets its own CLIENT
@@ -365,6 +371,9 @@ func sendHeaderBlock(t *testing.T, tr *httptrace.Tracer, p *Propagator, rd *ring
 		}
 		if after.Injected != before.Injected {
 			t.Errorf("injected counter moved: %+v -> %+v", before, after)
+		}
+		if tc.appIDs && (len(clients) != 1 || clients[0].TraceID.String() != strings.Repeat("a", 32) || clients[0].SpanID.String() != strings.Repeat("b", 16)) {
+			t.Errorf("CLIENT span %+v, want the ids of the app's own %q", clients, ownTP)
 		}
 		return
 	}

@@ -761,6 +761,23 @@ __noinline int client_response(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	return c->cli_count && next < n ? next : 0;
 }
 
+// The application's own traceparent, which ctxprop found in a later write
+// of a request's header block than the request line: the connection's
+// newest pending CLIENT request takes its ids, as if it had been in the
+// first write.
+static __always_inline void client_app_ids(struct conn_key *key, struct sock *hint,
+					   struct client_id *app)
+{
+	struct conn_state *c = bpf_map_lookup_elem(&conns, key);
+	if (!c || (hint && !same_conn(c, hint)) || !c->cli_count)
+		return;
+	struct req_info *r = &c->cli[(c->cli_head + c->cli_count - 1) & (PIPELINE_DEPTH - 1)];
+	__builtin_memcpy(r->trace_id, app->trace_id, sizeof(r->trace_id));
+	__builtin_memcpy(r->span_id, app->span_id, sizeof(r->span_id));
+	__builtin_memcpy(r->parent_id, app->parent_id, sizeof(r->parent_id));
+	r->trace_flags = sample_child(app->trace_id, app->trace_flags);
+}
+
 // Resolves the user buffer of a read/write-like syscall and how many bytes of
 // it hold data.
 static __always_inline __u64 data_buffer(__u64 nr, __u64 arg2, __u64 ret, __u64 *len)
@@ -822,6 +839,14 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	bool is_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = (__u32)fd};
 	__u64 len = 0;
+	if (!is_read) {
+		struct client_ids *ids = bpf_map_lookup_elem(&client_ids, &pid_tgid);
+		if (ids && ids->req[0].set == CLIENT_ID_APP) {
+			client_app_ids(&key, hint, &ids->req[0]);
+			bpf_map_delete_elem(&client_ids, &pid_tgid);
+			return 0;
+		}
+	}
 	if (is_read) {
 		struct conn_state *c = conn_peek(&key, hint);
 		if (c && c->hdr_pending) {

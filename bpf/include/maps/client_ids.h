@@ -3,6 +3,8 @@
 
 #define CLIENT_IDS_MAX 4 // requests of one write given ids (httptrace's PIPELINE_DEPTH)
 #define CLIENT_SEEN 1023 // bytes of a write httptrace parses (its BUF_SIZE - 1)
+#define CLIENT_ID_SENT 1
+#define CLIENT_ID_APP 2
 
 // The ids of one outgoing request whose traceparent header ctxprop injected.
 struct client_id {
@@ -10,7 +12,10 @@ struct client_id {
 	__u8 span_id[8];
 	__u8 parent_id[8];
 	__u8 trace_flags;
-	__u8 set; // these are the ids sent in the request's header
+	__u8 set; // CLIENT_ID_SENT: the ids sent in the request's header;
+		  // CLIENT_ID_APP: req[0] holds the application's own traceparent,
+		  // found in a later write of the block, for the connection's
+		  // newest pending CLIENT request (trace_flags as the app sent them)
 	__u8 _pad[6];
 };
 
