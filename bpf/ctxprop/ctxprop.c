@@ -7,9 +7,11 @@
 // that traced processes open into a sockhash; an sk_msg program on that
 // sockhash sees each write on them and, when the writing thread is serving a
 // traced request (thread_ctxs, set by httptrace), inserts
-// "traceparent: 00-<trace>-<new span>-<flags>" after the request line. The
-// new span id is handed to httptrace (client_ids) for the CLIENT span. A
-// request that already carries a traceparent is left untouched.
+// "traceparent: 00-<trace>-<new span>-<flags>" at the end of each request's
+// header block (each pipelined request of a write gets its own span). The
+// new span ids are handed to httptrace (client_ids) for the CLIENT spans. A
+// request that already carries a traceparent is left untouched, and its ids
+// go to httptrace when they come in a later write than the request line.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -370,6 +372,25 @@ static __always_inline int hex_val(__u8 ch)
 	return -1;
 }
 
+// Decodes the 2n lower-case hex digits at buf[p] into dst: -1 if one is not,
+// else whether any byte is non-zero.
+static __always_inline int from_hex(const __u8 *buf, __u64 p, __u8 *dst, int n)
+{
+	__u8 any = 0;
+#pragma unroll
+	for (int k = 0; k < 16; k++) {
+		if (k >= n)
+			break;
+		int hi = hex_val(buf[(p + 2 * k) & SCAN_MASK]);
+		int lo = hex_val(buf[(p + 2 * k + 1) & SCAN_MASK]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		dst[k] = hi << 4 | lo;
+		any |= dst[k];
+	}
+	return any != 0;
+}
+
 // Reads the application's own "traceparent: 00-<trace>-<span>-<flags>"
 // whose line starts at s->tp_line - 1 in this write (a later write of the
 // block than the request line, where httptrace did not see it) into
@@ -399,27 +420,10 @@ __noinline int app_traceparent(void)
 		return 0;
 	struct client_id *id = &s->ids.req[0];
 	__builtin_memset(id, 0, sizeof(*id));
-	__u8 any_t = 0, any_s = 0;
-#pragma unroll
-	for (int k = 0; k < 16; k++) {
-		int hi = hex_val(v(3 + 2 * k)), lo = hex_val(v(4 + 2 * k));
-		if (hi < 0 || lo < 0)
-			return 0;
-		id->trace_id[k] = hi << 4 | lo;
-		any_t |= id->trace_id[k];
-	}
-#pragma unroll
-	for (int k = 0; k < 8; k++) {
-		int hi = hex_val(v(36 + 2 * k)), lo = hex_val(v(37 + 2 * k));
-		if (hi < 0 || lo < 0)
-			return 0;
-		id->span_id[k] = hi << 4 | lo;
-		any_s |= id->span_id[k];
-	}
-	int hi = hex_val(v(53)), lo = hex_val(v(54));
-	if (hi < 0 || lo < 0 || !any_t || !any_s)
+	// Lower-case hex, non-zero ids.
+	if (from_hex(buf, p + 3, id->trace_id, 16) <= 0 || from_hex(buf, p + 36, id->span_id, 8) <= 0 ||
+	    from_hex(buf, p + 53, &id->trace_flags, 1) < 0)
 		return 0;
-	id->trace_flags = hi << 4 | lo;
 	struct prop_conn *c = &s->conn;
 	bool same = true;
 #pragma unroll
