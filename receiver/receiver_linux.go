@@ -539,12 +539,12 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 	if c, err := r.prop.ReadCounters(); err == nil {
 		add(ctx, tb.ReceiverEbpfTracingHeadersInjected, c.Injected, &k.prop.Injected)
 		add(ctx, tb.ReceiverEbpfTracingHeadersAppOwned, c.AppHeader, &k.prop.AppHeader)
-		skipped := c.HeadersTooLong + c.PushFailed
-		prev := k.prop.HeadersTooLong + k.prop.PushFailed
+		skipped := c.HeadersTooLong + c.PushFailed + c.PipelinedSkipped
+		prev := k.prop.HeadersTooLong + k.prop.PushFailed + k.prop.PipelinedSkipped
 		if skipped > prev {
 			tb.ReceiverEbpfTracingHeadersSkipped.Add(ctx, int64(skipped-prev))
 		}
-		k.prop.HeadersTooLong, k.prop.PushFailed = c.HeadersTooLong, c.PushFailed
+		k.prop.HeadersTooLong, k.prop.PushFailed, k.prop.PipelinedSkipped = c.HeadersTooLong, c.PushFailed, c.PipelinedSkipped
 	}
 }
 

@@ -7,9 +7,11 @@
 // that traced processes open into a sockhash; an sk_msg program on that
 // sockhash sees each write on them and, when the writing thread is serving a
 // traced request (thread_ctxs, set by httptrace), inserts
-// "traceparent: 00-<trace>-<new span>-<flags>" after the request line. The
-// new span id is handed to httptrace (client_ids) for the CLIENT span. A
-// request that already carries a traceparent is left untouched.
+// "traceparent: 00-<trace>-<new span>-<flags>" at the end of each request's
+// header block (each pipelined request of a write gets its own span). The
+// new span ids are handed to httptrace (client_ids) for the CLIENT spans. A
+// request that already carries a traceparent is left untouched, and its ids
+// go to httptrace when they come in a later write than the request line.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -54,6 +56,7 @@ struct {
 struct prop_scratch {
 	__u8 buf[SCAN_SIZE + SCAN_PAD];
 	char hdr[HDR_MAX]; // the headers to insert
+	struct client_ids ids; // for httptrace: the ids sent in each request of the write
 	__u64 pos;         // next byte to look at
 	__u64 end;         // bytes in buf
 	__u64 blank;       // offset + 1 of the blank line ending the block, 0 if not seen
@@ -61,6 +64,10 @@ struct prop_scratch {
 	__u64 mid_line;    // pos is inside a line (the request line, or one cut by a write)
 	__u64 app_tp;      // a traceparent header line was seen
 	__u64 app_ts;      // a tracestate header line was seen
+	__u64 tp_line;     // offset + 1 of the first traceparent line starting in buf, or 0
+	__u64 next;        // next_request: where the next request may start
+	__u64 added;       // ... bytes inserted into the message before it
+	__u64 size;        // ... the message's size before any insertion
 	struct prop_conn conn; // the request's state, kept in prop_conns between writes
 };
 
@@ -183,6 +190,8 @@ static long scan_cb(__u64 i, void *data)
 		}
 		if (pos + NAME_LEN <= end) {
 			int h = header_name(scan_load8(buf, pos), scan_load4(buf, pos + 8));
+			if (h == 1 && !s->tp_line)
+				s->tp_line = pos + 1;
 			if (h == 1)
 				s->app_tp = 1;
 			else if (h == 2)
@@ -345,6 +354,153 @@ undo:
 	return -1;
 }
 
+static __always_inline void set_ids(struct client_id *id, struct prop_conn *c)
+{
+	__builtin_memcpy(id->trace_id, c->trace_id, sizeof(id->trace_id));
+	__builtin_memcpy(id->span_id, c->span_id, sizeof(id->span_id));
+	__builtin_memcpy(id->parent_id, &c->server_span, sizeof(id->parent_id));
+	id->trace_flags = c->trace_flags;
+	id->set = CLIENT_ID_SENT;
+}
+
+static __always_inline int hex_val(__u8 ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+// Decodes the 2n lower-case hex digits at buf[p] into dst: -1 if one is not,
+// else whether any byte is non-zero.
+static __always_inline int from_hex(const __u8 *buf, __u64 p, __u8 *dst, int n)
+{
+	__u8 any = 0;
+#pragma unroll
+	for (int k = 0; k < 16; k++) {
+		if (k >= n)
+			break;
+		int hi = hex_val(buf[(p + 2 * k) & SCAN_MASK]);
+		int lo = hex_val(buf[(p + 2 * k + 1) & SCAN_MASK]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		dst[k] = hi << 4 | lo;
+		any |= dst[k];
+	}
+	return any != 0;
+}
+
+// Reads the application's own "traceparent: 00-<trace>-<span>-<flags>"
+// whose line starts at s->tp_line - 1 in this write (a later write of the
+// block than the request line, where httptrace did not see it) into
+// s->ids.req[0] as CLIENT_ID_APP: the CLIENT span made at the request line
+// takes it. Only a version-00 value whole in this write is read; otherwise
+// the span keeps the ids picked at the request line. 1 when read.
+// A global function: verified once.
+__noinline int app_traceparent(void)
+{
+	__u32 zero = 0;
+	struct prop_scratch *s = bpf_map_lookup_elem(&prop_scratch_map, &zero);
+	if (!s || !s->tp_line)
+		return 0;
+	const __u8 *buf = s->buf;
+	__u64 p = s->tp_line - 1 + NAME_LEN; // just past "traceparent:"
+	for (int k = 0; k < 2; k++) {
+		__u8 ch = buf[p & SCAN_MASK];
+		if (ch == ' ' || ch == '\t')
+			p++;
+	}
+	if (p + 56 > s->end)
+		return 0;
+#define v(k) buf[(p + (k)) & SCAN_MASK]
+	if (v(0) != '0' || v(1) != '0' || v(2) != '-' || v(35) != '-' || v(52) != '-')
+		return 0;
+	if (v(55) != '\r' && v(55) != '\n' && v(55) != ' ' && v(55) != '\t')
+		return 0;
+	struct client_id *id = &s->ids.req[0];
+	__builtin_memset(id, 0, sizeof(*id));
+	// Lower-case hex, non-zero ids.
+	if (from_hex(buf, p + 3, id->trace_id, 16) <= 0 || from_hex(buf, p + 36, id->span_id, 8) <= 0 ||
+	    from_hex(buf, p + 53, &id->trace_flags, 1) < 0)
+		return 0;
+	struct prop_conn *c = &s->conn;
+	bool same = true;
+#pragma unroll
+	for (int k = 0; k < 16; k++)
+		same = same && id->trace_id[k] == c->trace_id[k];
+	if (same)
+		__builtin_memcpy(id->parent_id, &c->server_span, sizeof(id->parent_id));
+	id->set = CLIENT_ID_APP;
+	return 1;
+#undef v
+}
+
+// Offset just past the blank line s->blank names.
+static __always_inline __u64 block_end(struct prop_scratch *s)
+{
+	__u64 b = s->blank - 1;
+	return b + (s->buf[b & SCAN_MASK] == '\r' ? 2 : 1);
+}
+
+// The requests that follow the first one in a write (a pipelining client):
+// each whose header block also ends in this write gets its own CLIENT span
+// id and header, like the first (or keeps the application's own), and its
+// ids go to httptrace in s->ids in the same order. httptrace parses only the
+// write's first CLIENT_SEEN bytes and CLIENT_IDS_MAX requests: a request
+// starting later, or whose block goes on in the next write, is left
+// untouched (no header names a span that is not recorded) and counted.
+//
+// One request per call, the idx-th of the write, at s->next; s->added bytes
+// are already inserted before it. Returns 1 when the next one is to be
+// looked at. A global function: verified once, not once per request.
+__noinline int next_request(struct sk_msg_md *msg, __u32 idx)
+{
+	__u32 zero = 0;
+	struct prop_scratch *s = bpf_map_lookup_elem(&prop_scratch_map, &zero);
+	if (!s || !msg)
+		return 0;
+	struct prop_conn *c = &s->conn;
+	__u64 o = s->next;
+	if (o + 8 > s->end || !request_method_len(s->buf + (o & SCAN_MASK)))
+		return 0; // no request follows (or a body does)
+	if (idx >= CLIENT_IDS_MAX || o + 16 > CLIENT_SEEN || o + 16 > s->end) {
+		prop_count(PROP_PIPELINED_SKIPPED);
+		return 0;
+	}
+	s->pos = o;
+	s->blank = 0;
+	s->open_line = 0;
+	s->mid_line = 1; // the request line
+	s->app_tp = 0;
+	s->app_ts = 0;
+	bpf_loop(SCAN_LOOPS, scan_cb, &s, 0);
+	if (!s->blank) {
+		prop_count(PROP_PIPELINED_SKIPPED);
+		return 0;
+	}
+	if (s->app_tp) {
+		prop_count(PROP_APP_HEADER);
+	} else {
+		random_id(c->span_id, 2);
+		c->app_ts = s->app_ts;
+		__u64 len = build_headers(s, c);
+		__u64 added = s->added;
+		if (insert_headers(msg, s, s->blank - 1 + added, len, s->size + added)) {
+			prop_count(PROP_PUSH_FAILED);
+			return 0;
+		}
+		s->added = added + len;
+		prop_count(PROP_INJECTED);
+		__u64 k = idx;
+		barrier_var(k); // keep the mask: clang knows idx < CLIENT_IDS_MAX, the verifier not
+		k &= CLIENT_IDS_MAX - 1;
+		set_ids(&s->ids.req[k], c);
+	}
+	s->next = block_end(s);
+	return 1;
+}
+
 // Sees every write on a connection of a traced process. A write that starts
 // an HTTP/1.x request line while the thread serves a traced request decides
 // the CLIENT span's ids (handed to httptrace through client_ids at once:
@@ -353,8 +509,8 @@ undo:
 // inserted before its blank line, in the write that has it, unless the block
 // carries the application's own traceparent. Lines are found 8 bytes at a
 // time; only the block's first SCAN_SIZE bytes are searched: a longer one
-// passes untouched. The rest of the write after the block (a body, a
-// pipelined request) passes untouched.
+// passes untouched. Pipelined requests that follow in the same write are
+// handled by next_request; a body passes untouched.
 SEC("sk_msg")
 int ctxprop_sk_msg(struct sk_msg_md *msg)
 {
@@ -439,25 +595,34 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 	s->mid_line = c->mid_line;
 	s->app_tp = 0;
 	s->app_ts = 0;
+	s->tp_line = 0;
 	bpf_loop(SCAN_LOOPS, scan_cb, &s, 0);
+	if (!first && s->tp_line && !c->app_tp && app_traceparent()) {
+		// The application's own traceparent, in a later write than the
+		// request line: the CLIENT span made there takes its ids.
+		bpf_map_update_elem(&client_ids, &pid_tgid, &s->ids, BPF_ANY);
+	}
 	if (s->app_tp)
 		c->app_tp = 1;
 	if (s->app_ts)
 		c->app_ts = 1;
 
-	if (s->blank) {
+	bool ended = s->blank != 0; // the block ends in this write
+	__u64 added = 0;            // bytes inserted into this write
+	if (ended) {
 		if (c->app_tp) {
 			prop_count(PROP_APP_HEADER);
-			return SK_PASS;
+		} else {
+			__u64 len = build_headers(s, c);
+			if (insert_headers(msg, s, s->blank - 1, len, size)) {
+				prop_count(PROP_PUSH_FAILED);
+				return SK_PASS;
+			}
+			added = len;
+			prop_count(PROP_INJECTED);
+			if (!first)
+				prop_count(PROP_SPLIT);
 		}
-		__u64 len = build_headers(s, c);
-		if (insert_headers(msg, s, s->blank - 1, len, size)) {
-			prop_count(PROP_PUSH_FAILED);
-			return SK_PASS;
-		}
-		prop_count(PROP_INJECTED);
-		if (!first)
-			prop_count(PROP_SPLIT);
 	} else if (c->hdr_bytes + n >= SCAN_SIZE || n < size) {
 		prop_count(PROP_HEADERS_TOO_LONG);
 		return SK_PASS;
@@ -484,14 +649,28 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 		if (c->app_tp)
 			return SK_PASS;
 	}
-	if (first) {
-		struct client_ids ids = {};
-		__builtin_memcpy(ids.trace_id, c->trace_id, sizeof(ids.trace_id));
-		__builtin_memcpy(ids.span_id, c->span_id, sizeof(ids.span_id));
-		__builtin_memcpy(ids.parent_id, &c->server_span, sizeof(ids.parent_id));
-		ids.trace_flags = c->trace_flags;
-		bpf_map_update_elem(&client_ids, &pid_tgid, &ids, BPF_ANY);
+	if (!first) {
+		// httptrace makes CLIENT spans only for the requests of a write
+		// that starts with one: a request after this block is left alone.
+		__u64 o = ended ? block_end(s) : 0;
+		if (o && o + 8 <= s->end && request_method_len(s->buf + (o & SCAN_MASK)))
+			prop_count(PROP_PIPELINED_SKIPPED);
+		return SK_PASS;
 	}
+	struct client_ids *ids = &s->ids;
+	__builtin_memset(ids, 0, sizeof(*ids));
+	if (!c->app_tp)
+		set_ids(&ids->req[0], c);
+	if (ended) {
+		s->next = block_end(s);
+		s->added = added;
+		s->size = size;
+		for (__u32 i = 1; i <= CLIENT_IDS_MAX; i++) {
+			if (!next_request(msg, i))
+				break;
+		}
+	}
+	bpf_map_update_elem(&client_ids, &pid_tgid, ids, BPF_ANY);
 	return SK_PASS;
 }
 

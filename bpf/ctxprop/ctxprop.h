@@ -19,7 +19,9 @@ enum prop_counter {
 	PROP_TRACESTATE = 4,       // tracestate headers injected with a traceparent
 	PROP_SPLIT = 5,            // injected into a header block written in several writes
 	PROP_UNMERGED = 6,         // injected, but the message could not be made one piece again
-	PROP_COUNTER_MAX = 7,
+	PROP_PIPELINED_SKIPPED = 7, // a request after another in one write left untouched (see
+	                            // next_request)
+	PROP_COUNTER_MAX = 8,
 };
 
 // Per-connection state of an outgoing request whose header block is being

@@ -309,41 +309,7 @@ func TestContextEndsWithResponse(t *testing.T) {
 // goroutine writes them (goroutine tracking and the net/http hand-over).
 func TestGoPooledConnection(t *testing.T) {
 	tr, _, rd := attached(t)
-	sh := tr.Shared()
-	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoProcs: sh.GoProcs, GoCtxs: sh.GoCtxs, GoParents: sh.GoParents}, goruntime.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gr.Close()
-
-	bin := filepath.Join(t.TempDir(), "goproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/goproxy").CombinedOutput(); err != nil {
-		t.Fatalf("build goproxy: %v\n%s", err, out)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	proxy := exec.Command(bin, fmt.Sprint(port))
-	out, err := proxy.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = proxy.Process.Kill(); _ = proxy.Wait() })
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Trace(uint32(proxy.Process.Pid)); err != nil {
-		t.Fatal(err)
-	}
-	if err := gr.AttachProcess(proxy.Process.Pid, bin); err != nil {
-		t.Fatal(err)
-	}
+	port := startGoTraced(t, tr, "./testdata/goproxy").port
 	_, downPort := startPy(t)
 
 	seen := map[string]bool{}
@@ -369,6 +335,31 @@ func TestGoPooledConnection(t *testing.T) {
 	if len(seen) != 4 {
 		t.Errorf("%d distinct traces for 4 calls", len(seen))
 	}
+}
+
+// startGoTraced builds the Go program of pkg, runs it with a free port as
+// its argument until the test ends, traces it, and attaches goroutine
+// tracking (with the net/http hand-over) to it.
+func startGoTraced(t *testing.T, tr *httptrace.Tracer, pkg string) script {
+	t.Helper()
+	sh := tr.Shared()
+	gr, err := goruntime.Load(goruntime.Maps{TracedPids: sh.TracedPids, ThreadCtxs: sh.ThreadCtxs, GoProcs: sh.GoProcs, GoCtxs: sh.GoCtxs, GoParents: sh.GoParents}, goruntime.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gr.Close() })
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, out)
+	}
+	sc := startScript(t, bin)
+	if err := tr.Trace(uint32(sc.pid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := gr.AttachProcess(sc.pid, bin); err != nil {
+		t.Fatal(err)
+	}
+	return sc
 }
 
 // A connection the process opened before it was traced (a keep-alive pool)

@@ -14,12 +14,16 @@ import (
 )
 
 type ctxpropClientIds struct {
-	_          structs.HostLayout
-	TraceId    [16]uint8
-	SpanId     [8]uint8
-	ParentId   [8]uint8
-	TraceFlags uint8
-	Pad        [7]uint8
+	_   structs.HostLayout
+	Req [4]struct {
+		_          structs.HostLayout
+		TraceId    [16]uint8
+		SpanId     [8]uint8
+		ParentId   [8]uint8
+		TraceFlags uint8
+		Set        uint8
+		Pad        [6]uint8
+	}
 }
 
 type ctxpropGoKey struct {
@@ -75,20 +79,22 @@ type ctxpropPropConn struct {
 type ctxpropPropCounter uint32
 
 const (
-	ctxpropPropCounterPROP_INJECTED         ctxpropPropCounter = 0
-	ctxpropPropCounterPROP_APP_HEADER       ctxpropPropCounter = 1
-	ctxpropPropCounterPROP_HEADERS_TOO_LONG ctxpropPropCounter = 2
-	ctxpropPropCounterPROP_PUSH_FAILED      ctxpropPropCounter = 3
-	ctxpropPropCounterPROP_TRACESTATE       ctxpropPropCounter = 4
-	ctxpropPropCounterPROP_SPLIT            ctxpropPropCounter = 5
-	ctxpropPropCounterPROP_UNMERGED         ctxpropPropCounter = 6
-	ctxpropPropCounterPROP_COUNTER_MAX      ctxpropPropCounter = 7
+	ctxpropPropCounterPROP_INJECTED          ctxpropPropCounter = 0
+	ctxpropPropCounterPROP_APP_HEADER        ctxpropPropCounter = 1
+	ctxpropPropCounterPROP_HEADERS_TOO_LONG  ctxpropPropCounter = 2
+	ctxpropPropCounterPROP_PUSH_FAILED       ctxpropPropCounter = 3
+	ctxpropPropCounterPROP_TRACESTATE        ctxpropPropCounter = 4
+	ctxpropPropCounterPROP_SPLIT             ctxpropPropCounter = 5
+	ctxpropPropCounterPROP_UNMERGED          ctxpropPropCounter = 6
+	ctxpropPropCounterPROP_PIPELINED_SKIPPED ctxpropPropCounter = 7
+	ctxpropPropCounterPROP_COUNTER_MAX       ctxpropPropCounter = 8
 )
 
 type ctxpropPropScratch struct {
 	_        structs.HostLayout
 	Buf      [16448]uint8
 	Hdr      [640]int8
+	Ids      ctxpropClientIds
 	Pos      uint64
 	End      uint64
 	Blank    uint64
@@ -96,6 +102,10 @@ type ctxpropPropScratch struct {
 	MidLine  uint64
 	AppTp    uint64
 	AppTs    uint64
+	TpLine   uint64
+	Next     uint64
+	Added    uint64
+	Size     uint64
 	Conn     ctxpropPropConn
 }
 

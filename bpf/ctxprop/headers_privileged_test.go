@@ -5,6 +5,7 @@ package ctxprop
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -14,8 +15,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
@@ -25,7 +30,11 @@ import (
 // A Python server whose POST /send?port=N&wait=F with body "a,b,...\n<raw
 // HTTP request>" waits until file F exists, then connects to 127.0.0.1:N and
 // writes the raw request with one send per range [0,a) [a,b) ... [last,end),
-// reads the response until the server closes and returns its status line.
+// reads the response until the server closes and returns its status line, a
+// newline and the bytes it sent. testdata/nodesender.js and
+// testdata/gosender speak the same protocol, and with lib=1 send the request
+// with their HTTP library instead (its header lines given to the library),
+// returning the bytes the library wrote.
 const pyRawSender = `
 import os, socket, sys, time, urllib.parse
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -52,7 +61,7 @@ class H(BaseHTTPRequestHandler):
                 break
             resp += b
         s.close()
-        body = resp.split(b"\r\n")[0]
+        body = resp.split(b"\r\n")[0] + b"\n" + raw
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -62,11 +71,13 @@ print("ready", flush=True)
 s.serve_forever()
 `
 
-// rawCapture is a downstream that records the exact bytes of each request
-// (up to and with its header block's end), answers 200 and closes.
+// rawCapture is a downstream that records the exact bytes of each
+// connection's requests (up to and with the end of the requests-th header
+// block), answers each with 200 in one write and closes.
 type rawCapture struct {
-	l   net.Listener
-	got chan []byte
+	l        net.Listener
+	got      chan []byte
+	requests atomic.Int32 // header blocks per connection; 0 is 1
 }
 
 func startRawCapture(t *testing.T) *rawCapture {
@@ -82,20 +93,23 @@ func startRawCapture(t *testing.T) *rawCapture {
 			if err != nil {
 				return
 			}
+			n := max(1, int(c.requests.Load()))
 			go func() {
 				defer conn.Close()
 				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 				var buf []byte
 				chunk := make([]byte, 65536)
-				for !bytes.Contains(buf, []byte("\r\n\r\n")) {
-					n, err := conn.Read(chunk)
-					buf = append(buf, chunk[:n]...)
+				for bytes.Count(buf, []byte("\r\n\r\n")) < n {
+					k, err := conn.Read(chunk)
+					buf = append(buf, chunk[:k]...)
 					if err != nil {
 						break
 					}
 				}
 				c.got <- buf
-				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+				resp := strings.Repeat("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", n-1) +
+					"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+				_, _ = io.WriteString(conn, resp)
 			}()
 		}
 	}()
@@ -146,20 +160,62 @@ func every(first, step, n int) []int {
 	return out
 }
 
-// TestHeaderBlocks sends raw requests from a traced Python process serving a
-// traced request, in one or in several writes, and checks the exact bytes
-// the downstream received: the request, plus at its header block's end one
-// traceparent (and the context's tracestate) line, or untouched.
+// headerCase is one request of TestHeaderBlocks.
+type headerCase struct {
+	name       string
+	raw        []byte
+	cuts       []int
+	flags      string // of the incoming traceparent
+	tracestate string // put in tracestates for the SERVER span
+	inject     string // tracestate value expected after the traceparent
+	untouched  bool
+	appIDs     bool // the CLIENT span has the ids of the app's own traceparent (ownTP)
+	counter    func(c Counters) uint64
+	// Pipelined requests in the raw bytes: requests header blocks (0 is
+	// 1), the first injected of them get a header (0: all), clients of
+	// them get a CLIENT span (0: all).
+	requests, injected, clients int
+}
+
+// headerSender is a traced process serving POST /send (see pyRawSender).
+type headerSender struct {
+	name string
+	lib  bool // also sends with its HTTP library (lib=1)
+	// libWrite is the library's write buffer: a longer header block goes
+	// in several writes (0: one write whatever the size).
+	libWrite int
+	script
+}
+
+const (
+	headerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	// ownTP is an application's own traceparent line.
+	ownTP = "traceparent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
+)
+
+// TestHeaderBlocks sends requests from traced Python, Node and Go processes
+// serving a traced request: raw, in one or in several writes (Python
+// socket.sendall, Node net.Socket.write, Go net.Conn.Write), and through
+// Node's http.request and Go's net/http client (which writes a block in
+// 4 KiB writes), and checks the exact bytes the downstream received: what
+// the sender wrote, plus at its header block's end one traceparent (and the
+// context's tracestate) line naming the CLIENT span, or untouched.
 func TestHeaderBlocks(t *testing.T) {
 	tr, p, rd := attached(t)
-	sender := startPyScript(t, pyRawSender)
-	if err := tr.Trace(uint32(sender.pid)); err != nil {
-		t.Fatal(err)
+	py := startPyScript(t, pyRawSender)
+	node := startScript(t, "node", "testdata/nodesender.js")
+	for _, pid := range []int{py.pid, node.pid} {
+		if err := tr.Trace(uint32(pid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	senders := []headerSender{
+		{name: "python", script: py},
+		{name: "node", lib: true, script: node},
+		{name: "go", lib: true, libWrite: 4096, script: startGoTraced(t, tr, "./testdata/gosender")},
 	}
 	down := startRawCapture(t)
 
-	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-	ownTP := "traceparent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
 	big := rawRequest(padHeaders(40, 100)...) // 4 KiB
 	cookie := rawRequest("Accept: */*", "Cookie: c="+strings.Repeat("k", 6144), "User-Agent: raw")
 	block16k := rawRequest(padHeaders(162, 100)...)
@@ -167,16 +223,9 @@ func TestHeaderBlocks(t *testing.T) {
 	ownSplit := rawRequest("Accept: */*", "X-A: 1", "TraceParent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01")
 	nameAt := bytes.Index(ownSplit, []byte("TraceParent"))
 	small := rawRequest("Accept: */*")
-	for _, tc := range []struct {
-		name       string
-		raw        []byte
-		cuts       []int
-		flags      string // of the incoming traceparent
-		tracestate string // put in tracestates for the SERVER span
-		inject     string // tracestate value expected after the traceparent
-		untouched  bool
-		counter    func(c Counters) uint64
-	}{
+	second := rawRequest("X-Second: 2")
+	cat := func(rs ...[]byte) []byte { return bytes.Join(rs, nil) }
+	for _, tc := range []headerCase{
 		// httptrace needs 16 bytes in the first write for a CLIENT span.
 		{name: "small", raw: small},
 		{name: "unsampled", raw: small, flags: "00"},
@@ -185,138 +234,213 @@ func TestHeaderBlocks(t *testing.T) {
 		{name: "16 KiB block", raw: block16k},
 		{name: "tracestate", raw: small, tracestate: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", inject: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
 		{name: "own tracestate", raw: rawRequest("TRACESTATE: app=1"), tracestate: "ours=1"},
-		{name: "own traceparent", raw: rawRequest("Accept: */*", ownTP), tracestate: "ours=1", untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "own traceparent", raw: rawRequest("Accept: */*", ownTP), tracestate: "ours=1", untouched: true, appIDs: true, counter: func(c Counters) uint64 { return c.AppHeader }},
 		{name: "writes of 7 bytes", raw: big, cuts: append(every(20, 7, 600), every(600, 500, len(big))...), counter: func(c Counters) uint64 { return c.Split }},
 		{name: "writes of 4096 bytes", raw: block16k, cuts: every(4096, 4096, len(block16k)), counter: func(c Counters) uint64 { return c.Split }},
 		{name: "request line alone", raw: cookie, cuts: []int{bytes.IndexByte(cookie, '\n') + 1}, counter: func(c Counters) uint64 { return c.Split }},
 		{name: "blank line cut", raw: small, cuts: []int{len(small) - 2, len(small) - 1}, counter: func(c Counters) uint64 { return c.Split }},
 		{name: "blank line alone", raw: small, cuts: []int{len(small) - 2}, counter: func(c Counters) uint64 { return c.Split }},
 		{name: "own traceparent, name cut", raw: ownSplit, cuts: []int{nameAt + 3, nameAt + 5, nameAt + 20}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
-		{name: "own traceparent, later write", raw: ownSplit, cuts: []int{nameAt}, untouched: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "own traceparent, later write", raw: ownSplit, cuts: []int{nameAt}, untouched: true, appIDs: true, counter: func(c Counters) uint64 { return c.AppHeader }},
+		// Go's net/http writes it in the second 4 KiB write.
+		{name: "own traceparent after 6 KiB", raw: rawRequest("Cookie: c="+strings.Repeat("k", 6144), ownTP), untouched: true, appIDs: true, counter: func(c Counters) uint64 { return c.AppHeader }},
 		{name: "over 16 KiB", raw: over16k, untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
 		{name: "over 16 KiB in writes", raw: over16k, cuts: every(4096, 4096, len(over16k)), untouched: true, counter: func(c Counters) uint64 { return c.HeadersTooLong }},
+		// A pipelining client: each request of a write gets its own CLIENT
+		// span and header, as far as httptrace sees the write.
+		{name: "two requests in one write", raw: cat(small, second), requests: 2},
+		{name: "four requests in one write", raw: cat(small, second, rawRequest(padHeaders(3, 100)...), small), requests: 4},
+		{name: "second with its own traceparent", raw: cat(small, rawRequest(ownTP), second), requests: 3, counter: func(c Counters) uint64 { return c.AppHeader }},
+		{name: "five requests in one write", raw: cat(small, small, small, small, second), requests: 5, injected: 4, clients: 4, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
+		{name: "second past 1 KiB", raw: cat(rawRequest(padHeaders(10, 100)...), second), requests: 2, injected: 1, clients: 1, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
+		{name: "second block in the next write", raw: cat(small, second), cuts: []int{len(small) + 30}, requests: 2, injected: 1, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
+		{name: "second after a split first", raw: cat(small, second), cuts: []int{20}, requests: 2, injected: 1, clients: 1, counter: func(c Counters) uint64 { return c.PipelinedSkipped }},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			flags := tc.flags
-			if flags == "" {
-				flags = "01"
-			}
-			before, err := p.ReadCounters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			wait := filepath.Join(t.TempDir(), "go")
-			cuts := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(tc.cuts)), ","), "[]")
-			url := fmt.Sprintf("http://127.0.0.1:%d/send?port=%d&wait=%s", sender.port, down.port(), wait)
-			req, err := http.NewRequest("POST", url, strings.NewReader(cuts+"\n"+string(tc.raw)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("traceparent", "00-"+trace+"-00f067aa0ba902b7-"+flags)
-			done := make(chan string, 1)
-			go func() {
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					done <- err.Error()
-					return
+		for _, snd := range senders {
+			for _, lib := range []bool{false, true} {
+				// The library chooses its own writes.
+				if lib && (!snd.lib || tc.cuts != nil || tc.requests > 1) {
+					continue
 				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				done <- string(b)
-			}()
-			// The sender serves the request: name its SERVER span's
-			// tracestate, then let it call.
-			server := serverSpanOf(t, tr, trace)
-			if tc.tracestate != "" {
-				var v [520]byte
-				v[0] = byte(len(tc.tracestate))
-				copy(v[8:], tc.tracestate)
-				if err := tr.Shared().Tracestates.Put(server, v); err != nil {
-					t.Fatal(err)
+				mode := "raw"
+				if lib {
+					mode = "lib"
 				}
-				t.Cleanup(func() { _ = tr.Shared().Tracestates.Delete(server) })
+				t.Run(snd.name+"/"+mode+"/"+tc.name, func(t *testing.T) {
+					sendHeaderBlock(t, tr, p, rd, down, snd, lib, tc)
+				})
 			}
-			if err := os.WriteFile(wait, nil, 0o600); err != nil {
-				t.Fatal(err)
+		}
+	}
+}
+
+// sendHeaderBlock has sender send tc's request to down while it serves a
+// request of headerTrace, and checks what down received.
+func sendHeaderBlock(t *testing.T, tr *httptrace.Tracer, p *Propagator, rd *ringbuf.Reader, down *rawCapture, sender headerSender, lib bool, tc headerCase) {
+	const trace = headerTrace
+	flags := tc.flags
+	if flags == "" {
+		flags = "01"
+	}
+	down.requests.Store(int32(tc.requests))
+	before, err := p.ReadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := filepath.Join(t.TempDir(), "go")
+	cuts := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(tc.cuts)), ","), "[]")
+	url := fmt.Sprintf("http://127.0.0.1:%d/send?port=%d&wait=%s", sender.port, down.port(), wait)
+	if lib {
+		url += "&lib=1"
+	}
+	req, err := http.NewRequest("POST", url, strings.NewReader(cuts+"\n"+string(tc.raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("traceparent", "00-"+trace+"-00f067aa0ba902b7-"+flags)
+	done := make(chan string, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		done <- string(b)
+	}()
+	// The sender serves the request: name its SERVER span's
+	// tracestate, then let it call.
+	server := serverSpanOf(t, tr, trace)
+	if tc.tracestate != "" {
+		var v [520]byte
+		v[0] = byte(len(tc.tracestate))
+		copy(v[8:], tc.tracestate)
+		if err := tr.Shared().Tracestates.Put(server, v); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tr.Shared().Tracestates.Delete(server) })
+	}
+	if err := os.WriteFile(wait, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := down.next(t)
+	status, sent, _ := strings.Cut(<-done, "\n")
+	if status != "HTTP/1.1 200 OK" {
+		t.Fatalf("sender: %q", status)
+	}
+	requests := max(1, tc.requests)
+	injected := cmp.Or(tc.injected, requests)
+	var clients []spans.Request
+	if flags == "00" {
+		// An unsampled context sends no span: the id is the one the
+		// downstream received, checked to be a valid span id.
+		i := bytes.Index(got, []byte("traceparent: 00-"+trace+"-"))
+		if i < 0 || len(got) < i+len("traceparent: 00-")+32+1+16 {
+			t.Fatalf("no traceparent of trace %s downstream: %q", trace, tail(got))
+		}
+		id := got[i+len("traceparent: 00-")+33:][:16]
+		b, err := hex.DecodeString(string(id))
+		if err != nil || bytes.Equal(b, make([]byte, 8)) {
+			t.Fatalf("span id %q", id)
+		}
+		var client spans.Request
+		copy(client.SpanID[:], b)
+		client.TraceID = mustTraceID(t, trace)
+		clients = append(clients, client)
+	} else {
+		for _, r := range read(t, rd, 1+cmp.Or(tc.clients, requests)) {
+			if r.Kind == spans.KindClient {
+				clients = append(clients, r)
 			}
-			got := down.next(t)
-			if status := <-done; status != "HTTP/1.1 200 OK" {
-				t.Fatalf("sender: %q", status)
+		}
+	}
+	after, err := p.ReadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.counter != nil && tc.counter(after) != tc.counter(before)+1 {
+		t.Errorf("counter did not increment: %+v -> %+v", before, after)
+	}
+	if !lib && sent != string(tc.raw) {
+		t.Fatalf("the sender wrote %d bytes, not the %d given", len(sent), len(tc.raw))
+	}
+	if tc.untouched {
+		if string(got) != sent {
+			t.Fatalf("downstream received %d bytes, want the %d sent untouched:\n%q", len(got), len(sent), head(got))
+		}
+		if after.Injected != before.Injected {
+			t.Errorf("injected counter moved: %+v -> %+v", before, after)
+		}
+		if tc.appIDs && (len(clients) != 1 || clients[0].TraceID.String() != strings.Repeat("a", 32) || clients[0].SpanID.String() != strings.Repeat("b", 16)) {
+			t.Errorf("CLIENT span %+v, want the ids of the app's own %q", clients, ownTP)
+		}
+		return
+	}
+	ts := ""
+	if tc.inject != "" {
+		ts = "tracestate: " + tc.inject + "\r\n"
+	}
+	// The sent bytes with, at the end of each of the first injected header
+	// blocks that have no traceparent of their own, the header naming its
+	// CLIENT span.
+	var want strings.Builder
+	rest, added := sent, 0
+	for i := range requests {
+		end := strings.Index(rest, "\r\n\r\n") + 2 // the last header line's end
+		if end < 2 {
+			t.Fatalf("the sender wrote no header block %d: %q", i, head([]byte(rest)))
+		}
+		want.WriteString(rest[:end])
+		if i < injected && !strings.Contains(strings.ToLower(rest[:end]), "\r\ntraceparent:") {
+			if i >= len(clients) {
+				t.Fatalf("%d CLIENT spans for %d requests", len(clients), requests)
 			}
-			var client spans.Request
-			if flags == "00" {
-				// An unsampled context sends no span: the id is the one the
-				// downstream received, checked to be a valid span id.
-				i := bytes.Index(got, []byte("traceparent: 00-"+trace+"-"))
-				if i < 0 || len(got) < i+len("traceparent: 00-")+32+1+16 {
-					t.Fatalf("no traceparent of trace %s downstream: %q", trace, tail(got))
-				}
-				id := got[i+len("traceparent: 00-")+33:][:16]
-				b, err := hex.DecodeString(string(id))
-				if err != nil || bytes.Equal(b, make([]byte, 8)) {
-					t.Fatalf("span id %q", id)
-				}
-				copy(client.SpanID[:], b)
-				client.TraceID = mustTraceID(t, trace)
-			} else {
-				for _, r := range read(t, rd, 2) {
-					if r.Kind == spans.KindClient {
-						client = r
-					}
-				}
+			c := clients[i]
+			if c.TraceID.String() != trace || c.SpanID.IsEmpty() {
+				t.Fatalf("CLIENT span %d: %+v", i, c)
 			}
-			after, err := p.ReadCounters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.counter != nil && tc.counter(after) != tc.counter(before)+1 {
-				t.Errorf("counter did not increment: %+v -> %+v", before, after)
-			}
-			if tc.untouched {
-				if !bytes.Equal(got, tc.raw) {
-					t.Fatalf("downstream received %d bytes, want the %d sent untouched:\n%q", len(got), len(tc.raw), head(got))
-				}
-				if after.Injected != before.Injected {
-					t.Errorf("injected counter moved: %+v -> %+v", before, after)
-				}
-				return
-			}
-			tp := fmt.Sprintf("traceparent: 00-%s-%s-%s\r\n", trace, client.SpanID, flags)
-			if client.TraceID.String() != trace || client.SpanID.IsEmpty() {
-				t.Fatalf("CLIENT span %+v", client)
-			}
-			ts := ""
-			if tc.inject != "" {
-				ts = "tracestate: " + tc.inject + "\r\n"
-			}
-			want := string(tc.raw[:len(tc.raw)-2]) + tp + ts + "\r\n"
-			if string(got) != want {
-				t.Fatalf("downstream received %d bytes, want %d:\n got %q\nwant %q", len(got), len(want), tail(got), tail([]byte(want)))
-			}
-			if after.Injected != before.Injected+1 {
-				t.Errorf("injected counter: %+v -> %+v", before, after)
-			}
-		})
+			fmt.Fprintf(&want, "traceparent: 00-%s-%s-%s\r\n%s", trace, c.SpanID, flags, ts)
+			added++
+		}
+		rest = rest[end:]
+		if i == requests-1 {
+			want.WriteString(rest)
+		} else {
+			want.WriteString(rest[:2])
+			rest = rest[2:]
+		}
+	}
+	if string(got) != want.String() {
+		t.Fatalf("downstream received %d bytes, want %d:\n got %q\nwant %q", len(got), want.Len(), tail(got), tail([]byte(want.String())))
+	}
+	if after.Injected != before.Injected+uint64(added) {
+		t.Errorf("injected counter: %+v -> %+v, want +%d", before, after, added)
+	}
+	if end := strings.Index(sent, "\r\n\r\n"); lib && sender.libWrite > 0 && end > sender.libWrite && after.Split != before.Split+1 {
+		t.Errorf("a %d-byte block from the library was not injected across writes: %+v -> %+v", end, before, after)
 	}
 }
 
 func head(b []byte) []byte { return b[:min(len(b), 300)] }
 func tail(b []byte) []byte { return b[max(0, len(b)-300):] }
 
-// serverSpanOf waits for a thread serving a request of trace and returns its
-// SERVER span id.
+// serverSpanOf waits for a thread (or goroutine) serving a request of trace
+// and returns its SERVER span id.
 func serverSpanOf(t *testing.T, tr *httptrace.Tracer, trace string) [8]byte {
 	t.Helper()
 	want, _ := hex.DecodeString(trace)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		var k uint64
-		var v [32]byte
-		for it := tr.Shared().ThreadCtxs.Iterate(); it.Next(&k, &v); {
-			if bytes.Equal(v[:16], want) {
-				var id [8]byte
-				copy(id[:], v[16:24])
-				return id
+		for _, m := range []*ebpf.Map{tr.Shared().ThreadCtxs, tr.Shared().GoCtxs} {
+			k := make([]byte, m.KeySize())
+			v := make([]byte, m.ValueSize())
+			for it := m.Iterate(); it.Next(k, v); {
+				if bytes.Equal(v[:16], want) {
+					var id [8]byte
+					copy(id[:], v[16:24])
+					return id
+				}
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -330,8 +454,15 @@ type script struct{ pid, port int }
 // startPyScript runs a Python server script on a free port until the test
 // ends.
 func startPyScript(t *testing.T, src string) script {
+	return startScript(t, "python3", "-c", src)
+}
+
+// startScript runs argv with a free port appended until the test ends, and
+// waits for its first line ("ready").
+func startScript(t *testing.T, argv ...string) script {
+	t.Helper()
 	port := freePort(t)
-	cmd := exec.Command("python3", "-c", src, fmt.Sprint(port))
+	cmd := exec.Command(argv[0], append(argv[1:], fmt.Sprint(port))...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -270,19 +270,25 @@ type Counters struct {
 	Tracestate     uint64 // tracestate headers injected with a traceparent
 	Split          uint64 // injections into header blocks written in several writes
 	Unmerged       uint64 // injections sent in several pieces (no memory to merge them)
+	// PipelinedSkipped counts requests following another in one write that
+	// were left untouched: starting past the write's first 1023 bytes (what
+	// httptrace parses), past the fourth, or with a block going on in the
+	// next write.
+	PipelinedSkipped uint64
 }
 
 // ReadCounters sums the per-CPU counters.
 func (p *Propagator) ReadCounters() (Counters, error) {
 	var c Counters
 	for idx, dst := range map[ctxpropPropCounter]*uint64{
-		ctxpropPropCounterPROP_INJECTED:         &c.Injected,
-		ctxpropPropCounterPROP_APP_HEADER:       &c.AppHeader,
-		ctxpropPropCounterPROP_HEADERS_TOO_LONG: &c.HeadersTooLong,
-		ctxpropPropCounterPROP_PUSH_FAILED:      &c.PushFailed,
-		ctxpropPropCounterPROP_TRACESTATE:       &c.Tracestate,
-		ctxpropPropCounterPROP_SPLIT:            &c.Split,
-		ctxpropPropCounterPROP_UNMERGED:         &c.Unmerged,
+		ctxpropPropCounterPROP_INJECTED:          &c.Injected,
+		ctxpropPropCounterPROP_APP_HEADER:        &c.AppHeader,
+		ctxpropPropCounterPROP_HEADERS_TOO_LONG:  &c.HeadersTooLong,
+		ctxpropPropCounterPROP_PUSH_FAILED:       &c.PushFailed,
+		ctxpropPropCounterPROP_TRACESTATE:        &c.Tracestate,
+		ctxpropPropCounterPROP_SPLIT:             &c.Split,
+		ctxpropPropCounterPROP_UNMERGED:          &c.Unmerged,
+		ctxpropPropCounterPROP_PIPELINED_SKIPPED: &c.PipelinedSkipped,
 	} {
 		var per []uint64
 		if err := p.objs.PropCounters.Lookup(uint32(idx), &per); err != nil {

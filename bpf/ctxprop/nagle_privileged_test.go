@@ -14,10 +14,11 @@ import (
 	"time"
 )
 
-// A Python server whose GET /ka?port=N&n=K opens one keep-alive connection
-// to 127.0.0.1:N with Nagle's algorithm left on (as nginx's upstream
-// connections and http.client have it), sends K requests on it, one write
-// each, reads each 2-byte response, and answers the time it took in ms.
+// A Python server whose GET /ka?port=N&n=K&pipe=P opens one keep-alive
+// connection to 127.0.0.1:N with Nagle's algorithm left on (as nginx's
+// upstream connections and http.client have it), sends K writes of P
+// pipelined requests on it, reads the P 2-byte responses of each, and
+// answers the time it took in ms.
 const pyNagleSender = `
 import socket, sys, time, urllib.parse
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -28,11 +29,12 @@ class H(BaseHTTPRequestHandler):
         q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
         s = socket.create_connection(("127.0.0.1", int(q["port"][0])))
         req = b"GET /upstream HTTP/1.1\r\nHost: backend\r\nUser-Agent: nagle\r\n\r\n"
+        pipe = int(q["pipe"][0])
         start = time.monotonic()
         for _ in range(int(q["n"][0])):
-            s.sendall(req)
+            s.sendall(req * pipe)
             resp = b""
-            while not resp.endswith(b"\r\n\r\nok"):
+            while resp.count(b"\r\n\r\nok") < pipe:
                 b = s.recv(4096)
                 if not b:
                     raise Exception("closed")
@@ -54,13 +56,21 @@ s.serve_forever()
 // rest waits for the peer's ACK of it, which a peer holding half a header
 // block delays by 40 ms: every request of a keep-alive connection took that
 // long (nginx through an upstream keepalive pool: 30x slower). The
-// downstream checks that each header block arrives whole in its first read.
+// downstream checks that each write's header blocks arrive whole in its
+// first read; with two pipelined requests per write, both injected.
 func TestNagleSingleSegment(t *testing.T) {
 	tr, p, _ := attached(t)
 	sender := startPyScript(t, pyNagleSender)
 	if err := tr.Trace(uint32(sender.pid)); err != nil {
 		t.Fatal(err)
 	}
+	for _, pipe := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d per write", pipe), func(t *testing.T) { nagleRun(t, p, sender, pipe) })
+	}
+}
+
+// nagleRun has sender send 30 writes of pipe requests with Nagle on.
+func nagleRun(t *testing.T, p *Propagator, sender script, pipe int) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,9 +92,10 @@ func TestNagleSingleSegment(t *testing.T) {
 						return
 					}
 					got := buf[:n]
-					if !bytes.HasSuffix(got, []byte("\r\n\r\n")) {
+					blocks := func() int { return bytes.Count(got, []byte("\r\n\r\n")) }
+					if blocks() < pipe || !bytes.HasSuffix(got, []byte("\r\n\r\n")) {
 						cut.Add(1)
-						for !bytes.HasSuffix(got, []byte("\r\n\r\n")) {
+						for blocks() < pipe || !bytes.HasSuffix(got, []byte("\r\n\r\n")) {
 							m, err := conn.Read(buf[len(got):])
 							if err != nil {
 								return
@@ -92,11 +103,9 @@ func TestNagleSingleSegment(t *testing.T) {
 							got = buf[:len(got)+m]
 						}
 					}
-					requests.Add(1)
-					if bytes.Contains(got, []byte("\r\ntraceparent: 00-")) {
-						injected.Add(1)
-					}
-					if _, err := io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+					requests.Add(int64(blocks()))
+					injected.Add(int64(bytes.Count(got, []byte("\r\ntraceparent: 00-"))))
+					if _, err := io.WriteString(conn, strings.Repeat("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", blocks())); err != nil {
 						return
 					}
 				}
@@ -108,7 +117,7 @@ func TestNagleSingleSegment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/ka?port=%d&n=%d", sender.port, l.Addr().(*net.TCPAddr).Port, n), nil)
+	req, err := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/ka?port=%d&n=%d&pipe=%d", sender.port, l.Addr().(*net.TCPAddr).Port, n, pipe), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,11 +135,11 @@ func TestNagleSingleSegment(t *testing.T) {
 	}
 	took := strings.TrimSpace(string(body))
 	t.Logf("%d requests on one Nagle connection in %s ms; %d with a traceparent, %d header blocks cut; counters %+v", requests.Load(), took, injected.Load(), cut.Load(), after)
-	if resp.StatusCode != http.StatusOK || requests.Load() != n {
-		t.Fatalf("sender: status %d %q, downstream saw %d requests of %d", resp.StatusCode, body, requests.Load(), n)
+	if resp.StatusCode != http.StatusOK || requests.Load() != int64(n*pipe) {
+		t.Fatalf("sender: status %d %q, downstream saw %d requests of %d", resp.StatusCode, body, requests.Load(), n*pipe)
 	}
-	if injected.Load() != n {
-		t.Errorf("requests with a traceparent: %d of %d", injected.Load(), n)
+	if injected.Load() != int64(n*pipe) {
+		t.Errorf("requests with a traceparent: %d of %d", injected.Load(), n*pipe)
 	}
 	if cut.Load() != 0 {
 		t.Errorf("header blocks that did not arrive in one read: %d of %d (the injected message left in pieces)", cut.Load(), n)

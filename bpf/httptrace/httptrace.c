@@ -642,40 +642,53 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 	return 0;
 }
 
-// A request written on (tgid, fd): a CLIENT span starts, child of the request
-// the thread is serving, if any.
-__noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
+_Static_assert(CLIENT_IDS_MAX == PIPELINE_DEPTH, "one client_id per pipelined request");
+_Static_assert(CLIENT_SEEN == BUF_SIZE - 1, "ctxprop injects only what client_request sees");
+
+// The request at offset off of a write on (tgid, fd), the idx-th of the
+// write: a CLIENT span starts, child of the request the thread is serving,
+// if any. Returns the offset of the next pipelined request in the buffer, or
+// 0. A global function: verified once, whatever its callers.
+__noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n, __u32 idx)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return 0;
 	const __u8 *buf = s->buf;
-	if (n < 16 || n > BUF_SIZE)
+	if (off + 16 > n || n > BUF_SIZE)
 		return 0;
-	__u32 mlen = request_method_len(buf);
+	__u8 head[8];
+#pragma unroll
+	for (int k = 0; k < 8; k++)
+		head[k] = at(buf, off + k);
+	__u32 mlen = request_method_len(head);
 	if (!mlen)
 		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct conn_state *c = conn_get(&key, true, (struct sock *)s->hint);
+	struct conn_state *c = conn_get(&key, off == 0, (struct sock *)s->hint);
 	if (!c)
 		return 0;
-	struct req_info *r = &c->cli;
+	if (c->cli_count >= PIPELINE_DEPTH) {
+		count(COUNTER_PIPELINE_FULL);
+		return 0;
+	}
+	struct req_info *r = &c->cli[(c->cli_head + c->cli_count) & (PIPELINE_DEPTH - 1)];
 	__builtin_memset(r, 0, sizeof(*r));
 	r->start_ns = bpf_ktime_get_ns();
 	r->tid = (__u32)pid_tgid;
-	parse_request(s, 0, n, mlen, r, 0);
+	__u64 next = parse_request(s, off, n, mlen, r, 0);
 	struct w3c_scan *st = &s->st;
 	__u64 g;
 	struct thread_ctx *t = current_ctx(pid_tgid, &g);
-	struct client_ids *injected = bpf_map_lookup_elem(&client_ids, &pid_tgid);
-	if (injected) {
-		// ctxprop injected a traceparent into this very write.
+	struct client_ids *ids = bpf_map_lookup_elem(&client_ids, &pid_tgid);
+	struct client_id *injected = ids ? &ids->req[idx & (CLIENT_IDS_MAX - 1)] : 0;
+	if (injected && injected->set) {
+		// ctxprop injected a traceparent into this request of the write.
 		__builtin_memcpy(r->trace_id, injected->trace_id, sizeof(r->trace_id));
 		__builtin_memcpy(r->span_id, injected->span_id, sizeof(r->span_id));
 		__builtin_memcpy(r->parent_id, injected->parent_id, sizeof(r->parent_id));
 		r->trace_flags = injected->trace_flags;
-		bpf_map_delete_elem(&client_ids, &pid_tgid);
 	} else if (st->tp_count == 1 && st->tp_valid) {
 		// The application propagates itself: its header names this span.
 		__builtin_memcpy(r->trace_id, st->trace_id, sizeof(r->trace_id));
@@ -695,34 +708,74 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 n)
 		random_id(r->span_id, 2);
 		r->trace_flags = sample_root(r->trace_id);
 	}
-	c->cli_pending = 1;
-	return 0;
+	c->cli_count++;
+	return next < n ? next : 0;
 }
 
-// A response read on (tgid, fd): the pending CLIENT span ends.
-__noinline int client_response(__u64 pid_tgid, __u32 fd)
+// The response at offset off of a read on (tgid, fd): the oldest pending
+// CLIENT span ends. Returns the offset of the next response in the buffer
+// (pipelined responses read together), or 0.
+__noinline int client_response(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return 0;
+	if (off + 16 > n || n > BUF_SIZE)
+		return 0;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
 	struct conn_state *c = conn_get(&key, false, (struct sock *)s->hint);
-	if (!c || !c->cli_pending)
+	if (!c || !c->cli_count)
 		return 0;
-	__u16 status = status_at(s->buf, 0);
+	__u8 head[16];
+#pragma unroll
+	for (int k = 0; k < 16; k++)
+		head[k] = at(s->buf, off + k);
+	if (!is_response(head))
+		return 0;
+	__u16 status = status_at(s->buf, off);
+	// The response's length, to find a pipelined one after it.
+	struct w3c_scan *st = &s->st;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->pos = off + 8;
+	st->end = n;
+	st->len = s->len;
+	st->src = s->src;
+	st->limit = off + HDR_BLOCK_MAX;
+	if (c->cli_count > 1)
+		w3c_scan(st, (struct w3c_buf *)s->buf, 0, use_bpf_loop);
+	__u64 next = st->header_end && !st->base ? st->header_end + st->content_length : 0;
 	if (status >= 100 && status < 200 && status != 101)
-		return 0;
-	c->cli_pending = 0;
+		return next < n ? next : 0; // interim response: the final one follows
+	struct req_info *r = &c->cli[c->cli_head & (PIPELINE_DEPTH - 1)];
+	c->cli_head = (c->cli_head + 1) & (PIPELINE_DEPTH - 1);
+	c->cli_count--;
 	// The tracestate of the SERVER span this request is a child of goes
 	// with the context.
 	__u64 parent;
-	__builtin_memcpy(&parent, c->cli.parent_id, sizeof(parent));
+	__builtin_memcpy(&parent, r->parent_id, sizeof(parent));
 	struct tracestate *ts = parent ? bpf_map_lookup_elem(&tracestates, &parent) : 0;
 	if (ts)
-		emit_tracestate(c->cli.span_id, ts);
-	emit(c, &c->cli, KIND_CLIENT, status, key.tgid);
-	return 0;
+		emit_tracestate(r->span_id, ts);
+	emit(c, r, KIND_CLIENT, status, key.tgid);
+	return c->cli_count && next < n ? next : 0;
+}
+
+// The application's own traceparent, which ctxprop found in a later write
+// of a request's header block than the request line: the connection's
+// newest pending CLIENT request takes its ids, as if it had been in the
+// first write.
+static __always_inline void client_app_ids(struct conn_key *key, struct sock *hint,
+					   struct client_id *app)
+{
+	struct conn_state *c = bpf_map_lookup_elem(&conns, key);
+	if (!c || (hint && !same_conn(c, hint)) || !c->cli_count)
+		return;
+	struct req_info *r = &c->cli[(c->cli_head + c->cli_count - 1) & (PIPELINE_DEPTH - 1)];
+	__builtin_memcpy(r->trace_id, app->trace_id, sizeof(r->trace_id));
+	__builtin_memcpy(r->span_id, app->span_id, sizeof(r->span_id));
+	__builtin_memcpy(r->parent_id, app->parent_id, sizeof(r->parent_id));
+	r->trace_flags = sample_child(app->trace_id, app->trace_flags);
 }
 
 // Resolves the user buffer of a read/write-like syscall and how many bytes of
@@ -786,6 +839,14 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	bool is_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = (__u32)fd};
 	__u64 len = 0;
+	if (!is_read) {
+		struct client_ids *ids = bpf_map_lookup_elem(&client_ids, &pid_tgid);
+		if (ids && ids->req[0].set == CLIENT_ID_APP) {
+			client_app_ids(&key, hint, &ids->req[0]);
+			bpf_map_delete_elem(&client_ids, &pid_tgid);
+			return 0;
+		}
+	}
 	if (is_read) {
 		struct conn_state *c = conn_peek(&key, hint);
 		if (c && c->hdr_pending) {
@@ -854,15 +915,13 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	if (!s)
 		return 0;
 	s->hint = (__u64)hint;
-	if (resp) {
-		// A response is known by its status line: the 16 bytes read.
+	if (resp && !is_read) {
+		// A response written is known by its status line: the 16 bytes
+		// read (responses read are parsed further: several may end).
 		__builtin_memcpy(s->buf, head, sizeof(head));
 		s->src = ubuf;
 		s->len = len;
-		if (is_read)
-			client_response(pid_tgid, key.fd);
-		else
-			server_response(pid_tgid, key.fd);
+		server_response(pid_tgid, key.fd);
 		return 0;
 	}
 	__u64 n = len;
@@ -881,14 +940,29 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	s->len = len + shift;
 
 	if (is_read) {
+		if (!mlen) {
+			__u64 off = 0;
+			for (int i = 0; i < PIPELINE_DEPTH; i++) {
+				off = client_response(pid_tgid, key.fd, off, n);
+				if (!off)
+					break;
+			}
+			return 0;
+		}
 		__u64 off = 0;
 		for (int i = 0; i < PIPELINE_DEPTH; i++) {
 			off = server_request(pid_tgid, key.fd, off, n);
 			if (!off)
 				break;
 		}
-	} else {
-		client_request(pid_tgid, key.fd, n);
+	} else if (mlen) {
+		__u64 off = 0;
+		for (int i = 0; i < PIPELINE_DEPTH; i++) {
+			off = client_request(pid_tgid, key.fd, off, n, i);
+			if (!off)
+				break;
+		}
+		bpf_map_delete_elem(&client_ids, &pid_tgid);
 	}
 	return 0;
 }

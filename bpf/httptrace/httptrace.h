@@ -96,7 +96,8 @@ struct conn_state {
 	__u8 family;
 	__u8 srv_head;
 	__u8 srv_count;
-	__u8 cli_pending;
+	__u8 cli_head;
+	__u8 cli_count;
 	__u8 prefix;       // a 1-byte read (Go's background read) awaiting the rest
 	__u8 has_prefix;
 	__u8 hdr_pending;  // the header block of srv[hdr_slot] continues in later reads
@@ -105,7 +106,7 @@ struct conn_state {
 	__u8 hdr_in_ts;    // ... inside a tracestate line
 	__u8 hdr_tp_count; // traceparent headers seen in earlier reads
 	__u8 hdr_ts;       // tracestate validation state saved in ts_scans
-	__u8 _pad[6];
+	__u8 _pad[5];
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
-	struct req_info cli;                 // pending CLIENT request
+	struct req_info cli[PIPELINE_DEPTH]; // pending CLIENT requests, FIFO
 };

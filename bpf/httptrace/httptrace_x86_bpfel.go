@@ -14,12 +14,16 @@ import (
 )
 
 type httptraceClientIds struct {
-	_          structs.HostLayout
-	TraceId    [16]uint8
-	SpanId     [8]uint8
-	ParentId   [8]uint8
-	TraceFlags uint8
-	Pad        [7]uint8
+	_   structs.HostLayout
+	Req [4]struct {
+		_          structs.HostLayout
+		TraceId    [16]uint8
+		SpanId     [8]uint8
+		ParentId   [8]uint8
+		TraceFlags uint8
+		Set        uint8
+		Pad        [6]uint8
+	}
 }
 
 type httptraceConnKey struct {
@@ -39,7 +43,8 @@ type httptraceConnState struct {
 	Family     uint8
 	SrvHead    uint8
 	SrvCount   uint8
-	CliPending uint8
+	CliHead    uint8
+	CliCount   uint8
 	Prefix     uint8
 	HasPrefix  uint8
 	HdrPending uint8
@@ -48,7 +53,7 @@ type httptraceConnState struct {
 	HdrInTs    uint8
 	HdrTpCount uint8
 	HdrTs      uint8
-	Pad        [6]uint8
+	Pad        [5]uint8
 	Srv        [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
@@ -68,7 +73,7 @@ type httptraceConnState struct {
 		Path       [128]int8
 		Host       [64]int8
 	}
-	Cli struct {
+	Cli [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
 		Goroutine  uint64

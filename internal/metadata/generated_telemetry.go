@@ -100,7 +100,7 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	errs = errors.Join(errs, err)
 	builder.ReceiverEbpfTracingHeadersSkipped, err = builder.meter.Int64Counter(
 		"otelcol_receiver_ebpf_tracing_headers_skipped",
-		metric.WithDescription("Number of outgoing requests under a traced request that were not injected because their header block was longer than the 4 KiB searched or the kernel could not grow the message. [Development]"),
+		metric.WithDescription("Number of outgoing requests under a traced request that were not injected because their header block was longer than the 16 KiB searched, the kernel could not grow the message, or they followed another request in the same write beyond what the tracer parses (its first 1023 bytes, four requests, or a block going on in the next write). [Development]"),
 		metric.WithUnit("{request}"),
 	)
 	errs = errors.Join(errs, err)

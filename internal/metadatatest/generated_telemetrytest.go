@@ -104,7 +104,7 @@ func AssertEqualReceiverEbpfTracingHeadersInjected(t *testing.T, tt *componentte
 func AssertEqualReceiverEbpfTracingHeadersSkipped(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
 	want := metricdata.Metrics{
 		Name:        "otelcol_receiver_ebpf_tracing_headers_skipped",
-		Description: "Number of outgoing requests under a traced request that were not injected because their header block was longer than the 4 KiB searched or the kernel could not grow the message. [Development]",
+		Description: "Number of outgoing requests under a traced request that were not injected because their header block was longer than the 16 KiB searched, the kernel could not grow the message, or they followed another request in the same write beyond what the tracer parses (its first 1023 bytes, four requests, or a block going on in the next write). [Development]",
 		Unit:        "{request}",
 		Data: metricdata.Sum[int64]{
 			Temporality: metricdata.CumulativeTemporality,
