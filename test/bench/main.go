@@ -55,7 +55,8 @@
 // A floor or with run starts a fresh collector: discovery.instrument
 // selecting the workload's traced ports, ebpf.context_propagation: <mode>
 // plus -ebpf and -wakeup-len, the batch processor and an otlp_http exporter
-// (-compression, default gzip) pointed at a sink inside this process, its
+// (-compression, default none: the sink is local, like a collector sending
+// to a gateway on the same host) pointed at a sink inside this process, its
 // internal metrics (level detailed) on a Prometheus pull reader on
 // 127.0.0.1. A floor run adds EBPFTRACING_BENCH_FLOOR=1 to its environment:
 // the loaders then make every BPF program return at once, so the floor
@@ -167,7 +168,7 @@ func main() {
 	flag.DurationVar(&o.flushWait, "flush-wait", 2*time.Second, "wait after wrk ends before counting spans")
 	flag.IntVar(&o.wakeupLen, "wakeup-len", -1, "ebpf.wakeup_len for the collector (-1: leave the receiver's default, 64)")
 	flag.Var(&o.ebpf, "ebpf", "extra ebpf.<key>=<value> for the receiver config, value written verbatim (repeatable)")
-	flag.StringVar(&o.compression, "compression", "gzip", "otlp_http exporter compression: gzip (the exporter's default) or none")
+	flag.StringVar(&o.compression, "compression", "none", "otlp_http exporter compression: none (a local sink, like a gateway on the same host) or gzip (the exporter's default)")
 	flag.StringVar(&o.collector, "collector", "", "collector binary (default <repo>/_build/otelcol-ebpf)")
 	flag.Parse()
 	if flag.NArg() > 0 {
