@@ -3,4 +3,4 @@
 // with responses per connection and emits one record per finished request.
 package httptrace
 
-//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type http_event -type counter -type tracestate_event httptrace httptrace.c -- -I../include
+//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type http_event -type counter -type tracestate_event -type tls_call httptrace httptrace.c -- -I../include
