@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,10 +29,25 @@ import (
 // An HTTPS server on Python's ssl module (OpenSSL's libssl.so, loaded by
 // dlopen with the _ssl extension). GET /call?target=URL calls URL first
 // (urllib, with TLS when it is https) and answers with its body.
+//
+// With a fourth argument, a file name, it listens at once but loads nothing
+// of TLS (no ssl, no http.server, which imports it) until that file exists:
+// libssl.so then arrives by dlopen in a process already traced.
 const pythonHTTPSServer = `
-import http.server, ssl, sys, urllib.parse, urllib.request
+import os, socket, sys, time
 
 port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port))
+ls.listen(64)
+if len(sys.argv) > 4:
+    assert "_ssl" not in sys.modules
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[4]):
+        time.sleep(0.02)
+
+import http.server, ssl, urllib.parse, urllib.request
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -51,11 +67,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print("ready", flush=True)
+srv.socket = ctx.wrap_socket(ls, server_side=True)
+print("ready" if len(sys.argv) <= 4 else "tls", flush=True)
 srv.serve_forever()
 `
 
@@ -83,15 +99,16 @@ func selfSigned(t *testing.T, dir string) (cert, key string) {
 	return cert, key
 }
 
-// startPythonHTTPS starts pythonHTTPSServer on port as service.
-func startPythonHTTPS(t *testing.T, dir string, port int, service string) *App {
+// startPythonHTTPS starts pythonHTTPSServer on port as service (more
+// arguments are passed on).
+func startPythonHTTPS(t *testing.T, dir string, port int, service string, more ...string) *App {
 	t.Helper()
 	script := filepath.Join(dir, "https_server.py")
 	if _, err := os.Stat(script); err != nil {
 		require.NoError(t, os.WriteFile(script, []byte(pythonHTTPSServer), 0o600))
 	}
 	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	cmd := exec.Command("python3", "-u", script, strconv.Itoa(port), cert, key)
+	cmd := exec.Command("python3", append([]string{"-u", script, strconv.Itoa(port), cert, key}, more...)...)
 	cmd.Env = append(os.Environ(), "OTEL_SERVICE_NAME="+service)
 	app := &App{Lang: Python, Service: service, Port: port, cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
 	ready := make(chan struct{})
@@ -107,6 +124,21 @@ func startPythonHTTPS(t *testing.T, dir string, port int, service string) *App {
 		t.Fatalf("python https server not ready: %s", app.out)
 	}
 	return app
+}
+
+// waitHTTPS sends GET /warmup over HTTPS to a every 250 ms until one of its
+// HTTPS SERVER spans arrives.
+func waitHTTPS(t *testing.T, sink *Sink, a *App) {
+	t.Helper()
+	https := WithAttr("url.scheme", "https")
+	deadline := time.Now().Add(spanTimeout)
+	for i := 0; len(sink.Matching(All(ServerOf(a.Service), https))) == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no HTTPS SERVER span of %s after %v; spans:\n%s", a.Service, spanTimeout, sink.Dump())
+		}
+		Curl(t, "-k", "-o", "/dev/null", httpsURL(a, fmt.Sprintf("/warmup?i=%d", i)))
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func httpsURL(a *App, path string) string {
@@ -133,15 +165,7 @@ func TestHTTPSPython(t *testing.T) {
 		EBPF:         map[string]string{"context_propagation": "all"},
 	})
 	waitTraced(t, sink, c)
-	https := WithAttr("url.scheme", "https")
-	deadline := time.Now().Add(spanTimeout)
-	for i := 0; len(sink.Matching(All(ServerOf("https-a"), https))) == 0; i++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("no HTTPS SERVER span of https-a after %v; spans:\n%s", spanTimeout, sink.Dump())
-		}
-		Curl(t, "-k", "-o", "/dev/null", httpsURL(a, fmt.Sprintf("/warmup?i=%d", i)))
-		time.Sleep(250 * time.Millisecond)
-	}
+	waitHTTPS(t, sink, a)
 
 	t.Run("server", func(t *testing.T) {
 		tp := "00-" + w3cTrace + "-" + w3cParent + "-01"
@@ -193,4 +217,35 @@ func TestHTTPSPython(t *testing.T) {
 		// downstream HTTPS SERVER span starts its own trace.
 		assert.NotEqual(t, trace, leaf.TraceID, "%s", leaf)
 	})
+}
+
+// TestHTTPSDlopenAfterSelection: a process selected while it has no TLS
+// library loads libssl.so later (Python's "import ssl": dlopen) and its
+// HTTPS requests are traced from then on (the discovery poll rescans the
+// mappings of selected processes).
+func TestHTTPSDlopenAfterSelection(t *testing.T) {
+	dir := t.TempDir()
+	selfSigned(t, dir)
+	port := FreePort(t)
+	trigger := filepath.Join(dir, "load-tls")
+	a := startPythonHTTPS(t, dir, port, "https-lazy", trigger)
+	sink := StartSink(t)
+	col := StartCollector(t, CollectorConfig{
+		Instrument:   []Selector{PortsSelector(port)},
+		SinkEndpoint: sink.Endpoint(),
+	})
+	require.Eventually(t, func() bool {
+		return strings.Contains(col.Output(), "ebpf_tracing started")
+	}, spanTimeout, 50*time.Millisecond)
+	time.Sleep(time.Second) // selected by the first scan or the next poll
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", a.PID))
+	require.NoError(t, err)
+	require.NotContains(t, string(maps), "libssl", "libssl loaded before the trigger")
+	require.NoError(t, os.WriteFile(trigger, nil, 0o600))
+	require.Eventually(t, func() bool { return strings.Contains(a.Output(), "tls") }, spanTimeout, 20*time.Millisecond)
+	waitHTTPS(t, sink, a)
+	assert.Equal(t, 200, curlStatus(t, httpsURL(a, "/after-dlopen"), "-k"))
+	s := onlySpans(t, sink, All(ServerOf("https-lazy"), WithPath("/after-dlopen")), 1)[0]
+	assertServerSpan(t, a, s, "GET", "/after-dlopen", 200)
+	assert.Equal(t, "https", s.Str("url.scheme"), "%s", s)
 }
