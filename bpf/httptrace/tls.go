@@ -364,3 +364,19 @@ func exportedTLSSymbols(path string) (map[string]bool, error) {
 	}
 	return out, nil
 }
+
+// Stats are the kernel's run statistics (kernel.bpf_stats_enabled) of each
+// TLS program, by program name.
+func (x *TLS) Stats() (map[string]*ebpf.ProgramStats, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string]*ebpf.ProgramStats{}
+	for n, p := range x.progs {
+		st, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", n, err)
+		}
+		out[n] = st
+	}
+	return out, nil
+}
