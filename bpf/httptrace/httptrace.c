@@ -106,6 +106,24 @@ struct {
 	__type(value, struct tls_fd);
 } tls_fds SEC(".maps");
 
+// Processes whose TLS library keeps the ciphertext in memory (a memory BIO:
+// Node.js links OpenSSL statically), tgid -> 1: the socket read comes
+// before SSL_read, not inside it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} tls_membio SEC(".maps");
+
+// In those processes, the last socket each thread read, pid_tgid -> socket.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct tls_fd);
+} tls_last_read SEC(".maps");
+
 // An all-zero connection state, never written: the initial value of new
 // entries in conns (too large to build on the stack).
 struct {
@@ -853,6 +871,10 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 			is_read = false;
 			tls = true;
 			bpf_map_delete_elem(&tls_calls, &pid_tgid);
+		} else if (is_read && bpf_map_lookup_elem(&tls_membio, &key.tgid)) {
+			struct tls_fd v = {.sk = (__u64)(hint ? hint : fd_to_sock(key.fd)), .fd = key.fd};
+			if (v.sk)
+				bpf_map_update_elem(&tls_last_read, &pid_tgid, &v, BPF_ANY);
 		}
 	}
 	if (is_read) {
@@ -1031,6 +1053,26 @@ static __always_inline int tls_enter(struct pt_regs *ctx, bool is_read, bool ex)
 	return 0;
 }
 
+// In a process with a memory BIO, the socket this thread read last (the
+// ciphertext SSL_read has just decrypted), now also remembered as ssl's:
+// its fd, or -1. A global function: its stack is not its caller's.
+__noinline int tls_membio_fd(__u64 pid_tgid, __u64 ssl)
+{
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&tls_membio, &tgid))
+		return -1;
+	struct tls_fd *last = bpf_map_lookup_elem(&tls_last_read, &pid_tgid);
+	if (!last)
+		return -1;
+	struct tls_fd v = *last;
+	struct sock *sk = fd_to_sock(v.fd);
+	if (!sk || (__u64)sk != v.sk)
+		return -1;
+	struct tls_key k = {.ssl = ssl, .tgid = tgid};
+	bpf_map_update_elem(&tls_fds, &k, &v, BPF_ANY);
+	return (int)v.fd;
+}
+
 static __always_inline int tls_read_return(struct pt_regs *ctx)
 {
 	if (return_at_once)
@@ -1056,8 +1098,12 @@ static __always_inline int tls_read_return(struct pt_regs *ctx)
 		return 0;
 	__u32 fd = c.fd;
 	struct sock *sk = (struct sock *)c.sk;
-	if (!c.has_fd && !(sk = tls_known_sock(pid_tgid, c.ssl, &fd)))
-		return 0;
+	if (!c.has_fd && !(sk = tls_known_sock(pid_tgid, c.ssl, &fd))) {
+		int last = tls_membio_fd(pid_tgid, c.ssl);
+		if (last < 0 || !(sk = fd_to_sock(last)))
+			return 0;
+		fd = last;
+	}
 	return on_io(pid_tgid, NR_READ, n, fd, c.buf, sk, true);
 }
 

@@ -303,6 +303,8 @@ const (
 	httptraceMapThreadCtxs                   = "thread_ctxs"
 	httptraceMapTlsCalls                     = "tls_calls"
 	httptraceMapTlsFds                       = "tls_fds"
+	httptraceMapTlsLastRead                  = "tls_last_read"
+	httptraceMapTlsMembio                    = "tls_membio"
 	httptraceMapTracedPids                   = "traced_pids"
 	httptraceMapTracestates                  = "tracestates"
 	httptraceMapTsScans                      = "ts_scans"
@@ -415,6 +417,8 @@ type httptraceMapSpecs struct {
 	ThreadCtxs  *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
 	TlsFds      *ebpf.MapSpec `ebpf:"tls_fds"`
+	TlsLastRead *ebpf.MapSpec `ebpf:"tls_last_read"`
+	TlsMembio   *ebpf.MapSpec `ebpf:"tls_membio"`
 	TracedPids  *ebpf.MapSpec `ebpf:"traced_pids"`
 	Tracestates *ebpf.MapSpec `ebpf:"tracestates"`
 	TsScans     *ebpf.MapSpec `ebpf:"ts_scans"`
@@ -469,6 +473,8 @@ type httptraceMaps struct {
 	ThreadCtxs  *ebpf.Map `ebpf:"thread_ctxs"`
 	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
 	TlsFds      *ebpf.Map `ebpf:"tls_fds"`
+	TlsLastRead *ebpf.Map `ebpf:"tls_last_read"`
+	TlsMembio   *ebpf.Map `ebpf:"tls_membio"`
 	TracedPids  *ebpf.Map `ebpf:"traced_pids"`
 	Tracestates *ebpf.Map `ebpf:"tracestates"`
 	TsScans     *ebpf.Map `ebpf:"ts_scans"`
@@ -489,6 +495,8 @@ func (m *httptraceMaps) Close() error {
 		m.ThreadCtxs,
 		m.TlsCalls,
 		m.TlsFds,
+		m.TlsLastRead,
+		m.TlsMembio,
 		m.TracedPids,
 		m.Tracestates,
 		m.TsScans,

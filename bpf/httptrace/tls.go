@@ -56,6 +56,7 @@ type TLS struct {
 	progs  map[string]*ebpf.Program
 	procs  map[int]map[fileKey]*tlsAttach // per process: the files probed
 	shared map[fileKey]*tlsAttach         // TLSUprobe: per file, shared
+	membio *ebpf.Map                      // tls_membio: OpenSSL linked into the executable
 	closed bool
 }
 
@@ -100,7 +101,7 @@ func (t *Tracer) LoadTLS(multi bool) (*TLS, error) {
 		}
 		return nil, fmt.Errorf("load tls programs: %w", err)
 	}
-	x := &TLS{multi: multi, progs: map[string]*ebpf.Program{}, procs: map[int]map[fileKey]*tlsAttach{}, shared: map[fileKey]*tlsAttach{}}
+	x := &TLS{membio: t.objs.TlsMembio, multi: multi, progs: map[string]*ebpf.Program{}, procs: map[int]map[fileKey]*tlsAttach{}, shared: map[fileKey]*tlsAttach{}}
 	for _, n := range names {
 		x.progs[n] = c.DetachProgram(n)
 	}
@@ -149,6 +150,13 @@ func (x *TLS) AttachProcess(pid int) (int, error) {
 		if a != nil {
 			have[key] = a
 			added++
+			if strings.HasSuffix(path, "/exe") {
+				// OpenSSL inside the executable (Node.js): it reads the
+				// ciphertext into a memory BIO before SSL_read.
+				if err := x.membio.Put(uint32(pid), uint32(1)); err != nil {
+					errs = append(errs, fmt.Errorf("tls probes for pid %d: %w", pid, err))
+				}
+			}
 		}
 	}
 	return added, errors.Join(errs...)
@@ -255,6 +263,9 @@ func (x *TLS) detachLocked(pid int) error {
 	}
 	delete(x.procs, pid)
 	var errs []error
+	if err := x.membio.Delete(uint32(pid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
 	for key, a := range have {
 		if a.refs--; a.refs > 0 {
 			continue

@@ -249,3 +249,56 @@ func TestHTTPSDlopenAfterSelection(t *testing.T) {
 	assertServerSpan(t, a, s, "GET", "/after-dlopen", 200)
 	assert.Equal(t, "https", s.Str("url.scheme"), "%s", s)
 }
+
+// A Node.js HTTPS server (OpenSSL linked into the node executable).
+const nodeHTTPSServer = `
+const fs = require('fs'), https = require('https');
+const [port, cert, key] = process.argv.slice(2);
+https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)}, (req, res) => {
+  const code = req.url.startsWith('/missing') ? 404 : 200;
+  res.writeHead(code, {'Content-Length': '3'});
+  res.end('ok\n');
+}).listen(Number(port), '127.0.0.1', () => console.log('ready'));
+`
+
+// TestHTTPSNode: SERVER spans of a Node.js HTTPS server, probed in the node
+// executable itself (it exports SSL_read and SSL_write; no libssl.so), with
+// the ciphertext in a memory BIO: the connection is the socket the event
+// loop thread read just before SSL_read, then the SSL object's.
+func TestHTTPSNode(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir)
+	script := filepath.Join(dir, "https_server.js")
+	require.NoError(t, os.WriteFile(script, []byte(nodeHTTPSServer), 0o600))
+	port := FreePort(t)
+	cmd := exec.Command("node", script, strconv.Itoa(port), cert, key)
+	cmd.Env = append(os.Environ(), "OTEL_SERVICE_NAME=https-node")
+	a := &App{Lang: Node, Service: "https-node", Port: port, cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
+	ready := make(chan struct{})
+	cmd.Stdout = &readyWriter{buf: a.out, ready: ready}
+	cmd.Stderr = a.out
+	startProcessGroup(t, cmd, nil, a.done, func() string { return "node https server" }, a.out)
+	a.PID = cmd.Process.Pid
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("node https server not ready: %s", a.out)
+	}
+	sink := StartSink(t)
+	StartCollector(t, CollectorConfig{Instrument: []Selector{PortsSelector(port)}, SinkEndpoint: sink.Endpoint()})
+	waitHTTPS(t, sink, a)
+	tp := "00-" + w3cTrace + "-" + w3cParent + "-01"
+	// Two requests on one keep-alive connection: the first finds the
+	// socket by the thread's last read, the second by the SSL object.
+	out := Curl(t, "-k", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code}\n", "-H", "traceparent: "+tp,
+		httpsURL(a, "/one?x=1"), httpsURL(a, "/missing"))
+	assert.Equal(t, "200\n404\n", out)
+	s := onlySpans(t, sink, All(ServerOf("https-node"), WithPath("/one")), 1)[0]
+	assertServerSpan(t, a, s, "GET", "/one", 200)
+	assert.Equal(t, "https", s.Str("url.scheme"), "%s", s)
+	assert.Equal(t, w3cTrace, s.TraceID, "%s", s)
+	assert.Equal(t, w3cParent, s.ParentSpanID, "%s", s)
+	m := onlySpans(t, sink, All(ServerOf("https-node"), WithPath("/missing")), 1)[0]
+	assertServerSpan(t, a, m, "GET", "/missing", 404)
+	assert.Equal(t, "https", m.Str("url.scheme"), "%s", m)
+}
