@@ -302,3 +302,50 @@ func TestHTTPSNode(t *testing.T) {
 	assertServerSpan(t, a, m, "GET", "/missing", 404)
 	assert.Equal(t, "https", m.Str("url.scheme"), "%s", m)
 }
+
+// TestHTTPSShutdownLeavesNothing: the TLS uprobe links and programs the
+// collector made are gone after it stops, and the HTTPS server keeps
+// answering.
+func TestHTTPSShutdownLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	selfSigned(t, dir)
+	port := FreePort(t)
+	a := startPythonHTTPS(t, dir, port, "https-stop")
+	before := map[string]map[int]string{"prog": bpfObjects(t, "prog"), "link": bpfObjects(t, "link")}
+	sink := StartSink(t)
+	col := StartCollector(t, CollectorConfig{Instrument: []Selector{PortsSelector(port)}, SinkEndpoint: sink.Endpoint()})
+	waitHTTPS(t, sink, a)
+	held := heldBPFObjects(t, col.PID)
+	ours := map[string][]int{}
+	var tlsProgs int
+	for kind, ids := range held {
+		listed, ok := before[kind]
+		if !ok {
+			continue
+		}
+		now := bpfObjects(t, kind)
+		for _, id := range ids {
+			if _, old := listed[id]; old {
+				continue
+			}
+			ours[kind] = append(ours[kind], id)
+			if kind == "prog" && strings.HasPrefix(now[id], "httptrace_ssl") {
+				tlsProgs++
+			}
+		}
+	}
+	require.Positive(t, tlsProgs, "no TLS program held by the collector: %v", ours)
+	assert.Equal(t, 0, col.Stop(), "exit code after SIGTERM")
+	require.Eventually(t, func() bool {
+		for kind, ids := range ours {
+			now := bpfObjects(t, kind)
+			for _, id := range ids {
+				if _, ok := now[id]; ok {
+					return false
+				}
+			}
+		}
+		return true
+	}, 5*time.Second, 100*time.Millisecond, "BPF objects left after the collector exited: %v", ours)
+	assert.Equal(t, 200, curlStatus(t, httpsURL(a, "/after"), "-k"))
+}
