@@ -58,6 +58,7 @@ type tracesReceiver struct {
 	tracer    *httptrace.Tracer
 	prop      *ctxprop.Propagator
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
+	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
 	watcher   *discovery.Watcher
 	telemetry *metadata.TelemetryBuilder
@@ -159,6 +160,12 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if err = r.tracer.Attach(); err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
+	// HTTPS: uprobes on the TLS libraries of selected processes. Without
+	// them plaintext tracing goes on.
+	if r.tls, err = r.tracer.LoadTLS(true); err != nil {
+		logger.Warn("TLS library probes unavailable: no HTTPS spans", zap.Error(err))
+		r.tls, err = nil, nil
+	}
 	if propagation.Headers {
 		if r.prop, err = ctxprop.Load(r.tracer.Shared(), benchFloor()); err != nil {
 			return fmt.Errorf("ebpf_tracing: %w", err)
@@ -200,6 +207,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		zap.String("attach", r.tracer.Variant()),
 		zap.Bool("inject_headers", r.prop != nil),
 		zap.String("go_hand_over", r.goTracker.Variant()),
+		zap.String("tls", r.tlsVariant()),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
@@ -214,6 +222,13 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		defer r.wg.Done()
 		watcher.Run(runCtx, r.onAdd, r.onRemove)
 	}()
+	if r.tls != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.rescanTLS(runCtx, r.cfg.Discovery.PollInterval)
+		}()
+	}
 	go func() {
 		defer r.wg.Done()
 		if err := r.readLoop(runCtx, clock); err != nil {
@@ -273,6 +288,12 @@ func (r *tracesReceiver) release() error {
 		}
 		r.goTracker = nil
 	}
+	if r.tls != nil {
+		if err := r.tls.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.tls = nil
+	}
 	if r.prop != nil {
 		if err := r.prop.Close(); err != nil {
 			errs = append(errs, err)
@@ -309,6 +330,12 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
 		}
 	}
+	if r.tls != nil {
+		if _, err := r.tls.AttachProcess(p.PID); err != nil {
+			r.set.Logger.Warn("TLS library probes not attached: no HTTPS spans for this process",
+				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
+		}
+	}
 	r.mu.Lock()
 	r.procs[uint32(p.PID)] = &procEntry{proc: spans.Process{PID: p.PID, ServiceName: p.ServiceName, ExeName: p.ExeName}}
 	n := r.instrumentedLocked()
@@ -321,6 +348,9 @@ func (r *tracesReceiver) onRemove(pid int) {
 	if r.goTracker != nil {
 		_ = r.goTracker.DetachProcess(pid)
 	}
+	if r.tls != nil {
+		_ = r.tls.DetachProcess(pid)
+	}
 	r.mu.Lock()
 	if e, ok := r.procs[uint32(pid)]; ok {
 		e.exited = time.Now()
@@ -328,6 +358,32 @@ func (r *tracesReceiver) onRemove(pid int) {
 	n := r.instrumentedLocked()
 	r.mu.Unlock()
 	r.telemetry.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), n)
+}
+
+func (r *tracesReceiver) tlsVariant() string {
+	if r.tls == nil {
+		return "none"
+	}
+	return r.tls.Variant()
+}
+
+// rescanTLS looks again, every interval, at the mappings of the selected
+// processes for TLS libraries loaded since (dlopen, e.g. Python's "import
+// ssl"): one read of /proc/<pid>/maps per process and interval.
+func (r *tracesReceiver) rescanTLS(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, pid := range r.tls.Pids() {
+			// Errors (the process exited) are left to discovery.
+			r.tls.Rescan(pid)
+		}
+	}
 }
 
 func (r *tracesReceiver) instrumentedLocked() int64 {

@@ -68,6 +68,7 @@ func referenceDecode(tb testing.TB, raw []byte, clock Clock) spans.Request {
 		SpanID:       pcommon.SpanID(ev.SpanId),
 		ParentSpanID: pcommon.SpanID(ev.ParentId),
 		TraceFlags:   ev.TraceFlags,
+		TLS:          ev.Tls != 0,
 	}
 }
 

@@ -77,6 +77,7 @@ struct scratch {
 	__u64 hint;
 	__u64 src; // user address of the data read or written (buf[0])
 	__u64 len; // bytes of it
+	__u64 tls; // the data is the plaintext of a TLS library call
 	struct ts_scan ts; // tracestate of a header block seen in one read
 };
 
@@ -88,6 +89,40 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct ts_scan);
 } ts_scans SEC(".maps");
+
+// TLS library calls in progress, pid_tgid -> call (see struct tls_call).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+// The socket each SSL object was last seen on, (tgid, SSL *) -> fd.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct tls_key);
+	__type(value, struct tls_fd);
+} tls_fds SEC(".maps");
+
+// Processes whose TLS library keeps the ciphertext in memory (a memory BIO:
+// Node.js links OpenSSL statically), tgid -> 1: the socket read comes
+// before SSL_read, not inside it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} tls_membio SEC(".maps");
+
+// In those processes, the last socket each thread read, pid_tgid -> socket.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct tls_fd);
+} tls_last_read SEC(".maps");
 
 // An all-zero connection state, never written: the initial value of new
 // entries in conns (too large to build on the stack).
@@ -126,6 +161,12 @@ const struct tracestate_event *unused_tracestate_event __attribute__((unused));
 #define SYSCALL_NR_BTF(regs) ((regs)->orig_ax)
 #define SYSCALL_ARG1_BTF(regs) ((regs)->di)
 #define SYSCALL_ARG2_BTF(regs) ((regs)->si)
+// A C function's arguments and result at a uprobe (System V ABI).
+#define CALL_ARG1(r) ((r)->di)
+#define CALL_ARG2(r) ((r)->si)
+#define CALL_ARG3(r) ((r)->dx)
+#define CALL_ARG4(r) ((r)->cx)
+#define CALL_RET(r) ((r)->ax)
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_CLOSE 57
 #define NR_READ 63
@@ -142,6 +183,11 @@ const struct tracestate_event *unused_tracestate_event __attribute__((unused));
 #define SYSCALL_NR_BTF(regs) ((regs)->syscallno)
 #define SYSCALL_ARG1_BTF(regs) ((regs)->orig_x0)
 #define SYSCALL_ARG2_BTF(regs) ((regs)->regs[1])
+#define CALL_ARG1(r) ((r)->regs[0])
+#define CALL_ARG2(r) ((r)->regs[1])
+#define CALL_ARG3(r) ((r)->regs[2])
+#define CALL_ARG4(r) ((r)->regs[3])
+#define CALL_RET(r) ((r)->regs[0])
 #endif
 
 #define AF_INET 2
@@ -320,6 +366,7 @@ static __always_inline void emit(struct conn_state *c, struct req_info *r, __u8 
 	e->host_len = r->host_len;
 	e->proto_minor = r->proto_minor;
 	e->family = c->family;
+	e->tls = c->tls;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	__builtin_memcpy(e->method, r->method, sizeof(e->method));
 	__builtin_memcpy(e->path, r->path, sizeof(e->path));
@@ -447,6 +494,7 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 	struct conn_state *c = conn_get(&key, off == 0, (struct sock *)s->hint);
 	if (!c)
 		return 0;
+	c->tls = s->tls;
 	if (c->srv_count >= PIPELINE_DEPTH) {
 		count(COUNTER_PIPELINE_FULL);
 		return 0;
@@ -669,6 +717,7 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n, __u3
 	struct conn_state *c = conn_get(&key, off == 0, (struct sock *)s->hint);
 	if (!c)
 		return 0;
+	c->tls = s->tls;
 	if (c->cli_count >= PIPELINE_DEPTH) {
 		count(COUNTER_PIPELINE_FULL);
 		return 0;
@@ -829,17 +878,59 @@ static __always_inline struct conn_state *conn_peek(struct conn_key *key, struct
 	return c;
 }
 
+// A socket read or write of a thread inside a TLS library call (tc): the
+// call's SSL object is on this socket, remembered for its later calls.
+// Returns true when tc is a write not handled yet, whose plaintext is to be
+// handled now, on this socket.
+static __always_inline bool tls_socket(struct tls_call *tc, __u64 pid_tgid, __u32 fd,
+				       struct sock *hint, bool is_read)
+{
+	struct sock *sk = fd_to_sock(fd);
+	if (!sk || (hint && sk != hint))
+		return false;
+	if (!tc->has_fd || tc->fd != fd) {
+		tc->fd = fd;
+		tc->sk = (__u64)sk;
+		tc->has_fd = 1;
+		struct tls_key k = {.ssl = tc->ssl, .tgid = pid_tgid >> 32};
+		struct tls_fd v = {.sk = (__u64)sk, .fd = fd};
+		bpf_map_update_elem(&tls_fds, &k, &v, BPF_ANY);
+	}
+	return !tc->is_read && !is_read;
+}
+
 // The work of every entry point, once the process is known to be traced and
 // the call is a socket read or write that moved ret > 0 bytes: nr, fd and
 // arg2 are the system call's number and first two arguments, hint the socket
 // when the hook names it (0 at sys_exit).
 static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, __u64 arg2,
-				 struct sock *hint)
+				 struct sock *hint, bool tls)
 {
 	bool is_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
 	struct conn_key key = {.tgid = pid_tgid >> 32, .fd = (__u32)fd};
 	__u64 len = 0;
-	if (!is_read) {
+	if (!tls) {
+		// Ciphertext moved by a TLS library call: its plaintext is seen at
+		// the call (tls_enter, tls_read_return), not here.
+		struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+		if (tc) {
+			if (!tls_socket(tc, pid_tgid, (__u32)fd, hint, is_read))
+				return 0;
+			// A write whose socket was not known at its entry: its
+			// plaintext is handled now, on this socket.
+			ret = tc->len < BUF_SIZE ? (long)tc->len : BUF_SIZE;
+			arg2 = tc->buf;
+			nr = NR_WRITE;
+			is_read = false;
+			tls = true;
+			bpf_map_delete_elem(&tls_calls, &pid_tgid);
+		} else if (is_read && bpf_map_lookup_elem(&tls_membio, &key.tgid)) {
+			struct tls_fd v = {.sk = (__u64)(hint ? hint : fd_to_sock(key.fd)), .fd = key.fd};
+			if (v.sk)
+				bpf_map_update_elem(&tls_last_read, &pid_tgid, &v, BPF_ANY);
+		}
+	}
+	if (!is_read && !tls) {
 		struct client_ids *ids = bpf_map_lookup_elem(&client_ids, &pid_tgid);
 		if (ids && ids->req[0].set == CLIENT_ID_APP) {
 			client_app_ids(&key, hint, &ids->req[0]);
@@ -849,7 +940,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	}
 	if (is_read) {
 		struct conn_state *c = conn_peek(&key, hint);
-		if (c && c->hdr_pending) {
+		if (c && c->hdr_pending && c->tls == tls) {
 			__u32 zero = 0;
 			struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 			__u64 ubuf = data_buffer(nr, arg2, (__u64)ret, &len);
@@ -864,6 +955,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 			s->hint = (__u64)hint;
 			s->src = ubuf;
 			s->len = len;
+			s->tls = tls;
 			server_headers(pid_tgid, key.fd, n);
 			return 0;
 		}
@@ -872,7 +964,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 		// Go's HTTP server reads one byte in the background while a
 		// handler runs: it can be the first byte of the next request.
 		struct conn_state *c = conn_peek(&key, hint);
-		if (!c)
+		if (!c || c->tls != tls)
 			return 0;
 		__u64 ubuf = data_buffer(nr, arg2, 1, &len);
 		if (ubuf && len == 1 && !bpf_probe_read_user(&c->prefix, 1, (void *)ubuf))
@@ -895,7 +987,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 		if (!is_read)
 			return 0;
 		struct conn_state *c = conn_peek(&key, hint);
-		if (!c || !c->has_prefix)
+		if (!c || !c->has_prefix || c->tls != tls)
 			return 0;
 		c->has_prefix = 0;
 		prefix = c->prefix;
@@ -921,6 +1013,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 		__builtin_memcpy(s->buf, head, sizeof(head));
 		s->src = ubuf;
 		s->len = len;
+		s->tls = tls;
 		server_response(pid_tgid, key.fd);
 		return 0;
 	}
@@ -938,6 +1031,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	}
 	s->src = ubuf - shift; // buf[i] is the data at src + i
 	s->len = len + shift;
+	s->tls = tls;
 
 	if (is_read) {
 		if (!mlen) {
@@ -981,8 +1075,139 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 			bpf_map_delete_elem(&conns, &key);
 		return 0;
 	}
-	return on_io(pid_tgid, nr, ret, arg1, arg2, 0);
+	return on_io(pid_tgid, nr, ret, arg1, arg2, 0, false);
 }
+
+// TLS: the plaintext an application hands to OpenSSL/BoringSSL, seen at
+// SSL_read/SSL_write (and the _ex forms) of the selected processes: entry
+// uprobes, and a return uprobe on the reads (C code: uretprobes are safe).
+// The socket is the one the same thread reads or writes inside the call
+// (recorded by tls_socket), or the one the SSL object was last seen on.
+
+// The socket of ssl, if the one recorded still names it.
+static __always_inline struct sock *tls_known_sock(__u64 pid_tgid, __u64 ssl, __u32 *fd)
+{
+	struct tls_key k = {.ssl = ssl, .tgid = pid_tgid >> 32};
+	struct tls_fd *v = bpf_map_lookup_elem(&tls_fds, &k);
+	if (!v)
+		return 0;
+	struct sock *sk = fd_to_sock(v->fd);
+	if (!sk || (__u64)sk != v->sk)
+		return 0;
+	*fd = v->fd;
+	return sk;
+}
+
+// SSL_read/SSL_read_ex/SSL_write/SSL_write_ex(ssl, buf, num[, size_t *]).
+static __always_inline int tls_enter(struct pt_regs *ctx, bool is_read, bool ex)
+{
+	if (return_at_once)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+	struct tls_call c = {};
+	c.ssl = CALL_ARG1(ctx);
+	c.buf = CALL_ARG2(ctx);
+	c.len = CALL_ARG3(ctx);
+	if (!ex) {
+		int num = (int)c.len;
+		if (num <= 0)
+			return 0;
+		c.len = (__u64)num;
+	}
+	c.out = ex && is_read ? CALL_ARG4(ctx) : 0;
+	c.is_read = is_read;
+	if (!is_read) {
+		__u32 fd = 0;
+		struct sock *sk = tls_known_sock(pid_tgid, c.ssl, &fd);
+		if (sk) {
+			// An earlier write that never reached a socket is over.
+			bpf_map_delete_elem(&tls_calls, &pid_tgid);
+			long n = c.len < BUF_SIZE ? (long)c.len : BUF_SIZE;
+			return on_io(pid_tgid, NR_WRITE, n, fd, c.buf, sk, true);
+		}
+	}
+	bpf_map_update_elem(&tls_calls, &pid_tgid, &c, BPF_ANY);
+	return 0;
+}
+
+// In a process with a memory BIO, the socket this thread read last (the
+// ciphertext SSL_read has just decrypted), now also remembered as ssl's:
+// its fd, or -1. A global function: its stack is not its caller's.
+__noinline int tls_membio_fd(__u64 pid_tgid, __u64 ssl)
+{
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&tls_membio, &tgid))
+		return -1;
+	struct tls_fd *last = bpf_map_lookup_elem(&tls_last_read, &pid_tgid);
+	if (!last)
+		return -1;
+	struct tls_fd v = *last;
+	struct sock *sk = fd_to_sock(v.fd);
+	if (!sk || (__u64)sk != v.sk)
+		return -1;
+	struct tls_key k = {.ssl = ssl, .tgid = tgid};
+	bpf_map_update_elem(&tls_fds, &k, &v, BPF_ANY);
+	return (int)v.fd;
+}
+
+static __always_inline int tls_read_return(struct pt_regs *ctx)
+{
+	if (return_at_once)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	if (!tc)
+		return 0;
+	struct tls_call c = *tc;
+	bpf_map_delete_elem(&tls_calls, &pid_tgid);
+	if (!c.is_read)
+		return 0;
+	long ret = (long)CALL_RET(ctx);
+	long n = 0;
+	if (c.out) {
+		__u64 got = 0;
+		if ((int)ret == 1 && !bpf_probe_read_user(&got, sizeof(got), (void *)c.out))
+			n = got < BUF_SIZE ? (long)got : BUF_SIZE;
+	} else if ((int)ret > 0) {
+		n = (int)ret;
+	}
+	if (n <= 0)
+		return 0;
+	__u32 fd = c.fd;
+	struct sock *sk = (struct sock *)c.sk;
+	if (!c.has_fd && !(sk = tls_known_sock(pid_tgid, c.ssl, &fd))) {
+		int last = tls_membio_fd(pid_tgid, c.ssl);
+		if (last < 0 || !(sk = fd_to_sock(last)))
+			return 0;
+		fd = last;
+	}
+	return on_io(pid_tgid, NR_READ, n, fd, c.buf, sk, true);
+}
+
+SEC("uprobe.multi")
+int httptrace_ssl_read_multi(struct pt_regs *ctx) { return tls_enter(ctx, true, false); }
+SEC("uprobe.multi")
+int httptrace_ssl_read_ex_multi(struct pt_regs *ctx) { return tls_enter(ctx, true, true); }
+SEC("uprobe.multi")
+int httptrace_ssl_write_multi(struct pt_regs *ctx) { return tls_enter(ctx, false, false); }
+SEC("uprobe.multi")
+int httptrace_ssl_write_ex_multi(struct pt_regs *ctx) { return tls_enter(ctx, false, true); }
+SEC("uretprobe.multi")
+int httptrace_ssl_read_return_multi(struct pt_regs *ctx) { return tls_read_return(ctx); }
+
+SEC("uprobe")
+int httptrace_ssl_read(struct pt_regs *ctx) { return tls_enter(ctx, true, false); }
+SEC("uprobe")
+int httptrace_ssl_read_ex(struct pt_regs *ctx) { return tls_enter(ctx, true, true); }
+SEC("uprobe")
+int httptrace_ssl_write(struct pt_regs *ctx) { return tls_enter(ctx, false, false); }
+SEC("uprobe")
+int httptrace_ssl_write_ex(struct pt_regs *ctx) { return tls_enter(ctx, false, true); }
+SEC("uretprobe")
+int httptrace_ssl_read_return(struct pt_regs *ctx) { return tls_read_return(ctx); }
 
 // Default variant: the socket tracepoints, (sk, ret, flags), which run only
 // when a socket read or write returns. The payload is in the user buffer the
@@ -1014,7 +1239,7 @@ static __always_inline int on_sock(__u64 *ctx, bool is_read)
 	struct sock *sk = (struct sock *)ctx[0];
 	if (!sk)
 		return 0;
-	return on_io(pid_tgid, nr, ret, SYSCALL_ARG1_BTF(regs), SYSCALL_ARG2_BTF(regs), sk);
+	return on_io(pid_tgid, nr, ret, SYSCALL_ARG1_BTF(regs), SYSCALL_ARG2_BTF(regs), sk, false);
 }
 
 SEC("tp_btf/sock_recv_length")

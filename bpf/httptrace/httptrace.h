@@ -47,7 +47,8 @@ struct http_event {
 	__u8 host_len;
 	__u8 proto_minor;
 	__u8 family;
-	__u8 _pad[3];
+	__u8 tls; // the plaintext of a TLS library call (url.scheme https)
+	__u8 _pad[2];
 	char method[METHOD_MAX];
 	char path[PATH_MAX_LEN];
 	char host[HOST_MAX];
@@ -106,7 +107,36 @@ struct conn_state {
 	__u8 hdr_in_ts;    // ... inside a tracestate line
 	__u8 hdr_tp_count; // traceparent headers seen in earlier reads
 	__u8 hdr_ts;       // tracestate validation state saved in ts_scans
-	__u8 _pad[5];
+	__u8 tls;          // seen through TLS library calls: the socket carries ciphertext
+	__u8 _pad[4];
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
 	struct req_info cli[PIPELINE_DEPTH]; // pending CLIENT requests, FIFO
+};
+
+// A TLS library call (SSL_read/SSL_write and their _ex forms) in progress
+// on a thread, pid_tgid -> call. The socket hooks record the fd the call
+// reads or writes; a write whose fd was not known at entry is handled there.
+struct tls_call {
+	__u64 ssl;  // the SSL *
+	__u64 buf;  // plaintext buffer
+	__u64 len;  // write: bytes given; read: capacity
+	__u64 out;  // SSL_read_ex: size_t *readbytes, else 0
+	__u64 sk;   // struct sock of fd, when has_fd
+	__u32 fd;
+	__u8 has_fd;
+	__u8 is_read;
+	__u8 _pad[2];
+};
+
+// (tgid, SSL *) -> the socket the SSL object was last seen on.
+struct tls_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct tls_fd {
+	__u64 sk; // checked against the fd at use: a stale entry is ignored
+	__u32 fd;
+	__u32 _pad;
 };

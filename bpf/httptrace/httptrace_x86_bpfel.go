@@ -53,7 +53,8 @@ type httptraceConnState struct {
 	HdrInTs    uint8
 	HdrTpCount uint8
 	HdrTs      uint8
-	Pad        [5]uint8
+	Tls        uint8
+	Pad        [4]uint8
 	Srv        [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
@@ -160,7 +161,8 @@ type httptraceHttpEvent struct {
 	HostLen    uint8
 	ProtoMinor uint8
 	Family     uint8
-	Pad        [3]uint8
+	Tls        uint8
+	Pad        [2]uint8
 	Method     [16]int8
 	Path       [128]int8
 	Host       [64]int8
@@ -201,6 +203,7 @@ type httptraceScratch struct {
 	Hint uint64
 	Src  uint64
 	Len  uint64
+	Tls  uint64
 	Ts   httptraceTsScan
 }
 
@@ -212,6 +215,33 @@ type httptraceThreadCtx struct {
 	Inherited  uint8
 	Blocked    uint8
 	Pad        [5]uint8
+}
+
+type httptraceTlsCall struct {
+	_      structs.HostLayout
+	Ssl    uint64
+	Buf    uint64
+	Len    uint64
+	Out    uint64
+	Sk     uint64
+	Fd     uint32
+	HasFd  uint8
+	IsRead uint8
+	Pad    [2]uint8
+}
+
+type httptraceTlsFd struct {
+	_   structs.HostLayout
+	Sk  uint64
+	Fd  uint32
+	Pad uint32
+}
+
+type httptraceTlsKey struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Tgid uint32
+	Pad  uint32
 }
 
 type httptraceTracestate struct {
@@ -265,38 +295,52 @@ type httptraceTsScan struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	httptraceMapClientIds             = "client_ids"
-	httptraceMapConnZero              = "conn_zero"
-	httptraceMapConns                 = "conns"
-	httptraceMapCounters              = "counters"
-	httptraceMapEvents                = "events"
-	httptraceMapGoCtxs                = "go_ctxs"
-	httptraceMapGoParents             = "go_parents"
-	httptraceMapGoProcs               = "go_procs"
-	httptraceMapGoWalkState           = "go_walk_state"
-	httptraceMapScratchMap            = "scratch_map"
-	httptraceMapThreadCtxs            = "thread_ctxs"
-	httptraceMapTracedPids            = "traced_pids"
-	httptraceMapTracestates           = "tracestates"
-	httptraceMapTsScans               = "ts_scans"
-	httptraceProgHttptraceExit        = "httptrace_exit"
-	httptraceProgHttptraceExitBtf     = "httptrace_exit_btf"
-	httptraceProgHttptraceFork        = "httptrace_fork"
-	httptraceProgHttptraceForkBtf     = "httptrace_fork_btf"
-	httptraceProgHttptraceSockRecv    = "httptrace_sock_recv"
-	httptraceProgHttptraceSockSend    = "httptrace_sock_send"
-	httptraceProgHttptraceSysExit     = "httptrace_sys_exit"
-	httptraceProgHttptraceSysExitBtf  = "httptrace_sys_exit_btf"
-	httptraceVarReturnAtOnce          = "return_at_once"
-	httptraceVarSamplerParentBased    = "sampler_parent_based"
-	httptraceVarSamplerRatioThreshold = "sampler_ratio_threshold"
-	httptraceVarSamplerRoot           = "sampler_root"
-	httptraceVarTrackRequestHeaders   = "track_request_headers"
-	httptraceVarUnusedCounter         = "unused_counter"
-	httptraceVarUnusedHttpEvent       = "unused_http_event"
-	httptraceVarUnusedTracestateEvent = "unused_tracestate_event"
-	httptraceVarUseBpfLoop            = "use_bpf_loop"
-	httptraceVarWakeupBytes           = "wakeup_bytes"
+	httptraceMapClientIds                    = "client_ids"
+	httptraceMapConnZero                     = "conn_zero"
+	httptraceMapConns                        = "conns"
+	httptraceMapCounters                     = "counters"
+	httptraceMapEvents                       = "events"
+	httptraceMapGoCtxs                       = "go_ctxs"
+	httptraceMapGoParents                    = "go_parents"
+	httptraceMapGoProcs                      = "go_procs"
+	httptraceMapGoWalkState                  = "go_walk_state"
+	httptraceMapScratchMap                   = "scratch_map"
+	httptraceMapThreadCtxs                   = "thread_ctxs"
+	httptraceMapTlsCalls                     = "tls_calls"
+	httptraceMapTlsFds                       = "tls_fds"
+	httptraceMapTlsLastRead                  = "tls_last_read"
+	httptraceMapTlsMembio                    = "tls_membio"
+	httptraceMapTracedPids                   = "traced_pids"
+	httptraceMapTracestates                  = "tracestates"
+	httptraceMapTsScans                      = "ts_scans"
+	httptraceProgHttptraceExit               = "httptrace_exit"
+	httptraceProgHttptraceExitBtf            = "httptrace_exit_btf"
+	httptraceProgHttptraceFork               = "httptrace_fork"
+	httptraceProgHttptraceForkBtf            = "httptrace_fork_btf"
+	httptraceProgHttptraceSockRecv           = "httptrace_sock_recv"
+	httptraceProgHttptraceSockSend           = "httptrace_sock_send"
+	httptraceProgHttptraceSslRead            = "httptrace_ssl_read"
+	httptraceProgHttptraceSslReadEx          = "httptrace_ssl_read_ex"
+	httptraceProgHttptraceSslReadExMulti     = "httptrace_ssl_read_ex_multi"
+	httptraceProgHttptraceSslReadMulti       = "httptrace_ssl_read_multi"
+	httptraceProgHttptraceSslReadReturn      = "httptrace_ssl_read_return"
+	httptraceProgHttptraceSslReadReturnMulti = "httptrace_ssl_read_return_multi"
+	httptraceProgHttptraceSslWrite           = "httptrace_ssl_write"
+	httptraceProgHttptraceSslWriteEx         = "httptrace_ssl_write_ex"
+	httptraceProgHttptraceSslWriteExMulti    = "httptrace_ssl_write_ex_multi"
+	httptraceProgHttptraceSslWriteMulti      = "httptrace_ssl_write_multi"
+	httptraceProgHttptraceSysExit            = "httptrace_sys_exit"
+	httptraceProgHttptraceSysExitBtf         = "httptrace_sys_exit_btf"
+	httptraceVarReturnAtOnce                 = "return_at_once"
+	httptraceVarSamplerParentBased           = "sampler_parent_based"
+	httptraceVarSamplerRatioThreshold        = "sampler_ratio_threshold"
+	httptraceVarSamplerRoot                  = "sampler_root"
+	httptraceVarTrackRequestHeaders          = "track_request_headers"
+	httptraceVarUnusedCounter                = "unused_counter"
+	httptraceVarUnusedHttpEvent              = "unused_http_event"
+	httptraceVarUnusedTracestateEvent        = "unused_tracestate_event"
+	httptraceVarUseBpfLoop                   = "use_bpf_loop"
+	httptraceVarWakeupBytes                  = "wakeup_bytes"
 )
 
 // loadHttptrace returns the embedded CollectionSpec for httptrace.
@@ -341,14 +385,24 @@ type httptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceProgramSpecs struct {
-	HttptraceExit       *ebpf.ProgramSpec `ebpf:"httptrace_exit"`
-	HttptraceExitBtf    *ebpf.ProgramSpec `ebpf:"httptrace_exit_btf"`
-	HttptraceFork       *ebpf.ProgramSpec `ebpf:"httptrace_fork"`
-	HttptraceForkBtf    *ebpf.ProgramSpec `ebpf:"httptrace_fork_btf"`
-	HttptraceSockRecv   *ebpf.ProgramSpec `ebpf:"httptrace_sock_recv"`
-	HttptraceSockSend   *ebpf.ProgramSpec `ebpf:"httptrace_sock_send"`
-	HttptraceSysExit    *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
-	HttptraceSysExitBtf *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit_btf"`
+	HttptraceExit               *ebpf.ProgramSpec `ebpf:"httptrace_exit"`
+	HttptraceExitBtf            *ebpf.ProgramSpec `ebpf:"httptrace_exit_btf"`
+	HttptraceFork               *ebpf.ProgramSpec `ebpf:"httptrace_fork"`
+	HttptraceForkBtf            *ebpf.ProgramSpec `ebpf:"httptrace_fork_btf"`
+	HttptraceSockRecv           *ebpf.ProgramSpec `ebpf:"httptrace_sock_recv"`
+	HttptraceSockSend           *ebpf.ProgramSpec `ebpf:"httptrace_sock_send"`
+	HttptraceSslRead            *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read"`
+	HttptraceSslReadEx          *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read_ex"`
+	HttptraceSslReadExMulti     *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read_ex_multi"`
+	HttptraceSslReadMulti       *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read_multi"`
+	HttptraceSslReadReturn      *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read_return"`
+	HttptraceSslReadReturnMulti *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read_return_multi"`
+	HttptraceSslWrite           *ebpf.ProgramSpec `ebpf:"httptrace_ssl_write"`
+	HttptraceSslWriteEx         *ebpf.ProgramSpec `ebpf:"httptrace_ssl_write_ex"`
+	HttptraceSslWriteExMulti    *ebpf.ProgramSpec `ebpf:"httptrace_ssl_write_ex_multi"`
+	HttptraceSslWriteMulti      *ebpf.ProgramSpec `ebpf:"httptrace_ssl_write_multi"`
+	HttptraceSysExit            *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
+	HttptraceSysExitBtf         *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit_btf"`
 }
 
 // httptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -366,6 +420,10 @@ type httptraceMapSpecs struct {
 	GoWalkState *ebpf.MapSpec `ebpf:"go_walk_state"`
 	ScratchMap  *ebpf.MapSpec `ebpf:"scratch_map"`
 	ThreadCtxs  *ebpf.MapSpec `ebpf:"thread_ctxs"`
+	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
+	TlsFds      *ebpf.MapSpec `ebpf:"tls_fds"`
+	TlsLastRead *ebpf.MapSpec `ebpf:"tls_last_read"`
+	TlsMembio   *ebpf.MapSpec `ebpf:"tls_membio"`
 	TracedPids  *ebpf.MapSpec `ebpf:"traced_pids"`
 	Tracestates *ebpf.MapSpec `ebpf:"tracestates"`
 	TsScans     *ebpf.MapSpec `ebpf:"ts_scans"`
@@ -418,6 +476,10 @@ type httptraceMaps struct {
 	GoWalkState *ebpf.Map `ebpf:"go_walk_state"`
 	ScratchMap  *ebpf.Map `ebpf:"scratch_map"`
 	ThreadCtxs  *ebpf.Map `ebpf:"thread_ctxs"`
+	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
+	TlsFds      *ebpf.Map `ebpf:"tls_fds"`
+	TlsLastRead *ebpf.Map `ebpf:"tls_last_read"`
+	TlsMembio   *ebpf.Map `ebpf:"tls_membio"`
 	TracedPids  *ebpf.Map `ebpf:"traced_pids"`
 	Tracestates *ebpf.Map `ebpf:"tracestates"`
 	TsScans     *ebpf.Map `ebpf:"ts_scans"`
@@ -436,6 +498,10 @@ func (m *httptraceMaps) Close() error {
 		m.GoWalkState,
 		m.ScratchMap,
 		m.ThreadCtxs,
+		m.TlsCalls,
+		m.TlsFds,
+		m.TlsLastRead,
+		m.TlsMembio,
 		m.TracedPids,
 		m.Tracestates,
 		m.TsScans,
@@ -462,14 +528,24 @@ type httptraceVariables struct {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptracePrograms struct {
-	HttptraceExit       *ebpf.Program `ebpf:"httptrace_exit"`
-	HttptraceExitBtf    *ebpf.Program `ebpf:"httptrace_exit_btf"`
-	HttptraceFork       *ebpf.Program `ebpf:"httptrace_fork"`
-	HttptraceForkBtf    *ebpf.Program `ebpf:"httptrace_fork_btf"`
-	HttptraceSockRecv   *ebpf.Program `ebpf:"httptrace_sock_recv"`
-	HttptraceSockSend   *ebpf.Program `ebpf:"httptrace_sock_send"`
-	HttptraceSysExit    *ebpf.Program `ebpf:"httptrace_sys_exit"`
-	HttptraceSysExitBtf *ebpf.Program `ebpf:"httptrace_sys_exit_btf"`
+	HttptraceExit               *ebpf.Program `ebpf:"httptrace_exit"`
+	HttptraceExitBtf            *ebpf.Program `ebpf:"httptrace_exit_btf"`
+	HttptraceFork               *ebpf.Program `ebpf:"httptrace_fork"`
+	HttptraceForkBtf            *ebpf.Program `ebpf:"httptrace_fork_btf"`
+	HttptraceSockRecv           *ebpf.Program `ebpf:"httptrace_sock_recv"`
+	HttptraceSockSend           *ebpf.Program `ebpf:"httptrace_sock_send"`
+	HttptraceSslRead            *ebpf.Program `ebpf:"httptrace_ssl_read"`
+	HttptraceSslReadEx          *ebpf.Program `ebpf:"httptrace_ssl_read_ex"`
+	HttptraceSslReadExMulti     *ebpf.Program `ebpf:"httptrace_ssl_read_ex_multi"`
+	HttptraceSslReadMulti       *ebpf.Program `ebpf:"httptrace_ssl_read_multi"`
+	HttptraceSslReadReturn      *ebpf.Program `ebpf:"httptrace_ssl_read_return"`
+	HttptraceSslReadReturnMulti *ebpf.Program `ebpf:"httptrace_ssl_read_return_multi"`
+	HttptraceSslWrite           *ebpf.Program `ebpf:"httptrace_ssl_write"`
+	HttptraceSslWriteEx         *ebpf.Program `ebpf:"httptrace_ssl_write_ex"`
+	HttptraceSslWriteExMulti    *ebpf.Program `ebpf:"httptrace_ssl_write_ex_multi"`
+	HttptraceSslWriteMulti      *ebpf.Program `ebpf:"httptrace_ssl_write_multi"`
+	HttptraceSysExit            *ebpf.Program `ebpf:"httptrace_sys_exit"`
+	HttptraceSysExitBtf         *ebpf.Program `ebpf:"httptrace_sys_exit_btf"`
 }
 
 func (p *httptracePrograms) Close() error {
@@ -480,6 +556,16 @@ func (p *httptracePrograms) Close() error {
 		p.HttptraceForkBtf,
 		p.HttptraceSockRecv,
 		p.HttptraceSockSend,
+		p.HttptraceSslRead,
+		p.HttptraceSslReadEx,
+		p.HttptraceSslReadExMulti,
+		p.HttptraceSslReadMulti,
+		p.HttptraceSslReadReturn,
+		p.HttptraceSslReadReturnMulti,
+		p.HttptraceSslWrite,
+		p.HttptraceSslWriteEx,
+		p.HttptraceSslWriteExMulti,
+		p.HttptraceSslWriteMulti,
 		p.HttptraceSysExit,
 		p.HttptraceSysExitBtf,
 	)

@@ -418,6 +418,7 @@ func (d *Decoder) Decode(raw []byte, clock Clock, r *spans.Request) error {
 	r.SpanID = pcommon.SpanID(ev.SpanId)
 	r.ParentSpanID = pcommon.SpanID(ev.ParentId)
 	r.TraceFlags = ev.TraceFlags
+	r.TLS = ev.Tls != 0
 	return nil
 }
 

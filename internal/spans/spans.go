@@ -63,6 +63,9 @@ type Request struct {
 	// span the validated tracestate of the incoming request, for a CLIENT
 	// span the one of the SERVER span it is a child of. Empty if none.
 	TraceState string
+	// TLS: seen as the plaintext of a TLS library call (url.scheme https
+	// for an origin-form target).
+	TLS bool
 }
 
 // Process describes the process a request belongs to; it becomes the
@@ -225,6 +228,9 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	}
 
 	t := parseTarget(r.Path)
+	if r.TLS && t.origin {
+		t.scheme = "https"
+	}
 	if t.path != "" {
 		attrs.str(keyURLPath, t.path)
 	}
