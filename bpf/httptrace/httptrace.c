@@ -882,8 +882,8 @@ static __always_inline struct conn_state *conn_peek(struct conn_key *key, struct
 // call's SSL object is on this socket, remembered for its later calls.
 // Returns true when tc is a write not handled yet, whose plaintext is to be
 // handled now, on this socket.
-static __always_inline bool tls_socket(struct tls_call *tc, __u64 pid_tgid, __u32 fd,
-				       struct sock *hint, bool is_read)
+static __noinline bool tls_socket(struct tls_call *tc, __u64 pid_tgid, __u32 fd,
+				  struct sock *hint, bool is_read)
 {
 	struct sock *sk = fd_to_sock(fd);
 	if (!sk || (hint && sk != hint))
@@ -897,6 +897,21 @@ static __always_inline bool tls_socket(struct tls_call *tc, __u64 pid_tgid, __u3
 		bpf_map_update_elem(&tls_fds, &k, &v, BPF_ANY);
 	}
 	return !tc->is_read && !is_read;
+}
+
+// A socket read of a process whose TLS library keeps the ciphertext in
+// memory (tls_membio): remembered as the thread's last socket read, which
+// names the connection of its next SSL_read. Out of line: its stack is not
+// on the deepest call chain.
+static __noinline int tls_note_read(__u64 pid_tgid, __u32 fd, struct sock *hint)
+{
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&tls_membio, &tgid))
+		return 0;
+	struct tls_fd v = {.sk = (__u64)(hint ? hint : fd_to_sock(fd)), .fd = fd};
+	if (v.sk)
+		bpf_map_update_elem(&tls_last_read, &pid_tgid, &v, BPF_ANY);
+	return 0;
 }
 
 // The work of every entry point, once the process is known to be traced and
@@ -924,10 +939,8 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 			is_read = false;
 			tls = true;
 			bpf_map_delete_elem(&tls_calls, &pid_tgid);
-		} else if (is_read && bpf_map_lookup_elem(&tls_membio, &key.tgid)) {
-			struct tls_fd v = {.sk = (__u64)(hint ? hint : fd_to_sock(key.fd)), .fd = key.fd};
-			if (v.sk)
-				bpf_map_update_elem(&tls_last_read, &pid_tgid, &v, BPF_ANY);
+		} else if (is_read) {
+			tls_note_read(pid_tgid, key.fd, hint);
 		}
 	}
 	if (!is_read && !tls) {
