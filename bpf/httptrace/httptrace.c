@@ -1112,6 +1112,17 @@ static __always_inline struct sock *tls_known_sock(__u64 pid_tgid, __u64 ssl, __
 }
 
 // SSL_read/SSL_read_ex/SSL_write/SSL_write_ex(ssl, buf, num[, size_t *]).
+// Records a TLS call in progress on the thread (tls_calls). Out of line:
+// its stack is not on tls_enter's deepest call chain (through on_io).
+static __noinline int tls_record_call(struct pt_regs *ctx, __u64 pid_tgid, __u64 len, bool is_read,
+				      bool ex)
+{
+	struct tls_call c = {.ssl = CALL_ARG1(ctx), .buf = CALL_ARG2(ctx), .len = len, .is_read = is_read};
+	c.out = ex && is_read ? CALL_ARG4(ctx) : 0;
+	bpf_map_update_elem(&tls_calls, &pid_tgid, &c, BPF_ANY);
+	return 0;
+}
+
 static __always_inline int tls_enter(struct pt_regs *ctx, bool is_read, bool ex)
 {
 	if (return_at_once)
@@ -1120,30 +1131,26 @@ static __always_inline int tls_enter(struct pt_regs *ctx, bool is_read, bool ex)
 	__u32 tgid = pid_tgid >> 32;
 	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
 		return 0;
-	struct tls_call c = {};
-	c.ssl = CALL_ARG1(ctx);
-	c.buf = CALL_ARG2(ctx);
-	c.len = CALL_ARG3(ctx);
+	__u64 ssl = CALL_ARG1(ctx);
+	__u64 buf = CALL_ARG2(ctx);
+	__u64 len = CALL_ARG3(ctx);
 	if (!ex) {
-		int num = (int)c.len;
+		int num = (int)len;
 		if (num <= 0)
 			return 0;
-		c.len = (__u64)num;
+		len = (__u64)num;
 	}
-	c.out = ex && is_read ? CALL_ARG4(ctx) : 0;
-	c.is_read = is_read;
 	if (!is_read) {
 		__u32 fd = 0;
-		struct sock *sk = tls_known_sock(pid_tgid, c.ssl, &fd);
+		struct sock *sk = tls_known_sock(pid_tgid, ssl, &fd);
 		if (sk) {
 			// An earlier write that never reached a socket is over.
 			bpf_map_delete_elem(&tls_calls, &pid_tgid);
-			long n = c.len < BUF_SIZE ? (long)c.len : BUF_SIZE;
-			return on_io(pid_tgid, NR_WRITE, n, fd, c.buf, sk, true);
+			long n = len < BUF_SIZE ? (long)len : BUF_SIZE;
+			return on_io(pid_tgid, NR_WRITE, n, fd, buf, sk, true);
 		}
 	}
-	bpf_map_update_elem(&tls_calls, &pid_tgid, &c, BPF_ANY);
-	return 0;
+	return tls_record_call(ctx, pid_tgid, len, is_read, ex);
 }
 
 // In a process with a memory BIO, the socket this thread read last (the
