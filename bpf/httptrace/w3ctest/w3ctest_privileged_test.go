@@ -331,7 +331,7 @@ func TestLargeHeaderBlocks(t *testing.T) {
 // curl request with a traceparent, and 30 extra headers.
 func BenchmarkScan(b *testing.B) {
 	cases := map[string]string{
-		"go-client": request("Host: 127.0.0.1:8080", "User-Agent: Go-http-client/1.1", "Accept-Encoding: gzip"),
+		"go-client":   request("Host: 127.0.0.1:8080", "User-Agent: Go-http-client/1.1", "Accept-Encoding: gzip"),
 		"traceparent": request("Host: 127.0.0.1:8080", "User-Agent: curl/8.5.0", "Accept: */*", "traceparent: "+tp),
 	}
 	var many []string
