@@ -20,6 +20,15 @@ const (
 	TCBackendTCX = "tcx"
 )
 
+// Values of EBPFConfig.PacketCarrier: where the trace context of a TLS
+// request travels with context_propagation tcp or all.
+const (
+	// CarrierTCPOption writes and parses a TCP header option from sockops.
+	CarrierTCPOption = "tcp_option"
+	// CarrierIPOption writes and parses an IPv4 option from TC programs.
+	CarrierIPOption = "ip_option"
+)
+
 // Values of EBPFConfig.IOHook.
 const (
 	// IOHookAuto uses the socket tracepoints where the kernel has them,
@@ -254,6 +263,11 @@ type EBPFConfig struct {
 	// (default: tcx where supported, kernel 6.6+, else tc), "tc" or "tcx".
 	// Env: BEYLA_BPF_TC_BACKEND.
 	TrafficControlBackend string `mapstructure:"traffic_control_backend"`
+	// PacketCarrier selects where the trace context of a TLS request
+	// travels when context_propagation includes tcp: "tcp_option"
+	// (default: a TCP header option from sockops) or "ip_option" (an IPv4
+	// option from TC programs).
+	PacketCarrier string `mapstructure:"packet_carrier"`
 	// IOHook selects where HTTP/1.x traffic is seen: "auto" (default: the
 	// socket tracepoints sock_recv_length and sock_send_length, kernel 6.3+,
 	// which only socket I/O runs, else sys_exit), "socket" or "sys_exit"
@@ -290,6 +304,7 @@ func createDefaultConfig() *Config {
 		EBPF: EBPFConfig{
 			ContextPropagation:    PropagationDisabled,
 			TrafficControlBackend: TCBackendAuto,
+			PacketCarrier:         CarrierTCPOption,
 			IOHook:                IOHookAuto,
 			RingBufferSize:        defaultRingBufferSize,
 			WakeupLen:             defaultWakeupLen,
@@ -339,6 +354,7 @@ func (cfg *Config) Validate() error {
 	e := cfg.EBPF
 	add("ebpf.context_propagation", checkPropagation(e.ContextPropagation))
 	add("ebpf.traffic_control_backend", checkTCBackend(e.TrafficControlBackend))
+	add("ebpf.packet_carrier", checkCarrier(e.PacketCarrier))
 	add("ebpf.io_hook", checkIOHook(e.IOHook))
 	add("ebpf.ring_buffer_size", checkRingBufferSize(e.RingBufferSize))
 	add("ebpf.wakeup_len", checkWakeupLen(e.WakeupLen))
@@ -372,6 +388,14 @@ func checkTCBackend(s string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown value %q; want auto, tc or tcx", s)
+}
+
+func checkCarrier(s string) error {
+	switch s {
+	case CarrierTCPOption, CarrierIPOption:
+		return nil
+	}
+	return fmt.Errorf("unknown value %q; want %s or %s", s, CarrierTCPOption, CarrierIPOption)
 }
 
 func checkRingBufferSize(n int) error {

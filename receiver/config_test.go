@@ -51,6 +51,7 @@ func TestLoadConfig(t *testing.T) {
 					ContextPropagation:     "headers,tcp",
 					OverrideBPFLoopEnabled: true,
 					TrafficControlBackend:  TCBackendTCX,
+					PacketCarrier:          CarrierIPOption,
 					IOHook:                 IOHookSysExit,
 					RingBufferSize:         16 << 20,
 					WakeupLen:              0,
@@ -133,6 +134,10 @@ func TestLoadConfig(t *testing.T) {
 		{
 			name:    "bad_tc_backend",
 			wantErr: []string{`ebpf.traffic_control_backend: unknown value "xdp"; want auto, tc or tcx`},
+		},
+		{
+			name:    "bad_packet_carrier",
+			wantErr: []string{`ebpf.packet_carrier: unknown value "tcp"; want tcp_option or ip_option`},
 		},
 		{
 			name:    "bad_ring_buffer_size",
