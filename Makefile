@@ -72,7 +72,7 @@ test: mounts
 	$(MAKE) distro
 	go test -count=1 -tags privileged -timeout 45m ./... 2>&1
 	@echo "propagation again with the sys_exit fallback forced (ebpf.io_hook: sys_exit)"
-	E2E_IO_HOOK=sys_exit go test -count=1 -tags privileged -timeout 20m -run 'Propagation|ClientSpanIsChild|KeepAliveAndPipelining|Concurrent200' ./test/e2e/ 2>&1
+	E2E_IO_HOOK=sys_exit go test -count=1 -tags privileged -timeout 20m -run 'Propagation|ClientSpanIsChild|KeepAliveAndPipelining|Concurrent200|EventLoop' ./test/e2e/ 2>&1
 
 # Cost budget (wrk without the collector, with a floor collector whose
 # programs return at once, and with the collector), as root; pass flags with
