@@ -40,6 +40,9 @@ const (
 	// GoSDK is apps/gosdk, a Go app instrumented with the OpenTelemetry SDK
 	// (otelhttp) that exports its own spans over OTLP/HTTP; not in AllLangs.
 	GoSDK Lang = "gosdk"
+	// PyAsync is apps/pyasync, a Python asyncio (aiohttp) server: one event
+	// loop thread; not in AllLangs.
+	PyAsync Lang = "pyasync"
 )
 
 // AllLangs returns every uninstrumented test app language, in a fixed order.
@@ -195,6 +198,8 @@ func StartAppEnv(t testing.TB, lang Lang, port int, service string, env ...strin
 		cmd = exec.Command("python3", "-u", filepath.Join(dir, "server.py"), portArg)
 	case Node:
 		cmd = exec.Command("node", filepath.Join(dir, "server.js"), portArg)
+	case PyAsync:
+		cmd = exec.Command("/usr/bin/python3", "-u", filepath.Join(dir, "server.py"), portArg)
 	case Java:
 		classes := buildJavaApp(t, dir)
 		cmd = exec.Command("java", "-cp", classes, "Server", portArg)

@@ -13,15 +13,23 @@ import (
 	"time"
 )
 
-// TestEventLoopNoGuessedParent: Node serves every request on one thread.
-// When it reads a request while still serving another, the thread cannot
+// TestEventLoopNoGuessedParent: Node and Python asyncio (aiohttp) serve
+// every request on one thread. When it reads a request while still serving
+// another, the thread cannot
 // tell which of them a later outgoing request belongs to, so no parent is
 // guessed: the outgoing request starts its own trace (and sends that
 // downstream) instead of taking whatever request the thread read last.
 // Requests served one at a time keep full propagation, before and after.
 func TestEventLoopNoGuessedParent(t *testing.T) {
-	f := startFleetEBPF(t, propagationAll, appSpec{Node, "node-loop"}, appSpec{Go, "go-down"})
-	apps := f.chainApps("node-loop", "go-down")
+	for _, lang := range []Lang{Node, PyAsync} {
+		t.Run(string(lang), func(t *testing.T) { testEventLoop(t, lang) })
+	}
+}
+
+func testEventLoop(t *testing.T, lang Lang) {
+	loop := string(lang) + "-loop"
+	f := startFleetEBPF(t, propagationAll, appSpec{lang, loop}, appSpec{Go, "go-down"})
+	apps := f.chainApps(loop, "go-down")
 	client := NewClient(t)
 
 	// run sends each tag's chain with its own incoming traceparent, all at
@@ -102,7 +110,7 @@ func TestEventLoopNoGuessedParent(t *testing.T) {
 		for _, tag := range tags {
 			cs := chains[tag]
 			if cs.Clients[0].ParentSpanID != cs.Servers[0].SpanID || cs.Servers[1].ParentSpanID != cs.Clients[0].SpanID {
-				t.Errorf("chain %s alone: node SERVER %s, CLIENT %s, go SERVER %s", tag, cs.Servers[0], cs.Clients[0], cs.Servers[1])
+				t.Errorf("chain %s alone: loop SERVER %s, CLIENT %s, go SERVER %s", tag, cs.Servers[0], cs.Clients[0], cs.Servers[1])
 			}
 		}
 	}
@@ -138,7 +146,7 @@ func TestEventLoopNoGuessedParent(t *testing.T) {
 	for _, tag := range tags {
 		c := chains[tag].Clients[0]
 		if o, ok := serverOf[c.ParentSpanID]; ok && o != tag {
-			t.Errorf("chain %s: node CLIENT span parented into chain %s: %s", tag, o, c)
+			t.Errorf("chain %s: loop CLIENT span parented into chain %s: %s", tag, o, c)
 		}
 		if c.ParentSpanID == "" && chains[tag].Servers[1].ParentSpanID != c.SpanID {
 			t.Errorf("chain %s: the go SERVER span is not the child of the root CLIENT span: %s", tag, chains[tag].Servers[1])
