@@ -60,6 +60,7 @@ func TestLoadConfig(t *testing.T) {
 					TrackRequestHeaders:    false,
 				},
 				Sampler: SamplerConfig{Name: SamplerParentBasedTraceIDRatio, Arg: "0.25"},
+				Routes:  RoutesConfig{Unmatched: RoutesHeuristic, WildcardChar: "*"},
 			},
 		},
 		{
@@ -126,6 +127,23 @@ func TestLoadConfig(t *testing.T) {
 		{
 			name:    "disabled_combined",
 			wantErr: []string{`ebpf.context_propagation: "disabled" cannot be combined with other values in "disabled,tcp"`},
+		},
+		{
+			name: "routes",
+			want: func() *Config {
+				c := defaults(Selector{PID: 1})
+				c.Routes = RoutesConfig{Patterns: []string{"/users/{id}", "/users/{id}/orders/:order"}, Unmatched: RoutesUnset, WildcardChar: "_"}
+				return c
+			}(),
+		},
+		{
+			name: "bad_routes",
+			wantErr: []string{
+				`routes.patterns[0]: "users/{id}" does not start with /`,
+				`routes.patterns[1]: "/a/{b": segment "{b": want {name}`,
+				`routes.unmatched: unknown value "sometimes"; want heuristic, path, wildcard or unset`,
+				`routes.wildcard_char: "**" is not one printable ASCII character other than / and ?`,
+			},
 		},
 		{
 			name:    "bad_io_hook",
@@ -330,6 +348,7 @@ func TestApplyEnvWins(t *testing.T) {
 			ContextPropagation:     "headers",
 			OverrideBPFLoopEnabled: false,
 			TrafficControlBackend:  TCBackendTC,
+			PacketCarrier:          CarrierTCPOption,
 			IOHook:                 IOHookAuto,
 			RingBufferSize:         1 << 20,
 			WakeupLen:              10,
@@ -362,6 +381,7 @@ func TestApplyEnvWins(t *testing.T) {
 		ContextPropagation:     "all",
 		OverrideBPFLoopEnabled: true,
 		TrafficControlBackend:  TCBackendTCX,
+		PacketCarrier:          CarrierTCPOption,
 		IOHook:                 IOHookAuto,
 		RingBufferSize:         1 << 20, // no variable
 		WakeupLen:              0,
