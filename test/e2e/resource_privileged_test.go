@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,11 +126,22 @@ func TestResourceAttributes(t *testing.T) {
 	// Node on the host: no container.
 	node := StartApp(t, Node, ports[2], "node-host")
 
-	StartCollector(t, CollectorConfig{Instrument: []Selector{PortsSelector(ports...)}, SinkEndpoint: sink.Endpoint()})
+	// With header injection: sockops on the cgroup v2 root still sees the
+	// connections of processes moved into nested cgroups.
+	StartCollector(t, CollectorConfig{
+		Instrument:   []Selector{PortsSelector(ports...)},
+		SinkEndpoint: sink.Endpoint(),
+		EBPF:         map[string]string{"context_propagation": "all"},
+	})
 	for _, app := range []*App{py, goApp, node} {
 		waitTraced(t, sink, app)
 		require.Equal(t, 200, curlStatus(t, app.URL("/hello")))
 	}
+	Curl(t, "--fail", py.URL("/call?url="+url.QueryEscape(goApp.URL("/headers"))))
+	call := sink.WaitForSpans(t, All(ClientOf(py.Service), func(s Span) bool { return strings.HasSuffix(s.Str("url.full"), "/headers") }), 1, spanTimeout)[0]
+	down := sink.WaitForSpans(t, All(ServerOf(goApp.Service), WithPath("/headers")), 1, spanTimeout)[0]
+	assert.Equal(t, call.TraceID, down.TraceID, "the call from the docker-style cgroup to the pod-style one is one trace")
+	assert.Equal(t, call.SpanID, down.ParentSpanID, "%s", down)
 	span := func(app *App) Span {
 		return sink.WaitForSpans(t, All(ServerOf(app.Service), WithPath("/hello")), 1, spanTimeout)[0]
 	}
