@@ -50,7 +50,8 @@ func cgroup2Root(t *testing.T) string {
 	return ""
 }
 
-// containerCgroup creates root/<rel> (and its parents), moves pid into it,
+// containerCgroup creates root/<rel> (and its parents) in the cgroup
+// hierarchy mounted at root (v2, or a v1 one), moves pid into it,
 // and, when the test ends (after the apps it started are killed), moves
 // what is left back to root and removes the directories it created.
 func containerCgroup(t *testing.T, root, rel string, pid int) {
@@ -88,7 +89,7 @@ func containerCgroup(t *testing.T, root, rel string, pid int) {
 		"move pid %d into cgroup %s", pid, dir)
 	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	require.NoError(t, err)
-	require.Contains(t, string(cg), "0::/"+rel+"\n")
+	require.Contains(t, string(cg), ":/"+rel+"\n")
 }
 
 func randomHex(t *testing.T, n int) string {
@@ -108,7 +109,7 @@ func TestResourceAttributes(t *testing.T) {
 	podUID := u[0:8] + "-" + u[8:12] + "-" + u[12:16] + "-" + u[16:20] + "-" + u[20:32]
 
 	sink := StartSink(t)
-	ports := FreePorts(t, 3)
+	ports := FreePorts(t, 4)
 	// Python in a docker container: OTEL_SERVICE_NAME wins over the
 	// service.name of OTEL_RESOURCE_ATTRIBUTES, whose other pairs are
 	// percent-decoded.
@@ -123,8 +124,14 @@ func TestResourceAttributes(t *testing.T) {
 	goApp.Service = "cart"
 	containerCgroup(t, root, slice+"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"+
 		strings.ReplaceAll(podUID, "-", "_")+".slice/cri-containerd-"+criID+".scope", goApp.PID)
-	// Node on the host: no container.
-	node := StartApp(t, Node, ports[2], "node-host")
+	// Node in a docker container on cgroup v1 (cgroupfs driver) in the pids
+	// hierarchy only; its v2 line stays "0::/".
+	v1ID := randomHex(t, 64)
+	node := StartApp(t, Node, ports[2], "node-v1")
+	containerCgroup(t, "/sys/fs/cgroup/pids", slice+"/docker/"+v1ID, node.PID)
+	// Python on the host: no container (this host's own v1 memory cgroup
+	// names a 32-hex id, which is not a container's).
+	pyHost := StartApp(t, Python, ports[3], "py-host")
 
 	// With header injection: sockops on the cgroup v2 root still sees the
 	// connections of processes moved into nested cgroups.
@@ -133,7 +140,7 @@ func TestResourceAttributes(t *testing.T) {
 		SinkEndpoint: sink.Endpoint(),
 		EBPF:         map[string]string{"context_propagation": "all"},
 	})
-	for _, app := range []*App{py, goApp, node} {
+	for _, app := range []*App{py, goApp, node, pyHost} {
 		waitTraced(t, sink, app)
 		require.Equal(t, 200, curlStatus(t, app.URL("/hello")))
 	}
@@ -178,10 +185,15 @@ func TestResourceAttributes(t *testing.T) {
 	assert.Equal(t, strings.TrimSpace(string(goVersion)), res["process.runtime.version"])
 
 	res = span(node).Resource
-	assert.Equal(t, "node-host", res["service.name"], "%v", res)
-	assert.NotContains(t, res, "container.id")
+	assert.Equal(t, "node-v1", res["service.name"], "%v", res)
+	assert.Equal(t, v1ID, res["container.id"], "%v", res)
 	assert.NotContains(t, res, "k8s.pod.uid")
 	assert.Equal(t, "nodejs", res["telemetry.sdk.language"])
+
+	res = span(pyHost).Resource
+	assert.Equal(t, "py-host", res["service.name"], "%v", res)
+	assert.NotContains(t, res, "container.id")
+	assert.NotContains(t, res, "k8s.pod.uid")
 	assert.Regexp(t, uuid, res["service.instance.id"])
 	assert.NotEqual(t, span(py).Resource["service.instance.id"], res["service.instance.id"])
 }
