@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/routes"
 )
 
 // Values of EBPFConfig.TrafficControlBackend.
@@ -91,9 +93,46 @@ type Config struct {
 	// Sampler is the head sampler, decided in the kernel when a request's
 	// trace context is made.
 	Sampler SamplerConfig `mapstructure:"sampler"`
+	// Routes sets http.route, and the name, of SERVER spans.
+	Routes RoutesConfig `mapstructure:"routes"`
 
 	// prevent unkeyed literal initialization
 	_ struct{}
+}
+
+// Values of RoutesConfig.Unmatched (Beyla's spelling).
+const (
+	RoutesHeuristic = string(routes.Heuristic)
+	RoutesPath      = string(routes.Path)
+	RoutesWildcard  = string(routes.Wildcard)
+	RoutesUnset     = string(routes.Unset)
+)
+
+// RoutesConfig gives SERVER spans their http.route and the span name
+// "METHOD route", as Beyla's routes section does (a subset: patterns,
+// unmatched, wildcard_char). CLIENT spans get neither.
+type RoutesConfig struct {
+	// Patterns are URL path templates; a segment {name} or :name matches
+	// any one non-empty path segment, e.g. /users/{id}/orders/:order. The
+	// pattern itself becomes http.route. Where several match, a literal
+	// segment wins over a parameter at the first place they differ, then
+	// the one listed first.
+	Patterns []string `mapstructure:"patterns"`
+	// Unmatched is what a path that matches no pattern gets: "heuristic"
+	// (default: the path with id-like segments, numbers, UUIDs and long hex,
+	// replaced by WildcardChar), "path" (the path itself: high
+	// cardinality), "wildcard" ("/**") or "unset" (no http.route; the span
+	// name is the method).
+	Unmatched string `mapstructure:"unmatched"`
+	// WildcardChar replaces id-like segments in heuristic mode. Default "*".
+	WildcardChar string `mapstructure:"wildcard_char"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+func (c RoutesConfig) options() routes.Options {
+	return routes.Options{Patterns: c.Patterns, Unmatched: routes.Unmatched(c.Unmatched), WildcardChar: c.WildcardChar}
 }
 
 // DiscoveryConfig selects the processes to trace.
@@ -312,6 +351,7 @@ func createDefaultConfig() *Config {
 			BatchLength:           defaultBatchLength,
 			TrackRequestHeaders:   true,
 		},
+		Routes: RoutesConfig{Unmatched: RoutesHeuristic, WildcardChar: "*"},
 	}
 }
 
@@ -363,7 +403,20 @@ func (cfg *Config) Validate() error {
 	if _, err := cfg.Sampler.Parsed(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := routes.Check(cfg.Routes.options()); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("routes.%w", e))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// unjoin returns the errors an errors.Join made, or err alone.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // The check* helpers return a message without the path so Validate can

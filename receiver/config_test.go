@@ -60,6 +60,7 @@ func TestLoadConfig(t *testing.T) {
 					TrackRequestHeaders:    false,
 				},
 				Sampler: SamplerConfig{Name: SamplerParentBasedTraceIDRatio, Arg: "0.25"},
+				Routes:  RoutesConfig{Unmatched: RoutesHeuristic, WildcardChar: "*"},
 			},
 		},
 		{
@@ -126,6 +127,23 @@ func TestLoadConfig(t *testing.T) {
 		{
 			name:    "disabled_combined",
 			wantErr: []string{`ebpf.context_propagation: "disabled" cannot be combined with other values in "disabled,tcp"`},
+		},
+		{
+			name: "routes",
+			want: func() *Config {
+				c := defaults(Selector{PID: 1})
+				c.Routes = RoutesConfig{Patterns: []string{"/users/{id}", "/users/{id}/orders/:order"}, Unmatched: RoutesUnset, WildcardChar: "_"}
+				return c
+			}(),
+		},
+		{
+			name: "bad_routes",
+			wantErr: []string{
+				`routes.patterns[0]: "users/{id}" does not start with /`,
+				`routes.patterns[1]: "/a/{b": segment "{b": want {name}`,
+				`routes.unmatched: unknown value "sometimes"; want heuristic, path, wildcard or unset`,
+				`routes.wildcard_char: "**" is not one printable ASCII character other than / and ?`,
+			},
 		},
 		{
 			name:    "bad_io_hook",

@@ -3,13 +3,10 @@
 package ebpfreceiver // import "github.com/ebpftracing/ebpftracingreceiver/receiver"
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +27,8 @@ import (
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/metadata"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/procres"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/routes"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/spans"
 )
 
@@ -63,9 +62,14 @@ type tracesReceiver struct {
 	watcher   *discovery.Watcher
 	telemetry *metadata.TelemetryBuilder
 	obsrecv   *receiverhelper.ObsReport
+	routes    *routes.Matcher // owned by the reader goroutine once started
 
 	mu    sync.Mutex
 	procs map[uint32]*procEntry
+
+	// bootID is the host's boot id for service.instance.id (describe).
+	bootOnce sync.Once
+	bootID   string
 }
 
 type procEntry struct {
@@ -121,6 +125,9 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	sampler, err := r.cfg.Sampler.Parsed()
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
+	}
+	if r.routes, err = routes.New(r.cfg.Routes.options()); err != nil {
+		return fmt.Errorf("ebpf_tracing: routes: %w", err)
 	}
 	if propagation.TCP {
 		logger.Warn("ebpf.context_propagation: the TCP packet-level carrier (for TLS) is not available in this version; " +
@@ -337,7 +344,7 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 		}
 	}
 	r.mu.Lock()
-	r.procs[uint32(p.PID)] = &procEntry{proc: spans.Process{PID: p.PID, ServiceName: p.ServiceName, ExeName: p.ExeName}}
+	r.procs[uint32(p.PID)] = &procEntry{proc: spans.ProcessOf(p.PID, &p.Resource)}
 	n := r.instrumentedLocked()
 	r.mu.Unlock()
 	r.telemetry.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), n)
@@ -407,27 +414,17 @@ func (r *tracesReceiver) process(pid uint32) spans.Process {
 	// A process the kernel traces because a traced process created it
 	// while serving a request: described once, forgotten after the grace
 	// period like an exited one.
-	p := describe(int(pid))
+	p := r.describe(int(pid))
 	r.procs[pid] = &procEntry{proc: p, exited: time.Now()}
 	return p
 }
 
-// describe reads what the resource needs of a process discovery did not
-// select; a process already gone gets only its pid.
-func describe(pid int) spans.Process {
-	p := spans.Process{PID: pid}
-	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
-		p.ExeName = filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
-		p.ServiceName = p.ExeName
-	}
-	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil {
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if v, ok := bytes.CutPrefix(kv, []byte("OTEL_SERVICE_NAME=")); ok && len(v) > 0 {
-				p.ServiceName = string(v)
-			}
-		}
-	}
-	return p
+// describe reads the resource of a process discovery did not select; a
+// process already gone gets only its pid.
+func (r *tracesReceiver) describe(pid int) spans.Process {
+	r.bootOnce.Do(func() { r.bootID = procres.BootID("/proc") })
+	info := procres.Read("/proc", pid, "", r.bootID)
+	return spans.ProcessOf(pid, &info)
 }
 
 func (r *tracesReceiver) purgeExited(now time.Time) {
@@ -446,6 +443,7 @@ func (r *tracesReceiver) purgeExited(now time.Time) {
 func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) error {
 	hostName, _ := os.Hostname()
 	builder := spans.NewBuilder(hostName, r.set.BuildInfo.Version)
+	builder.SetRoutes(r.routes)
 	batchTimeout := r.cfg.EBPF.BatchTimeout
 	batchLength := r.cfg.EBPF.BatchLength
 	var (
@@ -472,6 +470,9 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			read = 0
 		}
 		kc.report(ctx, r)
+		if u := builder.TakeUnmatched(); u > 0 {
+			r.telemetry.ReceiverEbpfTracingRoutesUnmatched.Add(ctx, u)
+		}
 		n := builder.Len()
 		if n == 0 {
 			return

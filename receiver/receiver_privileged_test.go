@@ -90,11 +90,15 @@ func TestLifecycle(t *testing.T) {
 			}
 		}
 	}
-	if span.Name() != "GET" || span.Kind() != ptrace.SpanKindServer {
+	// The default routes (heuristic): /hello has no id segment.
+	if span.Name() != "GET /hello" || span.Kind() != ptrace.SpanKindServer {
 		t.Fatalf("span %q kind %v", span.Name(), span.Kind())
 	}
 	if v, _ := span.Attributes().Get("url.path"); v.Str() != "/hello" {
 		t.Errorf("url.path %q", v.Str())
+	}
+	if v, _ := span.Attributes().Get("http.route"); v.Str() != "/hello" {
+		t.Errorf("http.route %q", v.Str())
 	}
 	if v, _ := res.Resource().Attributes().Get("service.name"); v.Str() != "py-lifecycle" {
 		t.Errorf("service.name %q", v.Str())

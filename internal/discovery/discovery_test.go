@@ -209,16 +209,6 @@ func TestProcHelpers(t *testing.T) {
 	assert.True(t, ok)
 	assert.Equal(t, uint64(4026531840), ino)
 
-	env := []byte("A=1\x00OTEL_SERVICE_NAME_X=no\x00OTEL_SERVICE_NAME=shop\x00B=\x00")
-	v, ok := envValue(env, "OTEL_SERVICE_NAME")
-	assert.True(t, ok)
-	assert.Equal(t, "shop", v)
-	_, ok = envValue(env, "C")
-	assert.False(t, ok)
-
-	assert.Equal(t, []string{"python3", "-m", "http.server"}, splitNUL([]byte("python3\x00-m\x00http.server\x00")))
-	assert.Nil(t, splitNUL(nil))
-
 	for name, want := range map[string]int{"1": 1, "4194304": 4194304, "self": 0, "0": 0, "": 0, "12a": 0} {
 		got, _ := parsePID([]byte(name))
 		assert.Equal(t, want, got, name)
@@ -316,10 +306,14 @@ func TestFakeProcLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []int{100, 101}, pidsOf(added), "kernel thread and excluded pid are skipped")
 	assert.Empty(t, removed)
-	assert.Equal(t, Process{
-		PID: 100, ExePath: "/srv/bin/server", ExeName: "server", ServiceName: "checkout",
-		Cmdline: []string{"/srv/bin/server", "--flag"},
-	}, added[0])
+	p := added[0]
+	assert.Equal(t, 100, p.PID)
+	assert.Equal(t, "/srv/bin/server", p.ExePath)
+	assert.Equal(t, "server", p.ExeName)
+	assert.Equal(t, "checkout", p.ServiceName)
+	assert.Equal(t, []string{"/srv/bin/server", "--flag"}, p.Cmdline)
+	assert.Equal(t, "checkout", p.Resource.ServiceName)
+	assert.Equal(t, "/srv/bin/server", p.Resource.ExePath)
 	assert.Equal(t, "sh", added[1].ServiceName)
 
 	a, r := scan(t, w)

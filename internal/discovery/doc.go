@@ -45,7 +45,8 @@
 //   - /proc/<pid>/fd, for a waiting process when it is first seen or
 //     exec'd, and for all waiting processes only when a listening socket on a
 //     wanted port appeared since the previous scan.
-//   - cmdline and environ (for OTEL_SERVICE_NAME), once, on selection.
+//   - cmdline, environ, cgroup, stat and the executable (internal/procres:
+//     the resource attributes), once, on selection.
 //
 // pidfds are used when ProcRoot shows the caller's pid namespace (its
 // "self" link is os.Getpid()); otherwise a selected process's stat start

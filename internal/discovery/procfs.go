@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -219,31 +218,6 @@ func readAt(dirfd int, path string, buf []byte) (int, error) {
 	return total, nil
 }
 
-// readAll reads the whole file at path relative to dirfd, up to limit bytes.
-func readAll(dirfd int, path string, limit int) ([]byte, error) {
-	fd, err := openAt(dirfd, path, unix.O_RDONLY)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	var out []byte
-	buf := make([]byte, 4096)
-	for len(out) < limit {
-		n, err := unix.Read(fd, buf)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return out, err
-		}
-		if n == 0 {
-			break
-		}
-		out = append(out, buf[:n]...)
-	}
-	return out, nil
-}
-
 func openAt(dirfd int, path string, flags int) (int, error) {
 	for {
 		fd, err := unix.Openat(dirfd, path, flags|unix.O_CLOEXEC, 0)
@@ -263,31 +237,6 @@ func readLinkAt(dirfd int, path string, buf []byte) ([]byte, error) {
 		return nil, unix.ENAMETOOLONG
 	}
 	return buf[:n], nil
-}
-
-// splitNUL splits a NUL-separated /proc list such as cmdline.
-func splitNUL(b []byte) []string {
-	b = bytes.TrimRight(b, "\x00")
-	if len(b) == 0 {
-		return nil
-	}
-	return strings.Split(string(b), "\x00")
-}
-
-// envValue returns the value of key in a NUL-separated environ block.
-func envValue(environ []byte, key string) (string, bool) {
-	for len(environ) > 0 {
-		entry := environ
-		if i := bytes.IndexByte(environ, 0); i >= 0 {
-			entry, environ = environ[:i], environ[i+1:]
-		} else {
-			environ = nil
-		}
-		if len(entry) > len(key) && entry[len(key)] == '=' && string(entry[:len(key)]) == key {
-			return string(entry[len(key)+1:]), true
-		}
-	}
-	return "", false
 }
 
 // gone reports an error that means the process no longer exists.

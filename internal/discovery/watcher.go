@@ -10,7 +10,6 @@ import (
 	"hash/maphash"
 	"io"
 	"os"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/procres"
 )
 
 // Process is a selected process.
@@ -29,9 +30,12 @@ type Process struct {
 	// ExeName is the base name of ExePath.
 	ExeName string
 	// ServiceName is OTEL_SERVICE_NAME from the process environment if set,
-	// else ExeName.
+	// else service.name of its OTEL_RESOURCE_ATTRIBUTES, else ExeName.
 	ServiceName string
-	Cmdline     []string
+	// Cmdline is the command line, bounded as Resource.CommandArgs.
+	Cmdline []string
+	// Resource is the process's resource, read once on selection.
+	Resource procres.Info
 }
 
 // Options tunes a [Watcher].
@@ -54,11 +58,6 @@ const (
 	// exeRecheckEvery scans (2s at the default interval), which keeps the
 	// steady cost a quarter of one readlink per process per scan.
 	exeRecheckEvery = 4
-
-	// maxEnviron bounds the environ read on selection.
-	maxEnviron = 256 << 10
-	// maxCmdline bounds the cmdline read on selection.
-	maxCmdline = 64 << 10
 )
 
 // procState is what the watcher remembers about one pid between scans.
@@ -125,10 +124,14 @@ type Watcher struct {
 	diag       map[uint64]*diagSock
 	diagSeq    uint32
 	diagLogged bool // a netlink failure was logged
-	dirBuf     []byte
-	statBuf    []byte
-	linkBuf    []byte
-	br         *bufio.Reader
+	// bootID is the host's boot id for service.instance.id, read on the
+	// first selection.
+	bootID   string
+	bootRead bool
+	dirBuf   []byte
+	statBuf  []byte
+	linkBuf  []byte
+	br       *bufio.Reader
 }
 
 // NewWatcher returns a watcher for processes matching any of criteria. It
@@ -288,7 +291,7 @@ func (w *Watcher) Scan() (added []Process, removed []int, err error) {
 		st := w.procs[pid]
 		st.match, st.selected, st.waiting, st.fdScan = false, true, false, false
 		st.pidfd = w.watchExit(procfd, pid, &st.start)
-		added = append(added, w.describe(procfd, pid, st.exe))
+		added = append(added, w.describe(pid, st.exe))
 		st.exe = ""
 	}
 	slices.Sort(removed)
@@ -555,19 +558,15 @@ func (w *Watcher) holdsWantedSocket(procfd, pid int, exe string) bool {
 
 // describe reads what a selected process reports. It is best effort: a
 // process that exits meanwhile is reported removed by the next scan.
-func (w *Watcher) describe(procfd, pid int, exe string) Process {
-	dir := strconv.Itoa(pid)
-	p := Process{PID: pid, ExePath: exe, ExeName: path.Base(exe)}
-	if b, err := readAll(procfd, dir+"/cmdline", maxCmdline); err == nil {
-		p.Cmdline = splitNUL(b)
+func (w *Watcher) describe(pid int, exe string) Process {
+	if !w.bootRead {
+		w.bootID, w.bootRead = procres.BootID(w.procRoot), true
 	}
-	p.ServiceName = p.ExeName
-	if b, err := readAll(procfd, dir+"/environ", maxEnviron); err == nil {
-		if v, ok := envValue(b, "OTEL_SERVICE_NAME"); ok && v != "" {
-			p.ServiceName = v
-		}
+	info := procres.Read(w.procRoot, pid, exe, w.bootID)
+	return Process{
+		PID: pid, ExePath: exe, ExeName: info.ExeName,
+		ServiceName: info.ServiceName, Cmdline: info.CommandArgs, Resource: info,
 	}
-	return p
 }
 
 // fdReader reads a raw file descriptor.

@@ -37,6 +37,7 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingRequestsSampled         metric.Int64Counter
 	ReceiverEbpfTracingRequestsUncertainParent metric.Int64Counter
 	ReceiverEbpfTracingRequestsUnsampled       metric.Int64Counter
+	ReceiverEbpfTracingRoutesUnmatched         metric.Int64Counter
 	ReceiverEbpfTracingSpansEmitted            metric.Int64Counter
 }
 
@@ -133,6 +134,12 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_receiver_ebpf_tracing_requests_unsampled",
 		metric.WithDescription("Number of finished requests (SERVER and CLIENT spans) whose trace context the head sampler did not sample; their context was propagated with the sampled flag clear and no span was exported. Counted in the kernel. [Development]"),
 		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingRoutesUnmatched, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_routes_unmatched",
+		metric.WithDescription("Number of SERVER spans whose URL path matched none of routes.patterns; they got the http.route routes.unmatched says (heuristic, path, wildcard or none). [Development]"),
+		metric.WithUnit("{span}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.ReceiverEbpfTracingSpansEmitted, err = builder.meter.Int64Counter(

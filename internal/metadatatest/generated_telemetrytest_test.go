@@ -30,6 +30,7 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingRequestsSampled.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsUncertainParent.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsUnsampled.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingRoutesUnmatched.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansEmitted.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
@@ -62,6 +63,9 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingRequestsUnsampled(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingRoutesUnmatched(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingSpansEmitted(t, testTel,

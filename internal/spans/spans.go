@@ -21,6 +21,9 @@ import (
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/procres"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/routes"
 )
 
 // ScopeName is the instrumentation scope name set on every ScopeSpans.
@@ -69,11 +72,42 @@ type Request struct {
 }
 
 // Process describes the process a request belongs to; it becomes the
-// resource of its spans.
+// resource of its spans. It is computed once per process (internal/procres,
+// at discovery); empty fields are left out of the resource.
 type Process struct {
 	PID         int
 	ServiceName string
 	ExeName     string
+
+	ExePath           string
+	ServiceInstanceID string
+	// CommandArgs is process.command_args.
+	CommandArgs []string
+	// RuntimeName, RuntimeVersion: process.runtime.*; Language:
+	// telemetry.sdk.language.
+	RuntimeName, RuntimeVersion, Language string
+	ContainerID, PodUID                   string
+	// Attributes are the process's other OTEL_RESOURCE_ATTRIBUTES, put
+	// last: they win over the attributes above of the same key.
+	Attributes []procres.Attribute
+}
+
+// ProcessOf is the Process of pid with the resource info.
+func ProcessOf(pid int, info *procres.Info) Process {
+	return Process{
+		PID:               pid,
+		ServiceName:       info.ServiceName,
+		ExeName:           info.ExeName,
+		ExePath:           info.ExePath,
+		ServiceInstanceID: info.ServiceInstanceID,
+		CommandArgs:       info.CommandArgs,
+		RuntimeName:       info.Runtime.Name,
+		RuntimeVersion:    info.Runtime.Version,
+		Language:          info.Runtime.Language,
+		ContainerID:       info.ContainerID,
+		PodUID:            info.PodUID,
+		Attributes:        info.Attributes,
+	}
 }
 
 // OTLP SpanFlags bits 8 and 9: whether the parent span context is remote
@@ -102,11 +136,21 @@ var (
 	keyServerPort     = string(semconv.ServerPortKey)
 	keyClientAddress  = string(semconv.ClientAddressKey)
 	keyErrorType      = string(semconv.ErrorTypeKey)
+	keyRoute          = string(semconv.HTTPRouteKey)
 
 	keyServiceName = string(semconv.ServiceNameKey)
 	keyProcessPID  = string(semconv.ProcessPIDKey)
 	keyExeName     = string(semconv.ProcessExecutableNameKey)
 	keyHostName    = string(semconv.HostNameKey)
+
+	keyInstanceID     = string(semconv.ServiceInstanceIDKey)
+	keyExePath        = string(semconv.ProcessExecutablePathKey)
+	keyCommandArgs    = string(semconv.ProcessCommandArgsKey)
+	keyRuntimeName    = string(semconv.ProcessRuntimeNameKey)
+	keyRuntimeVersion = string(semconv.ProcessRuntimeVersionKey)
+	keySDKLanguage    = string(semconv.TelemetrySDKLanguageKey)
+	keyContainerID    = string(semconv.ContainerIDKey)
+	keyPodUID         = string(semconv.K8SPodUIDKey)
 )
 
 // Builder accumulates spans into a ptrace.Traces batch.
@@ -127,6 +171,23 @@ type Builder struct {
 	addrs map[netip.Addr]string
 	// errTypes caches error.type values for status codes 400..599.
 	errTypes [200]string
+
+	// routes gives SERVER spans http.route and their name; nil for none.
+	routes *routes.Matcher
+	// unmatched counts SERVER spans whose path matched no route pattern.
+	unmatched int64
+}
+
+// SetRoutes makes SERVER spans take http.route, and the span name
+// "METHOD route", from m; nil (the default) sets no route.
+func (b *Builder) SetRoutes(m *routes.Matcher) { b.routes = m }
+
+// TakeUnmatched returns the number of SERVER spans whose path matched no
+// route pattern since the last call.
+func (b *Builder) TakeUnmatched() int64 {
+	n := b.unmatched
+	b.unmatched = 0
+	return n
 }
 
 // NewBuilder returns a Builder whose resources carry host.name = hostName
@@ -174,7 +235,7 @@ func (b *Builder) Append(r *Request, proc Process) {
 func (b *Builder) newResource(proc Process) ptrace.SpanSlice {
 	rs := b.traces.ResourceSpans().AppendEmpty()
 	attrs := rs.Resource().Attributes()
-	attrs.EnsureCapacity(4)
+	attrs.EnsureCapacity(12 + len(proc.Attributes))
 	service := proc.ServiceName
 	if service == "" {
 		// The SDK default from the resource semantic conventions.
@@ -184,12 +245,25 @@ func (b *Builder) newResource(proc Process) ptrace.SpanSlice {
 		}
 	}
 	attrs.PutStr(keyServiceName, service)
+	putNonEmpty(attrs, keyInstanceID, proc.ServiceInstanceID)
 	attrs.PutInt(keyProcessPID, int64(proc.PID))
-	if proc.ExeName != "" {
-		attrs.PutStr(keyExeName, proc.ExeName)
+	putNonEmpty(attrs, keyExeName, proc.ExeName)
+	putNonEmpty(attrs, keyExePath, proc.ExePath)
+	if len(proc.CommandArgs) > 0 {
+		args := attrs.PutEmptySlice(keyCommandArgs)
+		args.EnsureCapacity(len(proc.CommandArgs))
+		for _, a := range proc.CommandArgs {
+			args.AppendEmpty().SetStr(a)
+		}
 	}
-	if b.hostName != "" {
-		attrs.PutStr(keyHostName, b.hostName)
+	putNonEmpty(attrs, keyRuntimeName, proc.RuntimeName)
+	putNonEmpty(attrs, keyRuntimeVersion, proc.RuntimeVersion)
+	putNonEmpty(attrs, keySDKLanguage, proc.Language)
+	putNonEmpty(attrs, keyHostName, b.hostName)
+	putNonEmpty(attrs, keyContainerID, proc.ContainerID)
+	putNonEmpty(attrs, keyPodUID, proc.PodUID)
+	for _, a := range proc.Attributes {
+		attrs.PutStr(a.Key, a.Value)
 	}
 	ss := rs.ScopeSpans().AppendEmpty()
 	ss.Scope().SetName(ScopeName)
@@ -197,6 +271,12 @@ func (b *Builder) newResource(proc Process) ptrace.SpanSlice {
 	spans := ss.Spans()
 	spans.EnsureCapacity(b.lastLen[proc.PID])
 	return spans
+}
+
+func putNonEmpty(m pcommon.Map, k, v string) {
+	if v != "" {
+		m.PutStr(k, v)
+	}
 }
 
 func (b *Builder) fill(span ptrace.Span, r *Request) {
@@ -214,13 +294,13 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	// exact size.
 	var attrs attrBuf
 
-	// Method and span name. No route is known here, so the name is just
-	// the method, or "HTTP" for methods the conventions do not know.
-	if knownMethod(r.Method) {
-		span.SetName(r.Method)
+	// Method and span name: "METHOD route" for a SERVER span with a
+	// route, else the method; "HTTP" for methods the conventions do not
+	// know.
+	mi := methodIndex(r.Method)
+	if mi < len(routes.Methods)-1 {
 		attrs.str(keyMethod, r.Method)
 	} else {
-		span.SetName("HTTP")
 		attrs.str(keyMethod, "_OTHER")
 		if r.Method != "" {
 			attrs.str(keyMethodOriginal, r.Method)
@@ -228,6 +308,18 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	}
 
 	t := parseTarget(r.Path)
+	if b.routes != nil && r.Kind == KindServer && t.origin {
+		route := b.routes.Match(t.path)
+		if !route.Matched {
+			b.unmatched++
+		}
+		span.SetName(route.Name(mi))
+		if route.Route != "" {
+			attrs.str(keyRoute, route.Route)
+		}
+	} else {
+		span.SetName(routes.Methods[mi])
+	}
 	if r.TLS && t.origin {
 		t.scheme = "https"
 	}
@@ -370,15 +462,32 @@ func spanFlags(r *Request) uint32 {
 	return f
 }
 
-// knownMethod reports whether m is one of the methods the HTTP conventions
-// define as known (RFC 9110 plus PATCH). The match is case-sensitive, as
+// methodIndex returns the index in routes.Methods of m when it is one of
+// the methods the HTTP conventions define as known (RFC 9110 plus PATCH),
+// else the index of "HTTP", the last. The match is case-sensitive, as
 // methods are on the wire.
-func knownMethod(m string) bool {
+func methodIndex(m string) int {
 	switch m {
-	case "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH":
-		return true
+	case "GET":
+		return 0
+	case "HEAD":
+		return 1
+	case "POST":
+		return 2
+	case "PUT":
+		return 3
+	case "DELETE":
+		return 4
+	case "CONNECT":
+		return 5
+	case "OPTIONS":
+		return 6
+	case "TRACE":
+		return 7
+	case "PATCH":
+		return 8
 	}
-	return false
+	return len(routes.Methods) - 1
 }
 
 func protoVersion(minor uint8) string {

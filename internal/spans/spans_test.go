@@ -10,6 +10,9 @@ import (
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/procres"
+	"github.com/ebpftracing/ebpftracingreceiver/internal/routes"
 )
 
 var (
@@ -660,5 +663,111 @@ func TestTraceState(t *testing.T) {
 	}
 	if got := ss.At(1).TraceState().AsRaw(); got != "" {
 		t.Errorf("span without a tracestate got %q", got)
+	}
+}
+
+func TestResourceFromProcres(t *testing.T) {
+	b := NewBuilder("node-1", "v0.1.0")
+	r := server()
+	info := procres.Info{
+		ServiceName: "checkout", ServiceInstanceID: "5b8c0e0c-1d1a-5f7e-9a55-2a4d0f8f6c11",
+		ExePath: "/usr/bin/python3.11", ExeName: "python3.11",
+		CommandArgs: []string{"python3", "-m", "http.server"},
+		Runtime:     procres.Runtime{Name: "cpython", Version: "3.11", Language: "python"},
+		ContainerID: "4f797c539e6c745de61a93ca3ff892358ecbcaccd8414d5db545c38428142970",
+		PodUID:      "ac04f3f2-1f2c-11e9-b40e-12cd1d9a0a2b",
+		Attributes:  []procres.Attribute{{Key: "deployment.environment.name", Value: "prod"}, {Key: "host.name", Value: "override"}},
+	}
+	b.Append(&r, ProcessOf(42, &info))
+	res := b.Flush().ResourceSpans().At(0).Resource().Attributes()
+	assertAttrs(t, "resource", res, map[string]any{
+		"service.name":                "checkout",
+		"service.instance.id":         info.ServiceInstanceID,
+		"process.pid":                 int64(42),
+		"process.executable.name":     "python3.11",
+		"process.executable.path":     "/usr/bin/python3.11",
+		"process.command_args":        []any{"python3", "-m", "http.server"},
+		"process.runtime.name":        "cpython",
+		"process.runtime.version":     "3.11",
+		"telemetry.sdk.language":      "python",
+		"host.name":                   "override",
+		"container.id":                info.ContainerID,
+		"k8s.pod.uid":                 info.PodUID,
+		"deployment.environment.name": "prod",
+	})
+}
+
+func TestRoutes(t *testing.T) {
+	m, err := routes.New(routes.Options{Patterns: []string{"/users/{id}"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBuilder("h", "v")
+	b.SetRoutes(m)
+	reqs := []Request{
+		server(), // /users/7
+		with(server(), func(r *Request) { r.Path = "/orders/123?x=1" }),
+		with(server(), func(r *Request) { r.Path = "/users/8"; r.Method = "FOO" }),
+		with(server(), func(r *Request) { r.Path = "*"; r.Method = "OPTIONS" }),
+		client(),
+	}
+	for i := range reqs {
+		b.Append(&reqs[i], proc)
+	}
+	if n := b.TakeUnmatched(); n != 1 {
+		t.Errorf("unmatched = %d, want 1 (/orders/123)", n)
+	}
+	if n := b.TakeUnmatched(); n != 0 {
+		t.Errorf("unmatched after take = %d", n)
+	}
+	ss := b.Flush().ResourceSpans().At(0).ScopeSpans().At(0).Spans()
+	want := []struct{ name, route string }{
+		{"GET /users/{id}", "/users/{id}"},
+		{"GET /orders/*", "/orders/*"},
+		{"HTTP /users/{id}", "/users/{id}"},
+		{"OPTIONS", ""},
+		{"GET", ""}, // CLIENT spans get no route
+	}
+	for i, w := range want {
+		s := ss.At(i)
+		if s.Name() != w.name {
+			t.Errorf("span %d name %q, want %q", i, s.Name(), w.name)
+		}
+		got, ok := s.Attributes().Get("http.route")
+		if (w.route == "") == ok || (ok && got.Str() != w.route) {
+			t.Errorf("span %d http.route %v %q, want %q", i, ok, got.Str(), w.route)
+		}
+	}
+}
+
+func TestMethodIndex(t *testing.T) {
+	for i, m := range routes.Methods[:len(routes.Methods)-1] {
+		if methodIndex(m) != i {
+			t.Errorf("methodIndex(%q) = %d, want %d", m, methodIndex(m), i)
+		}
+	}
+	if methodIndex("get") != len(routes.Methods)-1 || methodIndex("") != len(routes.Methods)-1 {
+		t.Error("unknown methods must map to HTTP")
+	}
+}
+
+func BenchmarkAppendRoutes(b *testing.B) {
+	reqs := []Request{
+		server(),
+		with(server(), func(r *Request) { r.Path = "/search?q=ebpf&page=2"; r.Host = "api.example.com:8080" }),
+		client(),
+		with(server(), func(r *Request) { r.Path = "/orders/550e8400-e29b-41d4-a716-446655440000" }),
+	}
+	m, _ := routes.New(routes.Options{Patterns: []string{"/users/{id}"}})
+	bld := NewBuilder("node-1", "v0.1.0")
+	bld.SetRoutes(m)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		bld.Append(&reqs[i%len(reqs)], proc)
+		i++
+		if bld.Len() == 512 {
+			bld.Flush()
+		}
 	}
 }

@@ -54,6 +54,9 @@ type CollectorConfig struct {
 	// Sampler holds the receiver's sampler.<key>: <value> lines (name, arg),
 	// values written verbatim; none when empty.
 	Sampler map[string]string
+	// Routes holds the receiver's routes.<key>: <value> lines (patterns,
+	// unmatched, wildcard_char), values written verbatim; none when empty.
+	Routes map[string]string
 	// Env holds more "NAME=value" variables for the collector process.
 	Env []string
 	// MetricsPort, when not zero, serves the collector's own metrics
@@ -117,6 +120,12 @@ func (c CollectorConfig) YAML() string {
 		b.WriteString("    sampler:\n")
 		for _, k := range slices.Sorted(maps.Keys(c.Sampler)) {
 			fmt.Fprintf(&b, "      %s: %s\n", k, c.Sampler[k])
+		}
+	}
+	if len(c.Routes) > 0 {
+		b.WriteString("    routes:\n")
+		for _, k := range slices.Sorted(maps.Keys(c.Routes)) {
+			fmt.Fprintf(&b, "      %s: %s\n", k, c.Routes[k])
 		}
 	}
 	receivers := "ebpf_tracing"

@@ -31,7 +31,11 @@
 // http.response.status_code, server.port, network.peer.address on SERVER
 // spans; url.full and server.port on CLIENT spans; service.name (from the
 // process's OTEL_SERVICE_NAME) and process.pid on the resource. Status is
-// Error for a 5xx SERVER response and Unset otherwise.
+// Error for a 5xx SERVER response and Unset otherwise. SERVER spans carry
+// http.route from the default routes heuristic (GET /status/503 is named
+// "GET /status/*"); resource_privileged_test.go checks the resource
+// attributes (apps moved into container-style cgroup v2 directories, which
+// it creates under the v2 mount and removes) and route patterns.
 //
 // Each test starts the apps before the collector, then sends GET
 // /status/200?e2e_warmup=N every 250 ms until a span of each app arrives, so
