@@ -164,10 +164,10 @@ type result struct {
 	rs []runResult
 }
 
-func (res result) runs(kind runKind, mode string) []runResult {
+func (res result) runs(kind runKind, label string) []runResult {
 	var out []runResult
 	for _, r := range res.rs {
-		if r.spec.kind == kind && (kind == kindWithout || r.spec.mode == mode) {
+		if r.spec.kind == kind && (kind == kindWithout || r.spec.label() == label) {
 			out = append(out, r)
 		}
 	}
@@ -204,14 +204,32 @@ func printHeader(w io.Writer, o options) {
 	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency` per service; rounds: %d, each %s; batch → otlp_http (%s) to a sink in the bench; ebpf: %s\n",
 		host, utsString(uts.Release[:]), runtime.NumCPU(), runtime.Version(), o.threads, o.connections, o.duration, o.rounds,
 		runOrder(o), o.compression, ebpfDesc(o.ebpf))
+	for _, v := range o.variants {
+		fmt.Fprintf(w, "\n- variant %s", v.desc())
+	}
+	if len(o.variants) > 0 {
+		fmt.Fprintln(w)
+	}
 }
 
 func runOrder(o options) string {
 	var s []string
-	for _, sp := range roundSpecs(1, o.modes, o.floor) {
+	for _, sp := range roundSpecs(1, o.modes, o.variantsOrPlain(), o.floor) {
 		s = append(s, sp.String())
 	}
 	return strings.Join(s, ", ") + " (even rounds backwards)"
+}
+
+// budgetLabels are the budget's rows per workload: each mode, times each
+// variant.
+func budgetLabels(o options) []string {
+	var out []string
+	for _, m := range o.modes {
+		for _, v := range o.variantsOrPlain() {
+			out = append(out, runSpec{mode: m, variant: v}.label())
+		}
+	}
+	return out
 }
 
 // printBudget prints the cost budget: one row per workload and mode, and the
@@ -225,7 +243,7 @@ func printBudget(w io.Writer, o options, results []result) {
 	for _, res := range results {
 		wl := res.wl
 		base := res.runs(kindWithout, "")
-		for _, mode := range o.modes {
+		for _, mode := range budgetLabels(o) {
 			fl, wi := res.runs(kindFloor, mode), res.runs(kindWith, mode)
 			if len(wi) == 0 {
 				continue
@@ -309,7 +327,7 @@ func printPrograms(w io.Writer, o options, results []result) {
 	fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---:|---:|")
 	var idleLines []string
 	for _, res := range results {
-		for _, mode := range o.modes {
+		for _, mode := range budgetLabels(o) {
 			fl, wi := res.runs(kindFloor, mode), res.runs(kindWith, mode)
 			keys := map[string]progDelta{}
 			for _, r := range append(slices.Clone(wi), fl...) {
@@ -378,7 +396,7 @@ func printChecks(w io.Writer, o options, results []result) {
 	for _, res := range results {
 		wl := res.wl
 		base := res.runs(kindWithout, "")
-		for _, mode := range o.modes {
+		for _, mode := range budgetLabels(o) {
 			wi := res.runs(kindWith, mode)
 			if len(wi) == 0 {
 				continue
@@ -406,7 +424,7 @@ func printChecks(w io.Writer, o options, results []result) {
 			if wl.stats != "" {
 				share := med(wi, runResult.tpShare)
 				want, ok := "0", share == 0
-				if mode == "all" || mode == "headers" {
+				if m := wi[0].spec.mode; m == "all" || m == "headers" {
 					want, ok = "1", share >= 0.999
 				}
 				checks = append(checks, fmt.Sprintf("backend requests with traceparent %.4f (%s) %s", share, want, verdict(ok)))
