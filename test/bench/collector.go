@@ -19,10 +19,10 @@ const floorEnv = "EBPFTRACING_BENCH_FLOOR=1"
 // collectorConfig is the collector's YAML for one run: the receiver
 // selecting ports with ebpf.context_propagation mode and the extra ebpf
 // settings, batch → otlp_http to the sink (the variant's processor and
-// exporter settings added, or no batch processor), internal metrics (level
-// detailed) on a Prometheus pull reader on 127.0.0.1:metricsPort, and the
+// exporter settings added, or no batch processor), internal metrics (at
+// level) on a Prometheus pull reader on 127.0.0.1:metricsPort, and the
 // pprof extension on 127.0.0.1:pprofPort unless it is 0.
-func collectorConfig(ports []int, mode string, ebpf []string, v variant, sinkEndpoint string, metricsPort int, compression string, pprofPort int) string {
+func collectorConfig(ports []int, mode string, ebpf []string, v variant, sinkEndpoint string, metricsPort int, compression, level string, pprofPort int) string {
 	var b strings.Builder
 	ps := make([]string, len(ports))
 	for i, p := range ports {
@@ -64,7 +64,7 @@ func collectorConfig(ports []int, mode string, ebpf []string, v variant, sinkEnd
     logs:
       level: info
     metrics:
-      level: detailed
+      level: %s
       readers:
         - pull:
             exporter:
@@ -76,7 +76,7 @@ func collectorConfig(ports []int, mode string, ebpf []string, v variant, sinkEnd
       receivers: [ebpf_tracing]
       processors: %s
       exporters: [otlp_http]
-`, extensions, metricsPort, processors)
+`, extensions, level, metricsPort, processors)
 	return b.String()
 }
 

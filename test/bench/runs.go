@@ -285,11 +285,15 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 	if v.compression != "" {
 		compression = v.compression
 	}
+	level := o.telemetryLevel
+	if v.telemetry != "" {
+		level = v.telemetry
+	}
 	bin := o.collector
 	if v.collector != "" {
 		bin = v.collector
 	}
-	cfg := collectorConfig(wl.ports(), r.spec.mode, append(slices.Clone(o.ebpf), v.ebpf...), v, e.sink.endpoint(), e.metricsPort, compression, e.pprofPort)
+	cfg := collectorConfig(wl.ports(), r.spec.mode, append(slices.Clone(o.ebpf), v.ebpf...), v, e.sink.endpoint(), e.metricsPort, compression, level, e.pprofPort)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}

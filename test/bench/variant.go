@@ -22,11 +22,12 @@ type variant struct {
 	// exporter as they are.
 	noBatch     bool
 	compression string // "" for -compression
+	telemetry   string // service.telemetry.metrics.level; "" for -telemetry-level
 }
 
 // variantList is the repeatable -variant flag:
 // NAME:key=value;key=value, keys collector, env.K, ebpf.K, exporter.K,
-// processor.K, processors (batch or none), compression.
+// processor.K, processors (batch or none), compression, telemetry.
 type variantList []variant
 
 func (l *variantList) String() string {
@@ -61,6 +62,11 @@ func (l *variantList) Set(s string) error {
 			v.collector = val
 		case k == "compression":
 			v.compression = val
+		case k == "telemetry":
+			if val != "none" && val != "basic" && val != "normal" && val != "detailed" {
+				return fmt.Errorf("variant %s: telemetry=%q; want none, basic, normal or detailed", name, val)
+			}
+			v.telemetry = val
 		case k == "processors":
 			switch val {
 			case "batch":
@@ -81,7 +87,7 @@ func (l *variantList) Set(s string) error {
 		case strings.HasPrefix(k, "processor."):
 			v.processor = append(v.processor, strings.TrimPrefix(k, "processor.")+"="+val)
 		default:
-			return fmt.Errorf("variant %s: unknown key %q; want collector, compression, processors, env.K, ebpf.K, exporter.K or processor.K", name, k)
+			return fmt.Errorf("variant %s: unknown key %q; want collector, compression, telemetry, processors, env.K, ebpf.K, exporter.K or processor.K", name, k)
 		}
 	}
 	*l = append(*l, v)
@@ -98,6 +104,9 @@ func (v variant) desc() string {
 	}
 	if v.noBatch {
 		parts = append(parts, "no batch processor")
+	}
+	if v.telemetry != "" {
+		parts = append(parts, "telemetry "+v.telemetry)
 	}
 	for _, l := range [][]string{v.env, v.ebpf, v.exporter, v.processor} {
 		parts = append(parts, l...)
