@@ -102,7 +102,7 @@ func startedProcesses(log []byte) (int, error) {
 
 func ebpfDesc(kv []string) string {
 	if len(kv) == 0 {
-		return "receiver defaults (wakeup_len 64)"
+		return "receiver defaults"
 	}
 	return strings.Join(kv, ", ")
 }

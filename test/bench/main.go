@@ -178,7 +178,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "unrecorded wrk run before each workload's first round (0: none)")
 	flag.DurationVar(&o.settle, "settle", time.Second, "wait between the collector being ready and wrk starting")
 	flag.DurationVar(&o.flushWait, "flush-wait", 2*time.Second, "wait after wrk ends before counting spans")
-	flag.IntVar(&o.wakeupLen, "wakeup-len", -1, "ebpf.wakeup_len for the collector (-1: leave the receiver's default, 64)")
+	flag.IntVar(&o.wakeupLen, "wakeup-len", -1, "ebpf.wakeup_len for the collector (-1: leave the receiver's default, 512)")
 	flag.Var(&o.ebpf, "ebpf", "extra ebpf.<key>=<value> for the receiver config, value written verbatim (repeatable)")
 	flag.StringVar(&o.compression, "compression", "none", "otlp_http exporter compression: none (a local sink, like a gateway on the same host) or gzip (the exporter's default)")
 	flag.StringVar(&o.collector, "collector", "", "collector binary (default <repo>/_build/otelcol-ebpf)")
