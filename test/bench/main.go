@@ -183,7 +183,7 @@ func main() {
 	flag.StringVar(&o.compression, "compression", "none", "otlp_http exporter compression: none (a local sink, like a gateway on the same host) or gzip (the exporter's default)")
 	flag.StringVar(&o.collector, "collector", "", "collector binary (default <repo>/_build/otelcol-ebpf)")
 	flag.Var(&o.variants, "variant", "NAME:key=value;… a collector set-up; each round runs the floor and with runs once per variant, in turn (repeatable). Keys: collector (binary), compression, processors (batch or none), env.K (environment, e.g. env.GOGC=200), ebpf.K, exporter.K, processor.K (batch processor; \"::\" nests, e.g. exporter.sending_queue::batch::flush_timeout=200ms)")
-	flag.StringVar(&o.telemetryLevel, "telemetry-level", "detailed", "the collector's service.telemetry.metrics.level (normal: the DaemonSet's; detailed also computes each batch's size in bytes in the batch processor and the exporter queue)")
+	flag.StringVar(&o.telemetryLevel, "telemetry-level", "normal", "the collector's service.telemetry.metrics.level (normal: the DaemonSet's; detailed also computes each batch's size in bytes in the batch processor and the exporter queue)")
 	flag.StringVar(&o.pprofDir, "pprof", "", "directory for pprof profiles of each with run (CPU while wrk runs, allocations before and after: go tool pprof -base ...-allocs0.pb.gz ...-allocs1.pb.gz)")
 	flag.Parse()
 	if flag.NArg() > 0 {

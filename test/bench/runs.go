@@ -101,6 +101,7 @@ type runResult struct {
 // collectorSample is what a floor or with run measured of the collector.
 type collectorSample struct {
 	cpu       time.Duration        // utime+stime from just before wrk to after the flush wait
+	sys       time.Duration        // the stime part of cpu
 	hwm       int64                // VmHWM in bytes, just before SIGTERM
 	counters  collectorCounters    // increase from just before wrk to after the flush wait
 	progs     map[string]progDelta // BPF run time while wrk ran, per program
@@ -347,7 +348,7 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 	if err != nil {
 		return err
 	}
-	cpu0, err := cpuTime(coll.pid())
+	user0, sys0, err := cpuTimes(coll.pid())
 	if err != nil {
 		return err
 	}
@@ -373,11 +374,12 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 	if err := sleep(ctx, o.flushWait); err != nil {
 		return err
 	}
-	cpu1, err := cpuTime(coll.pid())
+	user1, sys1, err := cpuTimes(coll.pid())
 	if err != nil {
 		return err
 	}
-	r.coll.cpu = cpu1 - cpu0
+	r.coll.cpu = user1 + sys1 - user0 - sys0
+	r.coll.sys = sys1 - sys0
 	m1, err := scrape(ctx, e.metricsPort)
 	if err != nil {
 		return err
