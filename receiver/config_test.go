@@ -330,6 +330,7 @@ func TestApplyEnvWins(t *testing.T) {
 			ContextPropagation:     "headers",
 			OverrideBPFLoopEnabled: false,
 			TrafficControlBackend:  TCBackendTC,
+			PacketCarrier:          CarrierTCPOption,
 			IOHook:                 IOHookAuto,
 			RingBufferSize:         1 << 20,
 			WakeupLen:              10,
@@ -362,6 +363,7 @@ func TestApplyEnvWins(t *testing.T) {
 		ContextPropagation:     "all",
 		OverrideBPFLoopEnabled: true,
 		TrafficControlBackend:  TCBackendTCX,
+		PacketCarrier:          CarrierTCPOption,
 		IOHook:                 IOHookAuto,
 		RingBufferSize:         1 << 20, // no variable
 		WakeupLen:              0,

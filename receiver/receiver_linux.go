@@ -167,7 +167,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		r.tls, err = nil, nil
 	}
 	if propagation.Headers {
-		if r.prop, err = ctxprop.Load(r.tracer.Shared(), benchFloor()); err != nil {
+		if r.prop, err = ctxprop.Load(r.tracer.Shared(), kernelSampler(sampler), benchFloor()); err != nil {
 			return fmt.Errorf("ebpf_tracing: %w", err)
 		}
 		if err = r.prop.Attach(report.CgroupV2); err != nil {
@@ -603,6 +603,7 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 		k.trace.PipelineFull, k.trace.ConnStateFull = c.PipelineFull, c.ConnStateFull
 		add(ctx, tb.ReceiverEbpfTracingRequestsSampled, c.Sampled, &k.trace.Sampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUnsampled, c.Unsampled, &k.trace.Unsampled)
+		add(ctx, tb.ReceiverEbpfTracingRequestsUncertainParent, c.AssocUncertain, &k.trace.AssocUncertain)
 	}
 	if r.prop == nil {
 		return

@@ -20,6 +20,7 @@
 #include "ctxprop.h"
 #include "http.h"
 #include "swar.h"
+#include "sampler.h"
 #include "maps/traced_pids.h"
 #include "maps/thread_ctxs.h"
 #include "maps/client_ids.h"
@@ -552,16 +553,28 @@ int ctxprop_sk_msg(struct sk_msg_md *msg)
 		// process the lookup may walk the goroutine's ancestry.
 		__u64 g;
 		struct thread_ctx *t = current_ctx(pid_tgid, &g);
-		if (!t)
-			return SK_PASS;
+		struct thread_ctx *amb = 0;
+		if (!t) {
+			// A thread serving several requests at once: which one this
+			// request belongs to is unknown. It starts its own trace,
+			// sent downstream, rather than a guessed parent's.
+			amb = g ? 0 : bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+			if (!amb || !amb->ambiguous)
+				return SK_PASS;
+		}
 		__builtin_memset(c, 0, sizeof(*c));
-		__builtin_memcpy(c->trace_id, t->trace_id, sizeof(c->trace_id));
-		__builtin_memcpy(&c->server_span, t->span_id, sizeof(c->server_span));
-		c->trace_flags = t->trace_flags;
+		if (t) {
+			__builtin_memcpy(c->trace_id, t->trace_id, sizeof(c->trace_id));
+			__builtin_memcpy(&c->server_span, t->span_id, sizeof(c->server_span));
+			c->trace_flags = t->trace_flags;
+		} else {
+			random_id(c->trace_id, 4);
+			c->trace_flags = sample_root(c->trace_id);
+		}
 		random_id(c->span_id, 2);
 		c->in_headers = 1;
 		c->mid_line = 1; // the request line
-		if (t->inherited)
+		if (t && t->inherited)
 			end_inherited(pid_tgid, g); // an inherited context serves one request
 		want = size < SCAN_SIZE ? size : SCAN_SIZE;
 	} else {

@@ -116,7 +116,10 @@ type ctxpropThreadCtx struct {
 	TraceFlags uint8
 	Inherited  uint8
 	Blocked    uint8
-	Pad        [5]uint8
+	Inflight   uint8
+	Ambiguous  uint8
+	Gone       uint8
+	Pad        [2]uint8
 }
 
 type ctxpropTracestate struct {
@@ -130,26 +133,29 @@ type ctxpropTracestate struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ctxpropMapClientIds         = "client_ids"
-	ctxpropMapConnecting        = "connecting"
-	ctxpropMapCtxpropSocks      = "ctxprop_socks"
-	ctxpropMapExistingInodes    = "existing_inodes"
-	ctxpropMapGoCtxs            = "go_ctxs"
-	ctxpropMapGoParents         = "go_parents"
-	ctxpropMapGoProcs           = "go_procs"
-	ctxpropMapGoWalkState       = "go_walk_state"
-	ctxpropMapPropConns         = "prop_conns"
-	ctxpropMapPropCounters      = "prop_counters"
-	ctxpropMapPropScratchMap    = "prop_scratch_map"
-	ctxpropMapThreadCtxs        = "thread_ctxs"
-	ctxpropMapTracedPids        = "traced_pids"
-	ctxpropMapTracestates       = "tracestates"
-	ctxpropProgCtxpropExisting  = "ctxprop_existing"
-	ctxpropProgCtxpropSkMsg     = "ctxprop_sk_msg"
-	ctxpropProgCtxpropSkSkb     = "ctxprop_sk_skb"
-	ctxpropProgCtxpropSockops   = "ctxprop_sockops"
-	ctxpropVarReturnAtOnce      = "return_at_once"
-	ctxpropVarUnusedPropCounter = "unused_prop_counter"
+	ctxpropMapClientIds             = "client_ids"
+	ctxpropMapConnecting            = "connecting"
+	ctxpropMapCtxpropSocks          = "ctxprop_socks"
+	ctxpropMapExistingInodes        = "existing_inodes"
+	ctxpropMapGoCtxs                = "go_ctxs"
+	ctxpropMapGoParents             = "go_parents"
+	ctxpropMapGoProcs               = "go_procs"
+	ctxpropMapGoWalkState           = "go_walk_state"
+	ctxpropMapPropConns             = "prop_conns"
+	ctxpropMapPropCounters          = "prop_counters"
+	ctxpropMapPropScratchMap        = "prop_scratch_map"
+	ctxpropMapThreadCtxs            = "thread_ctxs"
+	ctxpropMapTracedPids            = "traced_pids"
+	ctxpropMapTracestates           = "tracestates"
+	ctxpropProgCtxpropExisting      = "ctxprop_existing"
+	ctxpropProgCtxpropSkMsg         = "ctxprop_sk_msg"
+	ctxpropProgCtxpropSkSkb         = "ctxprop_sk_skb"
+	ctxpropProgCtxpropSockops       = "ctxprop_sockops"
+	ctxpropVarReturnAtOnce          = "return_at_once"
+	ctxpropVarSamplerParentBased    = "sampler_parent_based"
+	ctxpropVarSamplerRatioThreshold = "sampler_ratio_threshold"
+	ctxpropVarSamplerRoot           = "sampler_root"
+	ctxpropVarUnusedPropCounter     = "unused_prop_counter"
 )
 
 // loadCtxprop returns the embedded CollectionSpec for ctxprop.
@@ -224,8 +230,11 @@ type ctxpropMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ctxpropVariableSpecs struct {
-	ReturnAtOnce      *ebpf.VariableSpec `ebpf:"return_at_once"`
-	UnusedPropCounter *ebpf.VariableSpec `ebpf:"unused_prop_counter"`
+	ReturnAtOnce          *ebpf.VariableSpec `ebpf:"return_at_once"`
+	SamplerParentBased    *ebpf.VariableSpec `ebpf:"sampler_parent_based"`
+	SamplerRatioThreshold *ebpf.VariableSpec `ebpf:"sampler_ratio_threshold"`
+	SamplerRoot           *ebpf.VariableSpec `ebpf:"sampler_root"`
+	UnusedPropCounter     *ebpf.VariableSpec `ebpf:"unused_prop_counter"`
 }
 
 // ctxpropObjects contains all objects after they have been loaded into the kernel.
@@ -287,8 +296,11 @@ func (m *ctxpropMaps) Close() error {
 //
 // It can be passed to loadCtxpropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ctxpropVariables struct {
-	ReturnAtOnce      *ebpf.Variable `ebpf:"return_at_once"`
-	UnusedPropCounter *ebpf.Variable `ebpf:"unused_prop_counter"`
+	ReturnAtOnce          *ebpf.Variable `ebpf:"return_at_once"`
+	SamplerParentBased    *ebpf.Variable `ebpf:"sampler_parent_based"`
+	SamplerRatioThreshold *ebpf.Variable `ebpf:"sampler_ratio_threshold"`
+	SamplerRoot           *ebpf.Variable `ebpf:"sampler_root"`
+	UnusedPropCounter     *ebpf.Variable `ebpf:"unused_prop_counter"`
 }
 
 // ctxpropPrograms contains all programs after they have been loaded into the kernel.

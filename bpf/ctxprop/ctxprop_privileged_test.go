@@ -108,7 +108,7 @@ func attached(t *testing.T) (*httptrace.Tracer, *Propagator, *ringbuf.Reader) {
 	if err := tr.Attach(); err != nil {
 		t.Fatal(err)
 	}
-	p, err := Load(tr.Shared(), false)
+	p, err := Load(tr.Shared(), httptrace.Sampler{}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,15 +28,20 @@ type Propagator struct {
 	cgroupDir string
 }
 
-// Load loads the programs, sharing httptrace's maps. On a verifier refusal
+// Load loads the programs, sharing httptrace's maps and its sampler. On a verifier refusal
 // the error carries the verifier log.
 //
 // returnAtOnce loads programs that return as soon as they run, letting every
 // message through untouched: the floor of the hooks' cost, for benchmarks.
-func Load(shared httptrace.SharedMaps, returnAtOnce bool) (*Propagator, error) {
+func Load(shared httptrace.SharedMaps, sampler httptrace.Sampler, returnAtOnce bool) (*Propagator, error) {
 	spec, err := loadCtxprop()
 	if err != nil {
 		return nil, fmt.Errorf("load ctxprop spec: %w", err)
+	}
+	// The root of a request that starts its own trace (its thread serves
+	// several requests at once) is sampled as httptrace samples roots.
+	if err := httptrace.SetSampler(spec, sampler); err != nil {
+		return nil, err
 	}
 	if returnAtOnce {
 		if err := spec.Variables["return_at_once"].Set(uint8(1)); err != nil {

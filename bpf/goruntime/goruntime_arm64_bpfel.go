@@ -60,7 +60,10 @@ type goruntimeThreadCtx struct {
 	TraceFlags uint8
 	Inherited  uint8
 	Blocked    uint8
-	Pad        [5]uint8
+	Inflight   uint8
+	Ambiguous  uint8
+	Gone       uint8
+	Pad        [2]uint8
 }
 
 // Names of all BPF objects in the ELF.

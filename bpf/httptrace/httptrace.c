@@ -289,6 +289,52 @@ static __always_inline bool same_conn(struct conn_state *c, struct sock *sk)
 	       c->peer_port == bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
+// The request r read on the thread reader (not Go) has been answered, or its
+// connection has gone; next is the request pipelined after it on the same
+// connection, served next, or 0. Keeps the thread's count of requests in
+// flight: the context is certain again once only the newest is left.
+static __noinline void thread_req_done(__u64 reader, struct req_info *r, struct req_info *next)
+{
+	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &reader);
+	if (!t)
+		return;
+	if (!t->gone && same_span(t->span_id, r->span_id)) {
+		if (next) {
+			__builtin_memcpy(t->trace_id, next->trace_id, sizeof(t->trace_id));
+			__builtin_memcpy(t->span_id, next->span_id, sizeof(t->span_id));
+			t->trace_flags = next->trace_flags;
+		} else if (t->inflight > 1) {
+			// Older requests are still pending: which one a later write
+			// belongs to stays unknown until they are answered.
+			t->inflight--;
+			t->gone = 1;
+			__builtin_memset(t->span_id, 0, sizeof(t->span_id));
+		} else {
+			bpf_map_delete_elem(&thread_ctxs, &reader);
+		}
+		return;
+	}
+	if (t->inherited || t->inflight <= 1) {
+		if (t->gone)
+			bpf_map_delete_elem(&thread_ctxs, &reader);
+		return;
+	}
+	t->inflight--;
+	if (t->inflight == 1 && !t->gone)
+		t->ambiguous = 0; // only the newest, the context's own, is left
+}
+
+// A connection's state is dropped (its fd closed or now naming another
+// socket) with requests still unanswered: they no longer count as in flight
+// on the thread that read them.
+static __always_inline void conn_gone(__u32 tgid, struct conn_state *c)
+{
+	if (!c->srv_count)
+		return;
+	struct req_info *r = &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)];
+	thread_req_done(((__u64)tgid << 32) | r->tid, r, 0);
+}
+
 // Returns the state of the connection, creating it (or resetting it when the
 // fd now names another socket) if create is set. hint is the socket the
 // hook was given (socket hooks), 0 at sys_exit: the fd is then resolved.
@@ -304,12 +350,16 @@ static __always_inline struct conn_state *conn_get(struct conn_key *key, bool cr
 	// (io_uring and in-kernel senders bring unrelated registers).
 	struct sock *sk = fd_to_sock(key->fd);
 	if (!sk || (hint && sk != hint)) {
-		if (c && !hint)
+		if (c && !hint) {
+			conn_gone(key->tgid, c);
 			bpf_map_delete_elem(&conns, key);
+		}
 		return 0;
 	}
 	if (c && !hint && c->sk == (__u64)sk)
 		return c;
+	if (c)
+		conn_gone(key->tgid, c);
 	__u32 zero = 0;
 	struct conn_state *init = bpf_map_lookup_elem(&conn_zero, &zero);
 	if (!init)
@@ -466,10 +516,25 @@ __noinline int set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 		r->goroutine = id;
 		return 0;
 	}
-	if (!is_go)
-		bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
+	if (is_go)
+		return 0;
+	t.inflight = 1;
+	struct thread_ctx *old = bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+	if (old && !old->inherited) {
+		if (same_span(old->span_id, r->span_id)) {
+			// The same request, its ids updated by a later read.
+			t.inflight = old->inflight;
+			t.ambiguous = old->ambiguous;
+		} else {
+			// Another request is still being served on this thread.
+			t.inflight = old->inflight < 255 ? old->inflight + 1 : 255;
+			t.ambiguous = 1;
+		}
+	}
+	bpf_map_update_elem(&thread_ctxs, &pid_tgid, &t, BPF_ANY);
 	return 0;
 }
+
 
 // Handles one request at offset off of the data just read on (tgid, fd):
 // a SERVER span starts. Returns the offset of the next pipelined request in
@@ -656,7 +721,6 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 	// request.
 	__u64 reader = (pid_tgid & 0xffffffff00000000ull) | r->tid;
 	struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &reader);
-	bool owned = t && same_span(t->span_id, r->span_id);
 	__u64 go_owner = 0;
 	if (r->goroutine) {
 		struct go_key k = {.tgid = key.tgid, .g = r->goroutine};
@@ -681,12 +745,8 @@ __noinline int server_response(__u64 pid_tgid, __u32 fd)
 		bpf_map_update_elem(&go_ctxs, &nk, &nt, BPF_ANY);
 		nr->goroutine = go_owner;
 	}
-	if (owned) {
-		if (c->srv_count == 0)
-			bpf_map_delete_elem(&thread_ctxs, &reader);
-		else
-			set_thread_ctx(reader, &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)]);
-	}
+	if (t && !go_owner)
+		thread_req_done(reader, r, c->srv_count ? &c->srv[c->srv_head & (PIPELINE_DEPTH - 1)] : 0);
 	return 0;
 }
 
@@ -730,6 +790,11 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n, __u3
 	struct w3c_scan *st = &s->st;
 	__u64 g;
 	struct thread_ctx *t = current_ctx(pid_tgid, &g);
+	if (!t && !g) {
+		struct thread_ctx *amb = bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+		if (amb && amb->ambiguous)
+			count(COUNTER_ASSOC_UNCERTAIN);
+	}
 	struct client_ids *ids = bpf_map_lookup_elem(&client_ids, &pid_tgid);
 	struct client_id *injected = ids ? &ids->req[idx & (CLIENT_IDS_MAX - 1)] : 0;
 	if (injected && injected->set) {
@@ -1084,8 +1149,10 @@ static __always_inline int on_sys_exit(__u64 pid_tgid, __u64 nr, long ret, __u64
 		struct conn_state *c = bpf_map_lookup_elem(&conns, &key);
 		// Another thread may already have been given the same fd number
 		// for a new connection, and made its state: keep that one.
-		if (c && c->sk != (__u64)fd_to_sock(key.fd))
+		if (c && c->sk != (__u64)fd_to_sock(key.fd)) {
+			conn_gone(key.tgid, c);
 			bpf_map_delete_elem(&conns, &key);
+		}
 		return 0;
 	}
 	return on_io(pid_tgid, nr, ret, arg1, arg2, 0, false);

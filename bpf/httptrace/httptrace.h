@@ -23,7 +23,9 @@ enum counter {
 	COUNTER_SAMPLED = 3,         // finished span of a sampled context: sent
 	COUNTER_UNSAMPLED = 4,       // finished span of an unsampled context: not sent
 	COUNTER_HEADERS_TOO_LARGE = 5, // header block over HDR_BLOCK_MAX: rest not scanned
-	COUNTER_MAX = 6,
+	COUNTER_ASSOC_UNCERTAIN = 6, // outgoing request on a thread serving several requests
+	                             // at once: no parent guessed, its own trace
+	COUNTER_MAX = 7,
 };
 
 // One finished request, as sent to user space. No implicit padding.

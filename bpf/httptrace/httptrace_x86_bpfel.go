@@ -104,7 +104,8 @@ const (
 	httptraceCounterCOUNTER_SAMPLED           httptraceCounter = 3
 	httptraceCounterCOUNTER_UNSAMPLED         httptraceCounter = 4
 	httptraceCounterCOUNTER_HEADERS_TOO_LARGE httptraceCounter = 5
-	httptraceCounterCOUNTER_MAX               httptraceCounter = 6
+	httptraceCounterCOUNTER_ASSOC_UNCERTAIN   httptraceCounter = 6
+	httptraceCounterCOUNTER_MAX               httptraceCounter = 7
 )
 
 type httptraceGoKey struct {
@@ -214,7 +215,10 @@ type httptraceThreadCtx struct {
 	TraceFlags uint8
 	Inherited  uint8
 	Blocked    uint8
-	Pad        [5]uint8
+	Inflight   uint8
+	Ambiguous  uint8
+	Gone       uint8
+	Pad        [2]uint8
 }
 
 type httptraceTlsCall struct {

@@ -127,7 +127,7 @@ func Load(opts Options) (*Tracer, error) {
 			return nil, fmt.Errorf("set return_at_once: %w", err)
 		}
 	}
-	if err := setSampler(spec, opts.Sampler); err != nil {
+	if err := SetSampler(spec, opts.Sampler); err != nil {
 		return nil, err
 	}
 	t := &Tracer{spec: spec, want: opts.Variant, hook: opts.Hook}
@@ -137,8 +137,9 @@ func Load(opts Options) (*Tracer, error) {
 	return t, nil
 }
 
-// setSampler writes the sampler knobs of bpf/include/sampler.h.
-func setSampler(spec *ebpf.CollectionSpec, s Sampler) error {
+// SetSampler writes the sampler knobs of bpf/include/sampler.h into spec, a
+// collection whose C source includes it (httptrace's, ctxprop's).
+func SetSampler(spec *ebpf.CollectionSpec, s Sampler) error {
 	switch s.Root {
 	case RootAlwaysOn, RootAlwaysOff, RootRatio:
 	default:
@@ -332,6 +333,10 @@ type Counters struct {
 	// HeadersTooLarge counts request header blocks longer than the 16 KiB
 	// scanned: headers past the limit are not looked at.
 	HeadersTooLarge uint64
+	// AssocUncertain counts outgoing requests made on a thread that was
+	// serving several requests at once (an event loop): no parent was
+	// guessed, the request started its own trace.
+	AssocUncertain uint64
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -365,6 +370,9 @@ func (t *Tracer) ReadCounters() (Counters, error) {
 		return c, err
 	}
 	if c.HeadersTooLarge, err = read(httptraceCounterCOUNTER_HEADERS_TOO_LARGE); err != nil {
+		return c, err
+	}
+	if c.AssocUncertain, err = read(httptraceCounterCOUNTER_ASSOC_UNCERTAIN); err != nil {
 		return c, err
 	}
 	return c, nil

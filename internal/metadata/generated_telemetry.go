@@ -23,20 +23,21 @@ func Tracer(settings component.TelemetrySettings) trace.Tracer {
 // TelemetryBuilder provides an interface for components to report telemetry
 // as defined in metadata and user config.
 type TelemetryBuilder struct {
-	meter                                    metric.Meter
-	mu                                       sync.Mutex
-	registrations                            []metric.Registration
-	ReceiverEbpfTracingConsumerErrors        metric.Int64Counter
-	ReceiverEbpfTracingEventsLost            metric.Int64Counter
-	ReceiverEbpfTracingEventsRead            metric.Int64Counter
-	ReceiverEbpfTracingHeadersAppOwned       metric.Int64Counter
-	ReceiverEbpfTracingHeadersInjected       metric.Int64Counter
-	ReceiverEbpfTracingHeadersSkipped        metric.Int64Counter
-	ReceiverEbpfTracingProcessesInstrumented metric.Int64Gauge
-	ReceiverEbpfTracingRequestsDropped       metric.Int64Counter
-	ReceiverEbpfTracingRequestsSampled       metric.Int64Counter
-	ReceiverEbpfTracingRequestsUnsampled     metric.Int64Counter
-	ReceiverEbpfTracingSpansEmitted          metric.Int64Counter
+	meter                                      metric.Meter
+	mu                                         sync.Mutex
+	registrations                              []metric.Registration
+	ReceiverEbpfTracingConsumerErrors          metric.Int64Counter
+	ReceiverEbpfTracingEventsLost              metric.Int64Counter
+	ReceiverEbpfTracingEventsRead              metric.Int64Counter
+	ReceiverEbpfTracingHeadersAppOwned         metric.Int64Counter
+	ReceiverEbpfTracingHeadersInjected         metric.Int64Counter
+	ReceiverEbpfTracingHeadersSkipped          metric.Int64Counter
+	ReceiverEbpfTracingProcessesInstrumented   metric.Int64Gauge
+	ReceiverEbpfTracingRequestsDropped         metric.Int64Counter
+	ReceiverEbpfTracingRequestsSampled         metric.Int64Counter
+	ReceiverEbpfTracingRequestsUncertainParent metric.Int64Counter
+	ReceiverEbpfTracingRequestsUnsampled       metric.Int64Counter
+	ReceiverEbpfTracingSpansEmitted            metric.Int64Counter
 }
 
 // TelemetryBuilderOption applies changes to default builder.
@@ -119,6 +120,12 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	builder.ReceiverEbpfTracingRequestsSampled, err = builder.meter.Int64Counter(
 		"otelcol_receiver_ebpf_tracing_requests_sampled",
 		metric.WithDescription("Number of finished requests (SERVER and CLIENT spans) whose trace context the head sampler sampled; their spans are sent to user space. Counted in the kernel. [Development]"),
+		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingRequestsUncertainParent, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_requests_uncertain_parent",
+		metric.WithDescription("Number of outgoing requests made on a thread that was serving several incoming requests at once (an event loop such as Node's, nginx's or asyncio's), so the request they belong to is unknown; no parent is guessed and the request starts its own trace. Counted in the kernel. [Development]"),
 		metric.WithUnit("{request}"),
 	)
 	errs = errors.Join(errs, err)

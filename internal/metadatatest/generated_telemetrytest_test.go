@@ -28,6 +28,7 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsDropped.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsSampled.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingRequestsUncertainParent.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsUnsampled.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansEmitted.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
@@ -55,6 +56,9 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingRequestsSampled(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingRequestsUncertainParent(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingRequestsUnsampled(t, testTel,

@@ -216,8 +216,10 @@ static __always_inline struct thread_ctx *current_ctx(__u64 pid_tgid, __u64 *id)
 	*id = 0;
 	__u32 tgid = pid_tgid >> 32;
 	struct go_proc *p = bpf_map_lookup_elem(&go_procs, &tgid);
-	if (!p)
-		return bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+	if (!p) {
+		struct thread_ctx *t = bpf_map_lookup_elem(&thread_ctxs, &pid_tgid);
+		return t && !t->ambiguous ? t : 0;
+	}
 	__u64 g = current_g();
 	if (!g)
 		return 0;

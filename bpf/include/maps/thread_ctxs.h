@@ -11,7 +11,17 @@ struct thread_ctx {
 	__u8 inherited; // copied from the thread that created this one, or handed
 	                // to a Go goroutine: used once
 	__u8 blocked;   // Go: the goroutine has no context, whatever its ancestors'
-	__u8 _pad[5];
+	// Threads (not Go): requests read on the thread and not yet answered,
+	// counting one per connection. A thread that reads a request while it
+	// still serves another (an event loop: Node, nginx, asyncio) cannot
+	// tell which of them an outgoing request belongs to: the context is
+	// ambiguous until only the newest one is left, and an outgoing request
+	// made meanwhile gets none (no parent is guessed). gone: the newest has
+	// been answered, inflight older ones are still pending.
+	__u8 inflight;
+	__u8 ambiguous;
+	__u8 gone;
+	__u8 _pad[2];
 };
 
 // Context of the request a thread is serving, pid_tgid -> context.

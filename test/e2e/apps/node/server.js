@@ -98,16 +98,26 @@ function handle(req, res) {
         headers['Content-Type'] = 'application/octet-stream';
         headers['Content-Length'] = payload.length;
       }
-      const out = http.request(target, { method, headers, agent: false, timeout: 10000 }, (down) => {
-        const parts = [];
-        down.on('data', (c) => parts.push(c));
-        down.on('end', () => {
-          replyJSON(200, { status: down.statusCode, body: Buffer.concat(parts).toString('utf8') });
+      const call = () => {
+        const out = http.request(target, { method, headers, agent: false, timeout: 10000 }, (down) => {
+          const parts = [];
+          down.on('data', (c) => parts.push(c));
+          down.on('end', () => {
+            replyJSON(200, { status: down.statusCode, body: Buffer.concat(parts).toString('utf8') });
+          });
         });
-      });
-      out.on('timeout', () => out.destroy(new Error('timeout')));
-      out.on('error', (err) => replyJSON(502, { error: String(err) }));
-      out.end(payload);
+        out.on('timeout', () => out.destroy(new Error('timeout')));
+        out.on('error', (err) => replyJSON(502, { error: String(err) }));
+        out.end(payload);
+      };
+      // delay=<ms>: the call is made later, from a timer callback, while
+      // the event loop serves other requests.
+      const delay = Number.parseInt(url.searchParams.get('delay') || '0', 10);
+      if (delay > 0) {
+        setTimeout(call, delay);
+      } else {
+        call();
+      }
     } else if (req.method === 'GET' && url.pathname === '/headers') {
       const merged = {};
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
