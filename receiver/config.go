@@ -79,7 +79,7 @@ const (
 	defaultRingBufferSize = 4 << 20 // 4 MiB
 	minRingBufferSize     = 4 << 10 // one page
 	maxRingBufferSize     = 1 << 30 // 1 GiB
-	defaultWakeupLen      = 64
+	defaultWakeupLen      = 512
 	defaultBatchTimeout   = 200 * time.Millisecond
 	defaultBatchLength    = 1000
 )
@@ -316,8 +316,12 @@ type EBPFConfig struct {
 	// of two from 4096 to 1 GiB. Default 4194304 (4 MiB).
 	RingBufferSize int `mapstructure:"ring_buffer_size"`
 	// WakeupLen is the number of records pending in the ring buffer before
-	// the kernel wakes the reader. Default 64; 0 wakes the reader on every
-	// record, which costs a wakeup per event. Env: BEYLA_BPF_WAKEUP_LEN.
+	// the kernel wakes the reader (at most a quarter of the ring's bytes).
+	// Default 512 (64 costs 1–2 µs more per request in the kernel and about
+	// 1.5 µs more collector CPU per span: every record submitted while more
+	// than WakeupLen are pending forces a wakeup); 0 wakes the reader on
+	// every record, which costs a wakeup per event. Without a wakeup the
+	// reader polls every BatchTimeout. Env: BEYLA_BPF_WAKEUP_LEN.
 	WakeupLen int `mapstructure:"wakeup_len"`
 	// BatchTimeout is the longest a record waits in the ring buffer, and a
 	// span in the batch, before being sent on. Default 200ms.

@@ -253,7 +253,7 @@ func TestCreateDefaultConfig(t *testing.T) {
 	assert.Equal(t, TCBackendAuto, cfg.EBPF.TrafficControlBackend)
 	assert.Equal(t, IOHookAuto, cfg.EBPF.IOHook)
 	assert.Equal(t, 4194304, cfg.EBPF.RingBufferSize)
-	assert.Equal(t, 64, cfg.EBPF.WakeupLen)
+	assert.Equal(t, 512, cfg.EBPF.WakeupLen)
 	assert.Equal(t, 200*time.Millisecond, cfg.EBPF.BatchTimeout)
 	assert.Equal(t, 1000, cfg.EBPF.BatchLength)
 	assert.True(t, cfg.EBPF.TrackRequestHeaders)

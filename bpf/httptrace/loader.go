@@ -23,8 +23,8 @@ type Options struct {
 	// of two and a multiple of the page size.
 	RingBufferSize int
 	// WakeupRecords is how many records may be pending in the ring buffer
-	// before the kernel wakes the reader; 0 wakes it for every record.
-	// Between wakeups the reader polls.
+	// before the kernel wakes the reader (at most a quarter of the ring);
+	// 0 wakes it for every record. Between wakeups the reader polls.
 	WakeupRecords int
 	// TrackRequestHeaders honours the traceparent of incoming requests.
 	TrackRequestHeaders bool
@@ -84,6 +84,17 @@ type Tracer struct {
 // EventSize is the size of one ring buffer record.
 const EventSize = int(unsafe.Sizeof(httptraceHttpEvent{}))
 
+// wakeupBytes is the pending data at which the kernel wakes the reader:
+// records records (each with its 8-byte ring header), at most a quarter of
+// the ring, so a small ring is drained before it fills.
+func wakeupBytes(records, ringSize int) uint64 {
+	b := uint64(records) * uint64(EventSize+8)
+	if limit := uint64(ringSize) / 4; ringSize > 0 && b > limit {
+		b = limit
+	}
+	return b
+}
+
 // Load loads the programs and maps into the kernel. On a verifier refusal the
 // error carries the full verifier log.
 func Load(opts Options) (*Tracer, error) {
@@ -94,7 +105,7 @@ func Load(opts Options) (*Tracer, error) {
 	if opts.RingBufferSize > 0 {
 		spec.Maps["events"].MaxEntries = uint32(opts.RingBufferSize)
 	}
-	if err := spec.Variables["wakeup_bytes"].Set(uint64(opts.WakeupRecords) * uint64(EventSize+8)); err != nil {
+	if err := spec.Variables["wakeup_bytes"].Set(wakeupBytes(opts.WakeupRecords, int(spec.Maps["events"].MaxEntries))); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	var track uint8

@@ -18,9 +18,11 @@ const floorEnv = "EBPFTRACING_BENCH_FLOOR=1"
 
 // collectorConfig is the collector's YAML for one run: the receiver
 // selecting ports with ebpf.context_propagation mode and the extra ebpf
-// settings, batch → otlp_http to the sink, internal metrics (level
-// detailed) on a Prometheus pull reader on 127.0.0.1:metricsPort.
-func collectorConfig(ports []int, mode string, ebpf []string, sinkEndpoint string, metricsPort int, compression string) string {
+// settings, batch → otlp_http to the sink (the variant's processor and
+// exporter settings added, or no batch processor), internal metrics (at
+// level) on a Prometheus pull reader on 127.0.0.1:metricsPort, and the
+// pprof extension on 127.0.0.1:pprofPort unless it is 0.
+func collectorConfig(ports []int, mode string, ebpf []string, v variant, sinkEndpoint string, metricsPort int, compression, level string, pprofPort int) string {
 	var b strings.Builder
 	ps := make([]string, len(ports))
 	for i, p := range ports {
@@ -34,22 +36,35 @@ func collectorConfig(ports []int, mode string, ebpf []string, sinkEndpoint strin
     ebpf:
       context_propagation: %s
 `, strings.Join(ps, ","), mode)
-	for _, kv := range ebpf {
-		k, v, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&b, "      %s: %s\n", k, v)
+	writeKVs(&b, "      ", ebpf)
+	processors := "[batch]"
+	if v.noBatch {
+		processors = "[]"
+	} else {
+		b.WriteString("processors:\n  batch:\n")
+		writeKVs(&b, "    ", v.processor)
 	}
-	fmt.Fprintf(&b, `processors:
-  batch:
-exporters:
+	fmt.Fprintf(&b, `exporters:
   otlp_http:
     endpoint: %s
     compression: %s
-service:
+`, sinkEndpoint, compression)
+	writeKVs(&b, "    ", v.exporter)
+	extensions := "[]"
+	if pprofPort != 0 {
+		extensions = "[pprof]"
+		fmt.Fprintf(&b, `extensions:
+  pprof:
+    endpoint: 127.0.0.1:%d
+`, pprofPort)
+	}
+	fmt.Fprintf(&b, `service:
+  extensions: %s
   telemetry:
     logs:
       level: info
     metrics:
-      level: detailed
+      level: %s
       readers:
         - pull:
             exporter:
@@ -59,10 +74,19 @@ service:
   pipelines:
     traces:
       receivers: [ebpf_tracing]
-      processors: [batch]
+      processors: %s
       exporters: [otlp_http]
-`, sinkEndpoint, compression, metricsPort)
+`, extensions, level, metricsPort, processors)
 	return b.String()
+}
+
+// writeKVs writes k=v settings as YAML lines under indent; the collector
+// nests a key holding "::" (a::b: v is a: {b: v}).
+func writeKVs(b *strings.Builder, indent string, kvs []string) {
+	for _, kv := range kvs {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(b, "%s%s: %s\n", indent, k, v)
+	}
 }
 
 var processesRE = regexp.MustCompile(`ebpf_tracing started.*"processes": ?(\d+)`)
@@ -78,7 +102,7 @@ func startedProcesses(log []byte) (int, error) {
 
 func ebpfDesc(kv []string) string {
 	if len(kv) == 0 {
-		return "receiver defaults (wakeup_len 64)"
+		return "receiver defaults"
 	}
 	return strings.Join(kv, ", ")
 }

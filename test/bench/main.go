@@ -129,6 +129,18 @@ type options struct {
 	ebpf        kvList
 	compression string
 	collector   string
+	variants    variantList
+	pprofDir    string
+	// telemetryLevel is the collector's service.telemetry.metrics.level.
+	telemetryLevel string
+}
+
+// variantsOrPlain is the -variant list, or the plain collector alone.
+func (o options) variantsOrPlain() []variant {
+	if len(o.variants) == 0 {
+		return []variant{{}}
+	}
+	return o.variants
 }
 
 // kvList is a repeatable key=value flag.
@@ -166,10 +178,13 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "unrecorded wrk run before each workload's first round (0: none)")
 	flag.DurationVar(&o.settle, "settle", time.Second, "wait between the collector being ready and wrk starting")
 	flag.DurationVar(&o.flushWait, "flush-wait", 2*time.Second, "wait after wrk ends before counting spans")
-	flag.IntVar(&o.wakeupLen, "wakeup-len", -1, "ebpf.wakeup_len for the collector (-1: leave the receiver's default, 64)")
+	flag.IntVar(&o.wakeupLen, "wakeup-len", -1, "ebpf.wakeup_len for the collector (-1: leave the receiver's default, 512)")
 	flag.Var(&o.ebpf, "ebpf", "extra ebpf.<key>=<value> for the receiver config, value written verbatim (repeatable)")
 	flag.StringVar(&o.compression, "compression", "none", "otlp_http exporter compression: none (a local sink, like a gateway on the same host) or gzip (the exporter's default)")
 	flag.StringVar(&o.collector, "collector", "", "collector binary (default <repo>/_build/otelcol-ebpf)")
+	flag.Var(&o.variants, "variant", "NAME:key=value;… a collector set-up; each round runs the floor and with runs once per variant, in turn (repeatable). Keys: collector (binary), compression, processors (batch or none), env.K (environment, e.g. env.GOGC=200), ebpf.K, exporter.K, processor.K (batch processor; \"::\" nests, e.g. exporter.sending_queue::batch::flush_timeout=200ms)")
+	flag.StringVar(&o.telemetryLevel, "telemetry-level", "normal", "the collector's service.telemetry.metrics.level (normal: the DaemonSet's; detailed also computes each batch's size in bytes in the batch processor and the exporter queue)")
+	flag.StringVar(&o.pprofDir, "pprof", "", "directory for pprof profiles of each with run (CPU while wrk runs, allocations before and after: go tool pprof -base ...-allocs0.pb.gz ...-allocs1.pb.gz)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		usage("unexpected arguments %q", flag.Args())
@@ -293,7 +308,7 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 
-	ports, err := freePorts(2)
+	ports, err := freePorts(3)
 	if err != nil {
 		return err
 	}
@@ -303,7 +318,15 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	defer sink.close()
 
+	if o.pprofDir != "" {
+		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
+			return err
+		}
+	}
 	e := env{o: o, tmp: tmp, bins: bins, wrkPath: wrkPath, sink: sink, metricsPort: ports[1], keepTmp: &keepTmp}
+	if o.pprofDir != "" {
+		e.pprofPort = ports[2]
+	}
 	var results []result
 	for _, name := range o.workloads {
 		wl := newWorkload(name)

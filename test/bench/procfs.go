@@ -21,26 +21,32 @@ const userHZ = 100
 
 // cpuTime is utime+stime of pid (all its threads).
 func cpuTime(pid int) (time.Duration, error) {
+	u, s, err := cpuTimes(pid)
+	return u + s, err
+}
+
+// cpuTimes is a process's utime and stime.
+func cpuTimes(pid int) (user, sys time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read cpu time: %w", err)
+		return 0, 0, fmt.Errorf("read cpu time: %w", err)
 	}
 	// comm (field 2) may hold spaces and parentheses: fields after the last
 	// ')' start at field 3 (state); utime and stime are fields 14 and 15.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(f))
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(f))
 	}
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return time.Duration(ut+st) * time.Second / userHZ, nil
+	return time.Duration(ut) * time.Second / userHZ, time.Duration(st) * time.Second / userHZ, nil
 }
 
 // machineCPU sums the first line of /proc/stat: busy is every state but

@@ -52,6 +52,14 @@ func (r runResult) collCPUPerSpan() float64 {
 	return float64(r.coll.cpu.Microseconds()) / float64(r.spans.spans)
 }
 
+// collSysPerSpan is the kernel (stime) part of collCPUPerSpan.
+func (r runResult) collSysPerSpan() float64 {
+	if r.spans.spans == 0 {
+		return 0
+	}
+	return float64(r.coll.sys.Microseconds()) / float64(r.spans.spans)
+}
+
 func (r runResult) allocPerSpan() float64 {
 	if r.spans.spans == 0 {
 		return 0
@@ -164,10 +172,10 @@ type result struct {
 	rs []runResult
 }
 
-func (res result) runs(kind runKind, mode string) []runResult {
+func (res result) runs(kind runKind, label string) []runResult {
 	var out []runResult
 	for _, r := range res.rs {
-		if r.spec.kind == kind && (kind == kindWithout || r.spec.mode == mode) {
+		if r.spec.kind == kind && (kind == kindWithout || r.spec.label() == label) {
 			out = append(out, r)
 		}
 	}
@@ -204,14 +212,32 @@ func printHeader(w io.Writer, o options) {
 	fmt.Fprintf(w, "%s, Linux %s, %d CPUs, %s; `wrk -t%d -c%d -d%s --latency` per service; rounds: %d, each %s; batch → otlp_http (%s) to a sink in the bench; ebpf: %s\n",
 		host, utsString(uts.Release[:]), runtime.NumCPU(), runtime.Version(), o.threads, o.connections, o.duration, o.rounds,
 		runOrder(o), o.compression, ebpfDesc(o.ebpf))
+	for _, v := range o.variants {
+		fmt.Fprintf(w, "\n- variant %s", v.desc())
+	}
+	if len(o.variants) > 0 {
+		fmt.Fprintln(w)
+	}
 }
 
 func runOrder(o options) string {
 	var s []string
-	for _, sp := range roundSpecs(1, o.modes, o.floor) {
+	for _, sp := range roundSpecs(1, o.modes, o.variantsOrPlain(), o.floor) {
 		s = append(s, sp.String())
 	}
 	return strings.Join(s, ", ") + " (even rounds backwards)"
+}
+
+// budgetLabels are the budget's rows per workload: each mode, times each
+// variant.
+func budgetLabels(o options) []string {
+	var out []string
+	for _, m := range o.modes {
+		for _, v := range o.variantsOrPlain() {
+			out = append(out, runSpec{mode: m, variant: v}.label())
+		}
+	}
+	return out
 }
 
 // printBudget prints the cost budget: one row per workload and mode, and the
@@ -219,13 +245,13 @@ func runOrder(o options) string {
 func printBudget(w io.Writer, o options, results []result) {
 	printHeader(w, o)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload | mode | req/s vs without | p99 vs without | req/s vs floor | p99 vs floor | app CPU µs/req (Δ vs without) | BPF ns/req | ring events/req | wakeups/req | collector CPU µs/span | alloc B/span | VmHWM MiB | lost | spans/req |")
+	fmt.Fprintln(w, "| workload | mode | req/s vs without | p99 vs without | req/s vs floor | p99 vs floor | app CPU µs/req (Δ vs without) | BPF ns/req | ring events/req | wakeups/req | collector CPU µs/span (sys) | alloc B/span | VmHWM MiB | lost | spans/req |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	var notes []string
 	for _, res := range results {
 		wl := res.wl
 		base := res.runs(kindWithout, "")
-		for _, mode := range o.modes {
+		for _, mode := range budgetLabels(o) {
 			fl, wi := res.runs(kindFloor, mode), res.runs(kindWith, mode)
 			if len(wi) == 0 {
 				continue
@@ -257,12 +283,12 @@ func printBudget(w io.Writer, o options, results []result) {
 			if wl.neighbour != nil {
 				label += ": traced server"
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %.2f (%+.2f) | %.0f | %.3f | %s | %.2f | %s | %.1f | %.0f | %.4f %s |\n",
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %.2f (%+.2f) | %.0f | %.3f | %s | %.2f (%.2f) | %s | %.1f | %.0f | %.4f %s |\n",
 				label, mode, ratio(rpsB, med(base, mainRPS)), ratio(p99B, med(base, mainP99)), ratio(rpsB, rpsF), ratio(p99B, p99F),
 				appB, appB-appA,
 				med(wi, func(r runResult) float64 { return r.perReq(r.bpfNs()) }),
 				med(wi, func(r runResult) float64 { return r.perReq(r.coll.counters.read) }),
-				wakeups, med(wi, runResult.collCPUPerSpan), alloc, mib(hwm), lost,
+				wakeups, med(wi, runResult.collCPUPerSpan), med(wi, runResult.collSysPerSpan), alloc, mib(hwm), lost,
 				med(wi, runResult.spansPerReq), wantSpansDesc(wl, spansOK))
 			if wl.neighbour != nil {
 				nAppB := med(wi, func(r runResult) float64 { return r.neighbour.appCPUPerReq() })
@@ -309,7 +335,7 @@ func printPrograms(w io.Writer, o options, results []result) {
 	fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---:|---:|")
 	var idleLines []string
 	for _, res := range results {
-		for _, mode := range o.modes {
+		for _, mode := range budgetLabels(o) {
 			fl, wi := res.runs(kindFloor, mode), res.runs(kindWith, mode)
 			keys := map[string]progDelta{}
 			for _, r := range append(slices.Clone(wi), fl...) {
@@ -378,7 +404,7 @@ func printChecks(w io.Writer, o options, results []result) {
 	for _, res := range results {
 		wl := res.wl
 		base := res.runs(kindWithout, "")
-		for _, mode := range o.modes {
+		for _, mode := range budgetLabels(o) {
 			wi := res.runs(kindWith, mode)
 			if len(wi) == 0 {
 				continue
@@ -406,7 +432,7 @@ func printChecks(w io.Writer, o options, results []result) {
 			if wl.stats != "" {
 				share := med(wi, runResult.tpShare)
 				want, ok := "0", share == 0
-				if mode == "all" || mode == "headers" {
+				if m := wi[0].spec.mode; m == "all" || m == "headers" {
 					want, ok = "1", share >= 0.999
 				}
 				checks = append(checks, fmt.Sprintf("backend requests with traceparent %.4f (%s) %s", share, want, verdict(ok)))
@@ -472,7 +498,7 @@ func runNotes(o options, results []result) []string {
 
 func printLegend(w io.Writer, o options) {
 	fmt.Fprintf(w, `
-Columns: medians over the rounds; ratios are of medians (with / without, with / floor) in this invocation. app CPU is utime+stime of the workload's processes during wrk over the requests wrk completed (BPF run time on their syscalls included); BPF ns/req is the run time of every BPF program the collector holds (bpf_stats, all processes on the machine: wrk's syscalls and the neighbour's run the same hooks) while wrk ran, over the traced front's requests; runs/req of a uprobe program are uprobe hits per request. ring events/req is receiver_ebpf_tracing_events_read; wakeups/req needs a receiver counter named *wakeup* (n/a: none exported). collector CPU µs/span and alloc B/span (otelcol_process_runtime_total_alloc_bytes, Go heap bytes allocated) run from just before wrk to the end of the %s flush wait, over the spans the sink got in that window; VmHWM is the collector's peak RSS (max over the rounds); lost sums receiver_ebpf_tracing_events_lost and receiver_ebpf_tracing_requests_dropped. spans/req counts every span the sink got for the run; "want 2+1" means 2 per request from the first traced process and 1 from the second, checked per process (process.pid) in every round, with up to -c requests wrk left in flight allowed. The floor runs start the collector with %s: the loaders make every program return at once.
+Columns: medians over the rounds; ratios are of medians (with / without, with / floor) in this invocation. app CPU is utime+stime of the workload's processes during wrk over the requests wrk completed (BPF run time on their syscalls included); BPF ns/req is the run time of every BPF program the collector holds (bpf_stats, all processes on the machine: wrk's syscalls and the neighbour's run the same hooks) while wrk ran, over the traced front's requests; runs/req of a uprobe program are uprobe hits per request. ring events/req is receiver_ebpf_tracing_events_read; wakeups/req needs a receiver counter named *wakeup* (n/a: none exported). collector CPU µs/span (utime+stime, stime in parentheses) and alloc B/span (otelcol_process_runtime_total_alloc_bytes, Go heap bytes allocated) run from just before wrk to the end of the %s flush wait, over the spans the sink got in that window; VmHWM is the collector's peak RSS (max over the rounds); lost sums receiver_ebpf_tracing_events_lost and receiver_ebpf_tracing_requests_dropped. spans/req counts every span the sink got for the run; "want 2+1" means 2 per request from the first traced process and 1 from the second, checked per process (process.pid) in every round, with up to -c requests wrk left in flight allowed. The floor runs start the collector with %s: the loaders make every program return at once.
 `, o.flushWait, floorEnv)
 }
 

@@ -28,27 +28,40 @@ func (k runKind) String() string {
 
 // runSpec is one run of a round.
 type runSpec struct {
-	kind runKind
-	mode string // ebpf.context_propagation; "" for without
+	kind    runKind
+	mode    string  // ebpf.context_propagation; "" for without
+	variant variant // the collector set-up (-variant); zero for without
 }
 
 func (s runSpec) String() string {
 	if s.kind == kindWithout {
 		return "without"
 	}
-	return s.kind.String() + " " + s.mode
+	return s.kind.String() + " " + s.label()
+}
+
+// label is the budget row of a floor or with run: the mode, and the
+// variant's name if any.
+func (s runSpec) label() string {
+	if s.variant.name == "" {
+		return s.mode
+	}
+	return s.mode + " " + s.variant.name
 }
 
 // roundSpecs is the order of the runs of round (from 1): without, then per
-// mode a floor run (unless noFloor) and a with run; even rounds run the same
-// list backwards, so a slow drift of the machine does not favour one kind.
-func roundSpecs(round int, modes []string, withFloor bool) []runSpec {
+// mode and variant a floor run (unless noFloor) and a with run; even rounds
+// run the same list backwards, so a slow drift of the machine does not
+// favour one kind or variant.
+func roundSpecs(round int, modes []string, variants []variant, withFloor bool) []runSpec {
 	specs := []runSpec{{kind: kindWithout}}
 	for _, m := range modes {
-		if withFloor {
-			specs = append(specs, runSpec{kind: kindFloor, mode: m})
+		for _, v := range variants {
+			if withFloor {
+				specs = append(specs, runSpec{kind: kindFloor, mode: m, variant: v})
+			}
+			specs = append(specs, runSpec{kind: kindWith, mode: m, variant: v})
 		}
-		specs = append(specs, runSpec{kind: kindWith, mode: m})
 	}
 	if round%2 == 0 {
 		slices.Reverse(specs)
@@ -88,6 +101,7 @@ type runResult struct {
 // collectorSample is what a floor or with run measured of the collector.
 type collectorSample struct {
 	cpu       time.Duration        // utime+stime from just before wrk to after the flush wait
+	sys       time.Duration        // the stime part of cpu
 	hwm       int64                // VmHWM in bytes, just before SIGTERM
 	counters  collectorCounters    // increase from just before wrk to after the flush wait
 	progs     map[string]progDelta // BPF run time while wrk ran, per program
@@ -102,6 +116,7 @@ type env struct {
 	wrkPath     string
 	sink        *sink
 	metricsPort int
+	pprofPort   int // the collector's pprof extension, with -pprof
 	keepTmp     *bool
 }
 
@@ -122,7 +137,7 @@ func runWorkload(ctx context.Context, e env, wl *workload) ([]runResult, error) 
 	}
 	var results []runResult
 	for round := 1; round <= o.rounds; round++ {
-		for _, spec := range roundSpecs(round, o.modes, o.floor) {
+		for _, spec := range roundSpecs(round, o.modes, o.variantsOrPlain(), o.floor) {
 			r, err := runOne(ctx, e, wl, round, spec)
 			if err != nil {
 				return nil, fmt.Errorf("round %d %s: %w", round, spec, err)
@@ -261,21 +276,37 @@ func (r *runResult) measure(ctx context.Context, e env, wl *workload, d time.Dur
 // before the next run.
 func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err error) {
 	o := e.o
+	v := r.spec.variant
 	name := fmt.Sprintf("collector-%s-round%d-%s-%s", wl.name, r.round, r.spec.kind, r.spec.mode)
+	if v.name != "" {
+		name += "-" + v.name
+	}
 	cfgPath := filepath.Join(e.tmp, name+".yaml")
-	cfg := collectorConfig(wl.ports(), r.spec.mode, o.ebpf, e.sink.endpoint(), e.metricsPort, o.compression)
+	compression := o.compression
+	if v.compression != "" {
+		compression = v.compression
+	}
+	level := o.telemetryLevel
+	if v.telemetry != "" {
+		level = v.telemetry
+	}
+	bin := o.collector
+	if v.collector != "" {
+		bin = v.collector
+	}
+	cfg := collectorConfig(wl.ports(), r.spec.mode, append(slices.Clone(o.ebpf), v.ebpf...), v, e.sink.endpoint(), e.metricsPort, compression, level, e.pprofPort)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
 	if t := e.sink.take(); t.errs != 0 || t.spans != 0 {
 		return fmt.Errorf("the sink had %d spans and %d rejected exports before the run", t.spans, t.errs)
 	}
-	var envs []string
+	envs := slices.Clone(v.env)
 	if r.spec.kind == kindFloor {
-		envs = []string{floorEnv}
+		envs = append(envs, floorEnv)
 	}
 	start := time.Now()
-	coll, err := startPinned(ctx, wl.tracedSide(), "collector", syscall.SIGTERM, envs, o.collector, "--config", cfgPath)
+	coll, err := startPinned(ctx, wl.tracedSide(), "collector", syscall.SIGTERM, envs, bin, "--config", cfgPath)
 	if err != nil {
 		return err
 	}
@@ -317,12 +348,23 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 	if err != nil {
 		return err
 	}
-	cpu0, err := cpuTime(coll.pid())
+	user0, sys0, err := cpuTimes(coll.pid())
 	if err != nil {
 		return err
 	}
+	var prof *profiler
+	if o.pprofDir != "" && r.spec.kind == kindWith {
+		if prof, err = startProfiles(ctx, e.pprofPort, filepath.Join(o.pprofDir, name), o.duration); err != nil {
+			return err
+		}
+	}
 	if err := r.measure(ctx, e, wl, o.duration, coll.pid()); err != nil {
 		return err
+	}
+	if prof != nil {
+		if err := prof.finish(ctx); err != nil {
+			return err
+		}
 	}
 	progs1, err := programsOf(coll.pid())
 	if err != nil {
@@ -332,11 +374,12 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 	if err := sleep(ctx, o.flushWait); err != nil {
 		return err
 	}
-	cpu1, err := cpuTime(coll.pid())
+	user1, sys1, err := cpuTimes(coll.pid())
 	if err != nil {
 		return err
 	}
-	r.coll.cpu = cpu1 - cpu0
+	r.coll.cpu = user1 + sys1 - user0 - sys0
+	r.coll.sys = sys1 - sys0
 	m1, err := scrape(ctx, e.metricsPort)
 	if err != nil {
 		return err
