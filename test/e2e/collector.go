@@ -43,6 +43,11 @@ type CollectorConfig struct {
 	Instrument []Selector
 	// SinkEndpoint is the otlp_http exporter's endpoint (Sink.Endpoint).
 	SinkEndpoint string
+	// ExporterName and ExporterYAML, when set, replace the otlp_http
+	// exporter to SinkEndpoint: the traces pipeline exports to ExporterName,
+	// configured by ExporterYAML (its lines under exporters.<name>, indented
+	// by four spaces).
+	ExporterName, ExporterYAML string
 	// BatchTimeout is ebpf.batch_timeout; "100ms" when empty.
 	BatchTimeout string
 	// EBPF holds more ebpf.<key>: <value> lines, values written verbatim.
@@ -136,7 +141,12 @@ func (c CollectorConfig) YAML() string {
 	// sending_queue off: each batch is exported synchronously, so a span is
 	// at the sink ~batch_timeout after the response. retry off: a failed
 	// export shows in the collector's log instead of arriving twice.
-	fmt.Fprintf(&b, `exporters:
+	exporter := "otlp_http"
+	if c.ExporterName != "" {
+		exporter = c.ExporterName
+		fmt.Fprintf(&b, "exporters:\n  %s:\n%s", exporter, c.ExporterYAML)
+	} else {
+		fmt.Fprintf(&b, `exporters:
   otlp_http:
     endpoint: %s
     compression: none
@@ -145,6 +155,7 @@ func (c CollectorConfig) YAML() string {
     retry_on_failure:
       enabled: false
 `, c.SinkEndpoint)
+	}
 	if c.HealthCheckPort != 0 {
 		fmt.Fprintf(&b, "extensions:\n  health_check:\n    endpoint: 127.0.0.1:%d\n", c.HealthCheckPort)
 	}
@@ -155,9 +166,9 @@ func (c CollectorConfig) YAML() string {
 	fmt.Fprintf(&b, `  pipelines:
     traces:
       receivers: [%s]
-      exporters: [otlp_http]
+      exporters: [%s]
   telemetry:
-`, receivers)
+`, receivers, exporter)
 	if c.MetricsPort == 0 {
 		b.WriteString("    metrics:\n      level: none\n")
 	} else {
@@ -230,14 +241,28 @@ func StartCollectorBinary(t testing.TB, bin string, cfg CollectorConfig) *Collec
 	if cfg.HealthCheckPort == 0 && distroHas(t, bin, "health_check") {
 		cfg.HealthCheckPort = FreePort(t)
 	}
-	c := &Collector{Config: cfg.YAML(), t: t, done: make(chan struct{}), out: &syncBuffer{}}
+	return startCollector(t, bin, cfg.YAML(), cfg.Env, cfg.HealthCheckPort)
+}
+
+// StartCollectorYAML starts the distro with config as it is (a gateway, a
+// metrics pipeline: what CollectorConfig does not render), env added to the
+// test's environment, and waits as StartCollector does; healthCheckPort, when
+// not zero, is the health_check endpoint port config enables.
+func StartCollectorYAML(t testing.TB, config string, env []string, healthCheckPort int) *Collector {
+	t.Helper()
+	return startCollector(t, DistroPath(t), config, env, healthCheckPort)
+}
+
+func startCollector(t testing.TB, bin, config string, env []string, healthCheckPort int) *Collector {
+	t.Helper()
+	c := &Collector{Config: config, t: t, done: make(chan struct{}), out: &syncBuffer{}}
 	c.ConfigPath = filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(c.ConfigPath, []byte(c.Config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c.cmd = exec.Command(bin, "--config", c.ConfigPath)
-	if len(cfg.Env) > 0 {
-		c.cmd.Env = append(os.Environ(), cfg.Env...)
+	if len(env) > 0 {
+		c.cmd.Env = append(os.Environ(), env...)
 	}
 	c.cmd.Stdout = c.out
 	c.cmd.Stderr = c.out
@@ -269,8 +294,8 @@ func StartCollectorBinary(t testing.TB, bin string, cfg CollectorConfig) *Collec
 			t.Fatalf("collector not ready after %v", readyTimeout)
 		}
 	}
-	if cfg.HealthCheckPort != 0 {
-		url := fmt.Sprintf("http://127.0.0.1:%d/", cfg.HealthCheckPort)
+	if healthCheckPort != 0 {
+		url := fmt.Sprintf("http://127.0.0.1:%d/", healthCheckPort)
 		client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		for {
 			resp, err := client.Get(url)
