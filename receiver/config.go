@@ -126,13 +126,24 @@ type RoutesConfig struct {
 	Unmatched string `mapstructure:"unmatched"`
 	// WildcardChar replaces id-like segments in heuristic mode. Default "*".
 	WildcardChar string `mapstructure:"wildcard_char"`
+	// IgnoredPatterns are paths whose spans, SERVER and CLIENT, are not
+	// exported (health checks, metrics scrapes): written as Patterns, where
+	// a segment "*" also matches any one segment and a last segment "**"
+	// any number, e.g. /health, /metrics, /debug/**. Dropped spans are
+	// counted (spans_ignored).
+	IgnoredPatterns []string `mapstructure:"ignored_patterns"`
 
 	// prevent unkeyed literal initialization
 	_ struct{}
 }
 
 func (c RoutesConfig) options() routes.Options {
-	return routes.Options{Patterns: c.Patterns, Unmatched: routes.Unmatched(c.Unmatched), WildcardChar: c.WildcardChar}
+	return routes.Options{
+		Patterns:     c.Patterns,
+		Unmatched:    routes.Unmatched(c.Unmatched),
+		WildcardChar: c.WildcardChar,
+		Ignored:      c.IgnoredPatterns,
+	}
 }
 
 // DiscoveryConfig selects the processes to trace.

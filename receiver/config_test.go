@@ -132,7 +132,8 @@ func TestLoadConfig(t *testing.T) {
 			name: "routes",
 			want: func() *Config {
 				c := defaults(Selector{PID: 1})
-				c.Routes = RoutesConfig{Patterns: []string{"/users/{id}", "/users/{id}/orders/:order"}, Unmatched: RoutesUnset, WildcardChar: "_"}
+				c.Routes = RoutesConfig{Patterns: []string{"/users/{id}", "/users/{id}/orders/:order"}, Unmatched: RoutesUnset, WildcardChar: "_",
+					IgnoredPatterns: []string{"/health", "/debug/**"}}
 				return c
 			}(),
 		},
@@ -143,6 +144,7 @@ func TestLoadConfig(t *testing.T) {
 				`routes.patterns[1]: "/a/{b": segment "{b": want {name}`,
 				`routes.unmatched: unknown value "sometimes"; want heuristic, path, wildcard or unset`,
 				`routes.wildcard_char: "**" is not one printable ASCII character other than / and ?`,
+				`routes.ignored_patterns[0]: "/a/**/b": ** must be the last segment`,
 			},
 		},
 		{

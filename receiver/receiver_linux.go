@@ -473,6 +473,9 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 		if u := builder.TakeUnmatched(); u > 0 {
 			r.telemetry.ReceiverEbpfTracingRoutesUnmatched.Add(ctx, u)
 		}
+		if n := builder.TakeIgnored(); n > 0 {
+			r.telemetry.ReceiverEbpfTracingSpansIgnored.Add(ctx, n)
+		}
 		n := builder.Len()
 		if n == 0 {
 			return

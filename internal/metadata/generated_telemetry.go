@@ -39,6 +39,7 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingRequestsUnsampled       metric.Int64Counter
 	ReceiverEbpfTracingRoutesUnmatched         metric.Int64Counter
 	ReceiverEbpfTracingSpansEmitted            metric.Int64Counter
+	ReceiverEbpfTracingSpansIgnored            metric.Int64Counter
 }
 
 // TelemetryBuilderOption applies changes to default builder.
@@ -145,6 +146,12 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	builder.ReceiverEbpfTracingSpansEmitted, err = builder.meter.Int64Counter(
 		"otelcol_receiver_ebpf_tracing_spans_emitted",
 		metric.WithDescription("Number of spans passed to the next consumer. [Development]"),
+		metric.WithUnit("{span}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingSpansIgnored, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_spans_ignored",
+		metric.WithDescription("Number of spans not exported because their URL path matched one of routes.ignored_patterns. [Development]"),
 		metric.WithUnit("{span}"),
 	)
 	errs = errors.Join(errs, err)

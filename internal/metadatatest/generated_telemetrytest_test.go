@@ -32,6 +32,7 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingRequestsUnsampled.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingRoutesUnmatched.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansEmitted.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingSpansIgnored.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
@@ -69,6 +70,9 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingSpansEmitted(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingSpansIgnored(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 

@@ -43,6 +43,9 @@ type Route struct {
 	Route string
 	// Matched: a pattern matched.
 	Matched bool
+	// Ignored: the path matches one of Options.Ignored; its spans are
+	// dropped.
+	Ignored bool
 	// names are "METHOD route", by Methods index, made on first use.
 	names [len(Methods)]string
 }
@@ -62,6 +65,7 @@ func (r *Route) Name(m int) string {
 // Matcher matches paths against patterns.
 type Matcher struct {
 	patterns  []pattern
+	ignored   []pattern
 	unmatched Unmatched
 	wildcard  string
 	cache     map[string]*Route
@@ -69,7 +73,10 @@ type Matcher struct {
 
 type pattern struct {
 	text string
-	segs []string // "" is a parameter
+	segs []string // "" is a parameter; "*" one segment, in ignored patterns
+	// tail: an ignored pattern ending in "/**", which matches any number of
+	// further segments, none included.
+	tail bool
 }
 
 // Options configure a Matcher.
@@ -83,6 +90,11 @@ type Options struct {
 	Unmatched Unmatched
 	// WildcardChar replaces id segments in Heuristic mode; "*" when empty.
 	WildcardChar string
+	// Ignored are paths whose spans are dropped (health checks, metrics
+	// scrapes), written as Patterns are, where a segment "*" also matches
+	// any one segment and a last segment "**" any number of segments:
+	// /health, /debug/**, /api/*/ping.
+	Ignored []string
 }
 
 // Check validates opts; the messages name the field (patterns[i],
@@ -90,8 +102,13 @@ type Options struct {
 func Check(opts Options) error {
 	var errs []error
 	for i, p := range opts.Patterns {
-		if _, err := parse(p); err != nil {
+		if _, err := parse(p, false); err != nil {
 			errs = append(errs, fmt.Errorf("patterns[%d]: %w", i, err))
+		}
+	}
+	for i, p := range opts.Ignored {
+		if _, err := parse(p, true); err != nil {
+			errs = append(errs, fmt.Errorf("ignored_patterns[%d]: %w", i, err))
 		}
 	}
 	switch opts.Unmatched {
@@ -118,19 +135,34 @@ func New(opts Options) (*Matcher, error) {
 		m.wildcard = "*"
 	}
 	for _, p := range opts.Patterns {
-		pt, _ := parse(p)
+		pt, _ := parse(p, false)
 		m.patterns = append(m.patterns, pt)
+	}
+	for _, p := range opts.Ignored {
+		pt, _ := parse(p, true)
+		m.ignored = append(m.ignored, pt)
 	}
 	return m, nil
 }
 
-func parse(p string) (pattern, error) {
+// parse reads a pattern; glob allows the "*" and "**" segments of ignored
+// patterns.
+func parse(p string, glob bool) (pattern, error) {
 	if !strings.HasPrefix(p, "/") {
 		return pattern{}, fmt.Errorf("%q does not start with /", p)
 	}
 	pt := pattern{text: p}
-	for _, s := range splitPath(p) {
+	segs := splitPath(p)
+	for i, s := range segs {
 		switch {
+		case glob && s == "**":
+			if i != len(segs)-1 {
+				return pattern{}, fmt.Errorf("%q: ** must be the last segment", p)
+			}
+			pt.tail = true
+			return pt, nil
+		case strings.Contains(s, "*") && (!glob || s != "*"):
+			return pattern{}, fmt.Errorf("%q: segment %q: * stands alone as a segment, in ignored patterns only", p, s)
 		case strings.HasPrefix(s, "{") || strings.HasSuffix(s, "}"):
 			if len(s) < 3 || s[0] != '{' || s[len(s)-1] != '}' || strings.ContainsAny(s[1:len(s)-1], "{}") {
 				return pattern{}, fmt.Errorf("%q: segment %q: want {name}", p, s)
@@ -174,7 +206,15 @@ func (m *Matcher) Match(path string) *Route {
 	return r
 }
 
+// Ignoring reports whether m has ignored patterns.
+func (m *Matcher) Ignoring() bool { return len(m.ignored) > 0 }
+
 func (m *Matcher) match(path string) *Route {
+	for i := range m.ignored {
+		if m.ignored[i].matches(path) {
+			return &Route{Ignored: true}
+		}
+	}
 	var best *pattern
 	for i := range m.patterns {
 		p := &m.patterns[i]
@@ -210,7 +250,7 @@ func (p *pattern) matches(path string) bool {
 		} else {
 			rest = ""
 		}
-		if s == "" {
+		if s == "" || s == "*" {
 			if seg == "" {
 				return false
 			}
@@ -218,7 +258,7 @@ func (p *pattern) matches(path string) bool {
 			return false
 		}
 	}
-	return rest == ""
+	return rest == "" || p.tail
 }
 
 // beats reports whether p is more specific than q, which matches the same

@@ -94,6 +94,36 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+func TestIgnored(t *testing.T) {
+	m, err := New(Options{Patterns: []string{"/users/{id}"}, Ignored: []string{"/health", "/debug/**", "/api/*/ping", "/v/{ver}/ready"}})
+	require.NoError(t, err)
+	assert.True(t, m.Ignoring())
+	for path, want := range map[string]bool{
+		"/health": true, "/health/": true, "/healthz": false, "/health/x": false,
+		"/debug": true, "/debug/pprof/heap": true, "/debugger": false,
+		"/api/v1/ping": true, "/api/ping": false, "/api/v1/v2/ping": false,
+		"/v/3/ready": true, "/users/7": false, "/": false,
+	} {
+		assert.Equal(t, want, m.Match(path).Ignored, path)
+	}
+	assert.Equal(t, "/users/{id}", m.Match("/users/7").Route)
+
+	none, err := New(Options{})
+	require.NoError(t, err)
+	assert.False(t, none.Ignoring())
+
+	err = Check(Options{Patterns: []string{"/a/*"}, Ignored: []string{"/a/**/b", "/x*", "/y/{id"}})
+	require.Error(t, err)
+	for _, want := range []string{
+		`patterns[0]: "/a/*": segment "*": * stands alone as a segment, in ignored patterns only`,
+		`ignored_patterns[0]: "/a/**/b": ** must be the last segment`,
+		`ignored_patterns[1]: "/x*": segment "x*"`,
+		`ignored_patterns[2]`,
+	} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
+
 func TestCacheBounded(t *testing.T) {
 	m, err := New(Options{Unmatched: Path})
 	require.NoError(t, err)

@@ -176,6 +176,8 @@ type Builder struct {
 	routes *routes.Matcher
 	// unmatched counts SERVER spans whose path matched no route pattern.
 	unmatched int64
+	// ignored counts spans dropped by the routes' ignored patterns.
+	ignored int64
 }
 
 // SetRoutes makes SERVER spans take http.route, and the span name
@@ -187,6 +189,14 @@ func (b *Builder) SetRoutes(m *routes.Matcher) { b.routes = m }
 func (b *Builder) TakeUnmatched() int64 {
 	n := b.unmatched
 	b.unmatched = 0
+	return n
+}
+
+// TakeIgnored returns the number of spans dropped because their path
+// matched an ignored pattern of the routes, since the last call.
+func (b *Builder) TakeIgnored() int64 {
+	n := b.ignored
+	b.ignored = 0
 	return n
 }
 
@@ -219,10 +229,17 @@ func (b *Builder) Flush() ptrace.Traces {
 	return td
 }
 
-// Append adds r as a span under the resource of proc. The resource of a PID
+// Append adds r as a span under the resource of proc, unless its path
+// matches an ignored pattern of the routes (SERVER and CLIENT spans alike). The resource of a PID
 // is created by its first Append in a batch; later calls for the same PID
 // reuse it and do not update its attributes.
 func (b *Builder) Append(r *Request, proc Process) {
+	if b.routes != nil && b.routes.Ignoring() {
+		if t := parseTarget(r.Path); t.origin && b.routes.Match(t.path).Ignored {
+			b.ignored++
+			return
+		}
+	}
 	spans, ok := b.byPID[proc.PID]
 	if !ok {
 		spans = b.newResource(proc)

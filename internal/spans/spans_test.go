@@ -697,6 +697,40 @@ func TestResourceFromProcres(t *testing.T) {
 	})
 }
 
+func TestIgnoredPatterns(t *testing.T) {
+	m, err := routes.New(routes.Options{Ignored: []string{"/health", "/metrics"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBuilder("h", "v")
+	b.SetRoutes(m)
+	reqs := []Request{
+		with(server(), func(r *Request) { r.Path = "/health" }),
+		with(server(), func(r *Request) { r.Path = "/metrics?x=1" }),
+		server(), // /users/7
+		with(client(), func(r *Request) { r.Path = "http://db:8080/health" }),
+		client(),
+	}
+	for i := range reqs {
+		b.Append(&reqs[i], proc)
+	}
+	if n := b.TakeIgnored(); n != 3 {
+		t.Errorf("ignored = %d, want 3", n)
+	}
+	if n := b.TakeIgnored(); n != 0 {
+		t.Errorf("ignored after take = %d", n)
+	}
+	if b.Len() != 2 {
+		t.Fatalf("Len = %d, want 2", b.Len())
+	}
+	ss := b.Flush().ResourceSpans().At(0).ScopeSpans().At(0).Spans()
+	for i := 0; i < ss.Len(); i++ {
+		if p, _ := ss.At(i).Attributes().Get("url.path"); p.Str() == "/health" || p.Str() == "/metrics" {
+			t.Errorf("span %d with ignored path %s exported", i, p.Str())
+		}
+	}
+}
+
 func TestRoutes(t *testing.T) {
 	m, err := routes.New(routes.Options{Patterns: []string{"/users/{id}"}})
 	if err != nil {

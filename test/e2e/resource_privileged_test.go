@@ -198,9 +198,9 @@ func TestResourceAttributes(t *testing.T) {
 	assert.NotEqual(t, span(py).Resource["service.instance.id"], res["service.instance.id"])
 }
 
-// routesUnmatched scrapes the collector's own metrics on port for the
-// receiver's routes_unmatched counter.
-func routesUnmatched(t *testing.T, port int) int {
+// scrapeCounter scrapes the collector's own metrics on port and sums the
+// series whose name contains name (a receiver counter).
+func scrapeCounter(t *testing.T, port int, name string) int {
 	t.Helper()
 	client := &http.Client{Timeout: 5 * time.Second}
 	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
@@ -212,7 +212,7 @@ func routesUnmatched(t *testing.T, port int) int {
 	for sc.Scan() {
 		line := sc.Text()
 		i := strings.LastIndexByte(line, ' ')
-		if strings.HasPrefix(line, "#") || i < 0 || !strings.Contains(line[:i], "ebpf_tracing_routes_unmatched") {
+		if strings.HasPrefix(line, "#") || i < 0 || !strings.Contains(line[:i], name) {
 			continue
 		}
 		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
@@ -223,8 +223,22 @@ func routesUnmatched(t *testing.T, port int) int {
 	return n
 }
 
+// waitCounter scrapes the collector's counter name until it reaches want or
+// spanTimeout passes, and returns the last value.
+func waitCounter(t *testing.T, port int, name string, want int) int {
+	t.Helper()
+	deadline := time.Now().Add(spanTimeout)
+	got := scrapeCounter(t, port, name)
+	for got != want && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		got = scrapeCounter(t, port, name)
+	}
+	return got
+}
+
 // Route patterns and the heuristic give http.route and the span name of
-// SERVER spans; paths no pattern matches are counted.
+// SERVER spans; paths no pattern matches are counted; paths matching an
+// ignored pattern give no span, counted too.
 func TestRoutesAndSpanNames(t *testing.T) {
 	sink := StartSink(t)
 	port := FreePort(t)
@@ -233,8 +247,11 @@ func TestRoutesAndSpanNames(t *testing.T) {
 	StartCollector(t, CollectorConfig{
 		Instrument:   []Selector{PortsSelector(port)},
 		SinkEndpoint: sink.Endpoint(),
-		Routes:       map[string]string{"patterns": `["/users/{id}", "/users/{id}/orders/:order", "/users/me"]`},
-		MetricsPort:  metrics,
+		Routes: map[string]string{
+			"patterns":         `["/users/{id}", "/users/{id}/orders/:order", "/users/me"]`,
+			"ignored_patterns": `["/health", "/debug/**"]`,
+		},
+		MetricsPort: metrics,
 	})
 	waitTraced(t, sink, app)
 
@@ -249,6 +266,10 @@ func TestRoutesAndSpanNames(t *testing.T) {
 		{"/hello?x=1", "/hello", false},
 		{"/status/503", "/status/*", false},
 		{"/items/" + uuid + "/blob/9f86d081884c7d65", "/items/*/blob/*", false},
+	}
+	ignored := []string{"/health", "/debug/pprof/heap", "/debug"}
+	for _, p := range ignored {
+		curlStatus(t, app.URL(p))
 	}
 	for _, w := range want {
 		curlStatus(t, app.URL(w.path))
@@ -265,11 +286,11 @@ func TestRoutesAndSpanNames(t *testing.T) {
 		return !strings.HasPrefix(s.Str("http.route"), "/users/")
 	})))
 	require.GreaterOrEqual(t, unmatched, 3)
-	deadline := time.Now().Add(spanTimeout)
-	got := routesUnmatched(t, metrics)
-	for got != unmatched && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-		got = routesUnmatched(t, metrics)
+	assert.Equal(t, unmatched, waitCounter(t, metrics, "ebpf_tracing_routes_unmatched", unmatched), "receiver_ebpf_tracing_routes_unmatched")
+	// The ignored requests were sent before the ones waited for above, so
+	// their spans would have come by now.
+	assert.Equal(t, len(ignored), waitCounter(t, metrics, "ebpf_tracing_spans_ignored", len(ignored)), "receiver_ebpf_tracing_spans_ignored")
+	for _, p := range ignored {
+		assert.Empty(t, sink.Matching(All(ServerOf(app.Service), WithPath(p))), "span of ignored path %s exported", p)
 	}
-	assert.Equal(t, unmatched, got, "receiver_ebpf_tracing_routes_unmatched")
 }
