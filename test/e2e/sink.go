@@ -5,6 +5,7 @@ package e2e
 import (
 	"compress/gzip"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -133,6 +134,7 @@ type Sink struct {
 	mu       sync.Mutex
 	spans    []Span
 	requests int
+	aborted  int // export requests whose sender closed the connection mid-body
 	errs     []string
 }
 
@@ -248,6 +250,14 @@ func (s *Sink) handleTraces(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	raw, err := io.ReadAll(body)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		// The sender went away mid-body: a collector shutting down cancels
+		// its in-flight export. Nothing was delivered; not a bad request.
+		s.mu.Lock()
+		s.aborted++
+		s.mu.Unlock()
+		return
+	}
 	if err != nil {
 		fail(http.StatusBadRequest, "read body: %v", err)
 		return
