@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -289,7 +290,8 @@ var gateways = []gateway{
 
 // nginxConf is the gateway's nginx.conf: one worker, an upstream keep-alive
 // pool, every path the master would write under dir. "env" keeps
-// OTEL_SERVICE_NAME in the worker's environment.
+// OTEL_SERVICE_NAME in the worker's environment. The fifth and sixth
+// arguments are the listen options and more server lines (TLS).
 const nginxConf = `%sworker_processes 1;
 pid %[2]s/nginx.pid;
 error_log %[2]s/error.log warn;
@@ -307,8 +309,8 @@ http {
         keepalive 16;
     }
     server {
-        listen 127.0.0.1:%[4]d;
-        location / {
+        listen 127.0.0.1:%[4]d%[5]s;
+%[6]s        location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -321,7 +323,21 @@ http {
 // config in a temporary directory and waits until it answers.
 func startNginxGateway(t *testing.T, service string, port, backendPort int) *App {
 	t.Helper()
+	return startNginx(t, service, port, backendPort, "")
+}
+
+// startNginx is startNginxGateway; with certDir (holding cert.pem and
+// key.pem, see selfSigned) nginx terminates TLS on port and proxies in
+// plaintext.
+func startNginx(t *testing.T, service string, port, backendPort int, certDir string) *App {
+	t.Helper()
 	dir := t.TempDir()
+	listen, tlsLines, scheme := "", "", "http"
+	if certDir != "" {
+		listen, scheme = " ssl", "https"
+		tlsLines = fmt.Sprintf("        ssl_certificate %s;\n        ssl_certificate_key %s;\n",
+			filepath.Join(certDir, "cert.pem"), filepath.Join(certDir, "key.pem"))
+	}
 	user := ""
 	if os.Geteuid() == 0 {
 		// Workers would run as nobody, who cannot write the temporary
@@ -329,7 +345,7 @@ func startNginxGateway(t *testing.T, service string, port, backendPort int) *App
 		user = "user root;\n"
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil, nginxConf, user, dir, backendPort, port), 0o644))
+	require.NoError(t, os.WriteFile(conf, fmt.Appendf(nil, nginxConf, user, dir, backendPort, port, listen, tlsLines), 0o644))
 	cmd := exec.Command("/usr/sbin/nginx", "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", conf, "-g", "daemon off;")
 	cmd.Dir = dir
 	cmd.Env = append(cmd.Environ(), "OTEL_SERVICE_NAME="+service)
@@ -340,10 +356,13 @@ func startNginxGateway(t *testing.T, service string, port, backendPort int) *App
 		return fmt.Sprintf("nginx (port %d; error.log:\n%s)", port, log)
 	}, app.out)
 	app.PID = cmd.Process.Pid
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the test's own self-signed certificate
+	}}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := client.Get(app.URL(warmupPath))
+		resp, err := client.Get(scheme + "://" + app.Addr() + warmupPath)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
