@@ -57,7 +57,7 @@ type tracesReceiver struct {
 	wg        sync.WaitGroup
 	tracer    *httptrace.Tracer
 	prop      *ctxprop.Propagator
-	tcpOpt    *tcpopt.Carrier // the TCP option carrier of TLS contexts
+	tcpOpt    *tcpopt.Carrier    // the TCP option carrier of TLS contexts
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
