@@ -1360,6 +1360,26 @@ int httptrace_ssl_write_ex(struct pt_regs *ctx) { return tls_enter(ctx, false, t
 SEC("uretprobe")
 int httptrace_ssl_read_return(struct pt_regs *ctx) { return tls_read_return(ctx); }
 
+// The saved registers of the system call that brought the socket hook here,
+// and its number in *nr, if it is a read (is_read) or write of a user
+// buffer by a thread that is not an io_uring worker.
+static __always_inline struct pt_regs *socket_syscall(bool is_read, __u64 *nr)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->flags & PF_IO_WORKER)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	__u64 n = SYSCALL_NR_BTF(regs);
+	bool nr_read = n == NR_READ || n == NR_READV || n == NR_RECVFROM || n == NR_RECVMSG;
+	bool nr_write = n == NR_WRITE || n == NR_WRITEV || n == NR_SENDTO || n == NR_SENDMSG;
+	if (is_read ? !nr_read : !nr_write)
+		return 0;
+	*nr = n;
+	return regs;
+}
+
 // Default variant: the socket tracepoints, (sk, ret, flags), which run only
 // when a socket read or write returns. The payload is in the user buffer the
 // system call was given, found through its saved registers.
@@ -1376,16 +1396,9 @@ static __always_inline int on_sock(__u64 *ctx, bool is_read)
 		return 0;
 	if (is_read && ((int)ctx[2] & MSG_PEEK))
 		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
-	if (task->flags & PF_IO_WORKER)
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u64 nr;
+	struct pt_regs *regs = socket_syscall(is_read, &nr);
 	if (!regs)
-		return 0;
-	__u64 nr = SYSCALL_NR_BTF(regs);
-	bool nr_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
-	bool nr_write = nr == NR_WRITE || nr == NR_WRITEV || nr == NR_SENDTO || nr == NR_SENDMSG;
-	if (is_read ? !nr_read : !nr_write)
 		return 0; // sendfile, splice, recvmmsg, io_uring: no user buffer here
 	struct sock *sk = (struct sock *)ctx[0];
 	if (!sk)
@@ -1419,14 +1432,9 @@ int httptrace_tcp_sendmsg(__u64 *ctx)
 	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
 	if (!tc || tc->is_read)
 		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
-	if (task->flags & PF_IO_WORKER)
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u64 nr;
+	struct pt_regs *regs = socket_syscall(false, &nr);
 	if (!regs)
-		return 0;
-	__u64 nr = SYSCALL_NR_BTF(regs);
-	if (nr != NR_WRITE && nr != NR_WRITEV && nr != NR_SENDTO && nr != NR_SENDMSG)
 		return 0;
 	struct sock *sk = (struct sock *)ctx[0];
 	if (!sk)

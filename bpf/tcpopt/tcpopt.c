@@ -29,7 +29,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET6 10
 #define TCPHDR_SYN 0x02
 
-// Knob: segments that carry one request's context (retransmitted or
+// Knob: data segments that carry one request's context (retransmitted or
 // out-of-order first segments are covered by the next ones).
 volatile const __u16 max_segments = 4;
 
@@ -111,6 +111,11 @@ static __always_inline struct carrier_ctx *pending(struct carrier_key *k, struct
 static __always_inline int hdr_opt_len(struct bpf_sock_ops *skops)
 {
 	if (skops->skb_tcp_flags & TCPHDR_SYN)
+		return 1;
+	// A segment without payload (pure ACK, FIN): the context goes with
+	// data only. skb_len is the payload here (the header is not pushed
+	// yet); no skb at all (flags 0) is the MSS computation.
+	if (!skops->skb_len && skops->skb_tcp_flags)
 		return 1;
 	struct carrier_key k;
 	struct tcpopt_tx *tx = 0;
