@@ -308,6 +308,7 @@ func TestTLSCarrier(t *testing.T) {
 func testTLSCarrier(t *testing.T, cc carrierCase) {
 	f := startCarrierFleet(t)
 	ns1 := f.pair.ns[0]
+	t.Logf("uninstrumented: %s", keepAliveThroughput(t, f, ns1))
 	for _, mode := range []string{"all", "tcp", "headers", "disabled"} {
 		t.Run(mode, func(t *testing.T) {
 			sink := StartSink(t)
@@ -329,6 +330,9 @@ func testTLSCarrier(t *testing.T, cc carrierCase) {
 			postChain(t, ns1, f.dir, relayURL(f.chain, 1), tp, randomBody(t, 64<<10))
 			segments, ours := stop()
 			require.Greater(t, segments, 20, "the capture saw the chain's segments")
+			if mode == "disabled" {
+				t.Logf("disabled (httptrace only): %s", keepAliveThroughput(t, f, ns1))
+			}
 			if !carried {
 				assert.Zero(t, ours, "%s: no segment carries our TCP option", mode)
 				// The TLS hops get no context: the first downstream
@@ -365,8 +369,25 @@ func testTLSCarrier(t *testing.T, cc carrierCase) {
 				}
 			}
 			t.Run("cost", func(t *testing.T) { carrierCost(t, f, ns1) })
+			t.Logf("all (carrier on): %s", keepAliveThroughput(t, f, ns1))
 		})
 	}
+}
+
+// keepAliveThroughput times 5 × 40 keep-alive HTTPS requests (1 KiB
+// bodies) from the chain's first app to the second, across the
+// namespaces: a rough rate for comparing modes in one invocation (the
+// bench is the reference).
+func keepAliveThroughput(t *testing.T, f *carrierFleet, ns string) string {
+	t.Helper()
+	const rounds, perConn = 5, 40
+	start := time.Now()
+	for i := 0; i < rounds; i++ {
+		trace, parent := traceparentIDs(t, randomTraceparent())
+		postChain(t, ns, f.dir, relayURL(f.chain[:2], perConn), "00-"+trace+"-"+parent+"-01", randomBody(t, 1024))
+	}
+	d := time.Since(start)
+	return fmt.Sprintf("%d keep-alive HTTPS requests in %v: %.0f req/s", rounds*perConn, d.Round(time.Millisecond), float64(rounds*perConn)/d.Seconds())
 }
 
 // carrierCost logs the sockops program's run time per request
