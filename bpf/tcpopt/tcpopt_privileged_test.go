@@ -65,8 +65,14 @@ func TestCarrierLoopback(t *testing.T) {
 	if err := tr.Trace(uint32(os.Getpid())); err != nil {
 		t.Fatal(err)
 	}
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		t.Run(tc.network, func(t *testing.T) { testCarrierLoopback(t, tr, c, tc.network, tc.addr) })
+	}
+}
+
+func testCarrierLoopback(t *testing.T, tr *httptrace.Tracer, c *Carrier, network, addr string) {
 	shared := tr.Shared()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +84,7 @@ func TestCarrierLoopback(t *testing.T) {
 			accepted <- s
 		}
 	}()
-	cli, err := net.Dial("tcp4", ln.Addr().String())
+	cli, err := net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
