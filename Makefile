@@ -18,7 +18,7 @@ endif
 
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: tools generate mdatagen build distro run mounts test bench lint clean
+.PHONY: tools generate mdatagen build distro run mounts testdeps test bench lint clean
 
 # Installs ocb if it is missing or not $(OCB_VERSION).
 tools:
@@ -56,8 +56,15 @@ mounts:
 run: distro mounts
 	$(DISTRO) --config testdata/run.yaml
 
+# Tools the end-to-end tests run: tcpdump (TestTLSCarrier captures the
+# veth), bpftool (bpf_stats of the programs).
+testdeps:
+	@if ! command -v tcpdump >/dev/null || ! command -v bpftool >/dev/null; then \
+		$(APT_GET) update && $(APT_GET) install -y tcpdump bpftool; \
+	fi
+
 # Unit tests and the privileged kernel and end-to-end tests, as root.
-test: mounts
+test: mounts testdeps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (privileged eBPF tests)"; exit 1; fi
 	@missing=""; \
 	for c in curl:curl wrk:wrk bpftool:bpftool ip:iproute2 docker-compose:docker-compose; do \

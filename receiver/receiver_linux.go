@@ -24,6 +24,7 @@ import (
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/tcpopt"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/metadata"
@@ -56,6 +57,7 @@ type tracesReceiver struct {
 	wg        sync.WaitGroup
 	tracer    *httptrace.Tracer
 	prop      *ctxprop.Propagator
+	tcpOpt    *tcpopt.Carrier    // the TCP option carrier of TLS contexts
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
@@ -129,9 +131,12 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if r.routes, err = routes.New(r.cfg.Routes.options()); err != nil {
 		return fmt.Errorf("ebpf_tracing: routes: %w", err)
 	}
-	if propagation.TCP {
-		logger.Warn("ebpf.context_propagation: the TCP packet-level carrier (for TLS) is not available in this version; " +
-			"plaintext HTTP headers are injected when headers (or all) is set")
+	// The packet-level carrier takes the context of TLS requests; plaintext
+	// requests get headers (headers or all), never the carrier.
+	carrier := propagation.TCP && r.cfg.EBPF.PacketCarrier == CarrierTCPOption
+	if propagation.TCP && !carrier {
+		logger.Warn("ebpf.packet_carrier: only tcp_option is available in this version; TLS requests carry no context",
+			zap.String("packet_carrier", r.cfg.EBPF.PacketCarrier))
 	}
 
 	// Everything opened from here on is closed again if Start fails.
@@ -160,6 +165,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		Hook:                ioHook(r.cfg.EBPF.IOHook),
 		ReturnAtOnce:        benchFloor(),
 		Sampler:             kernelSampler(sampler),
+		Carrier:             carrier,
 	})
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
@@ -179,6 +185,14 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		}
 		if err = r.prop.Attach(report.CgroupV2); err != nil {
 			return fmt.Errorf("ebpf_tracing: ebpf.context_propagation %q: %w", r.cfg.EBPF.ContextPropagation, err)
+		}
+	}
+	if carrier {
+		if r.tcpOpt, err = tcpopt.Load(r.tracer.Shared()); err != nil {
+			return fmt.Errorf("ebpf_tracing: ebpf.packet_carrier tcp_option: %w", err)
+		}
+		if err = r.tcpOpt.Attach(report.CgroupV2); err != nil {
+			return fmt.Errorf("ebpf_tracing: ebpf.packet_carrier tcp_option: %w (or set ebpf.context_propagation to headers)", err)
 		}
 	}
 	// Go moves goroutines between threads: follow them in Go processes, so
@@ -213,6 +227,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	logger.Info("ebpf_tracing started",
 		zap.String("attach", r.tracer.Variant()),
 		zap.Bool("inject_headers", r.prop != nil),
+		zap.String("tls_carrier", r.carrierVariant()),
 		zap.String("go_hand_over", r.goTracker.Variant()),
 		zap.String("tls", r.tlsVariant()),
 		zap.Bool("bpf_loop", report.BPFLoop),
@@ -300,6 +315,12 @@ func (r *tracesReceiver) release() error {
 			errs = append(errs, err)
 		}
 		r.tls = nil
+	}
+	if r.tcpOpt != nil {
+		if err := r.tcpOpt.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.tcpOpt = nil
 	}
 	if r.prop != nil {
 		if err := r.prop.Close(); err != nil {
@@ -591,8 +612,9 @@ func (d DiscoveryConfig) criteria() ([]discovery.Criteria, error) {
 // kernelCounters remembers the last kernel counter values reported, so the
 // telemetry counters get the increments.
 type kernelCounters struct {
-	trace httptrace.Counters
-	prop  ctxprop.Counters
+	trace  httptrace.Counters
+	prop   ctxprop.Counters
+	tcpOpt tcpopt.Counters
 }
 
 func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
@@ -609,6 +631,13 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 		add(ctx, tb.ReceiverEbpfTracingRequestsUnsampled, c.Unsampled, &k.trace.Unsampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUncertainParent, c.AssocUncertain, &k.trace.AssocUncertain)
 	}
+	if r.tcpOpt != nil {
+		if c, err := r.tcpOpt.ReadCounters(); err == nil {
+			add(ctx, tb.ReceiverEbpfTracingTCPOptionsWritten, c.Written, &k.tcpOpt.Written)
+			add(ctx, tb.ReceiverEbpfTracingTCPOptionsParsed, c.Parsed, &k.tcpOpt.Parsed)
+			add(ctx, tb.ReceiverEbpfTracingTCPOptionsNoRoom, c.NoRoom, &k.tcpOpt.NoRoom)
+		}
+	}
 	if r.prop == nil {
 		return
 	}
@@ -622,6 +651,14 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 		}
 		k.prop.HeadersTooLong, k.prop.PushFailed, k.prop.PipelinedSkipped = c.HeadersTooLong, c.PushFailed, c.PipelinedSkipped
 	}
+}
+
+// carrierVariant names the packet-level carrier of TLS contexts in use.
+func (r *tracesReceiver) carrierVariant() string {
+	if r.tcpOpt != nil {
+		return "tcp_option (sockops)"
+	}
+	return "none"
 }
 
 func add(ctx context.Context, counter metric.Int64Counter, now uint64, last *uint64) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer/consumertest"
 	"go.opentelemetry.io/collector/pdata/ptrace"
@@ -125,5 +126,59 @@ func TestShutdownWithoutStart(t *testing.T) {
 	}
 	if err := rcv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// loadedPrograms counts the BPF programs of the host named name.
+func loadedPrograms(t *testing.T, name string) int {
+	t.Helper()
+	n := 0
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return n
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil && info.Name == name {
+			n++
+		}
+		p.Close()
+	}
+}
+
+// TestLifecycleCarrier: with context_propagation tcp the TCP option
+// carrier's sockops program is loaded and attached by Start, and gone after
+// Shutdown.
+func TestLifecycleCarrier(t *testing.T) {
+	before := loadedPrograms(t, "tcpopt_sockops")
+	cfg := createDefaultConfig()
+	cfg.Discovery.Instrument = []Selector{{PID: os.Getpid()}}
+	cfg.EBPF.ContextPropagation = PropagationTCP
+	rcv, err := NewFactory().CreateTraces(context.Background(), receivertest.NewNopSettings(metadata.Type), cfg, new(consumertest.TracesSink))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rcv.Start(context.Background(), componenttest.NewNopHost()); err != nil {
+		t.Fatal(err)
+	}
+	if got := loadedPrograms(t, "tcpopt_sockops"); got != before+1 {
+		t.Errorf("tcpopt_sockops programs after Start: %d, want %d", got, before+1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rcv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Program objects are freed once their last reference goes.
+	deadline := time.Now().Add(5 * time.Second)
+	for loadedPrograms(t, "tcpopt_sockops") != before && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := loadedPrograms(t, "tcpopt_sockops"); got != before {
+		t.Errorf("tcpopt_sockops programs after Shutdown: %d, want %d", got, before)
 	}
 }

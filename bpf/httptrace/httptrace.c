@@ -25,6 +25,7 @@
 #include "maps/client_ids.h"
 #include "maps/tracestate.h"
 #include "maps/go.h"
+#include "maps/carrier.h"
 #include "sampler.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -39,6 +40,10 @@ volatile const __u8 track_request_headers = 1;
 volatile const __u8 use_bpf_loop = 1;
 // Every program returns at once: the floor of the hooks' cost, for benchmarks.
 volatile const __u8 return_at_once = 0;
+// The packet-level carrier is on (context_propagation tcp or all): requests
+// written through a TLS library store their CLIENT context in carrier_out,
+// and TLS requests without a traceparent take carrier_in as their parent.
+volatile const __u8 carrier_tls = 0;
 
 // Per-connection state of traced processes, (tgid, fd) -> state.
 struct {
@@ -536,6 +541,63 @@ __noinline int set_thread_ctx(__u64 pid_tgid, struct req_info *r)
 }
 
 
+// The carrier maps' key of connection c, seen from this host (carrier.h).
+static __always_inline void carrier_key_of(struct carrier_key *k, struct conn_state *c)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	if (c->family == AF_INET) {
+		k->local_addr[10] = 0xff;
+		k->local_addr[11] = 0xff;
+		k->remote_addr[10] = 0xff;
+		k->remote_addr[11] = 0xff;
+		__builtin_memcpy(k->local_addr + 12, c->local_addr, 4);
+		__builtin_memcpy(k->remote_addr + 12, c->peer_addr, 4);
+	} else {
+		__builtin_memcpy(k->local_addr, c->local_addr, 16);
+		__builtin_memcpy(k->remote_addr, c->peer_addr, 16);
+	}
+	k->local_port = c->local_port;
+	k->remote_port = c->peer_port;
+}
+
+// The CLIENT request r, written through a TLS library on c under a context:
+// its ids go to the packet carrier, numbered by the connection's request
+// count. Called before the bytes reach TCP (at SSL_write, or at
+// tcp_sendmsg_locked when the socket was not known at SSL_write).
+static __noinline void carrier_fill(struct conn_state *c, struct req_info *r)
+{
+	struct carrier_key k;
+	carrier_key_of(&k, c);
+	c->carrier_seq++;
+	if (!c->carrier_seq)
+		c->carrier_seq = 1;
+	struct carrier_ctx v = {.seq = c->carrier_seq, .trace_flags = r->trace_flags};
+	__builtin_memcpy(v.trace_id, r->trace_id, sizeof(v.trace_id));
+	__builtin_memcpy(v.span_id, r->span_id, sizeof(v.span_id));
+	bpf_map_update_elem(&carrier_out, &k, &v, BPF_ANY);
+}
+
+// A TLS request r read on c without a traceparent: the context the carrier
+// received on the connection becomes its parent if it is newer than the
+// last one taken there (each request of a keep-alive connection has its
+// own; an entry already used is never reused). Returns true if taken.
+static __noinline bool carrier_take(struct conn_state *c, struct req_info *r)
+{
+	struct carrier_key k;
+	carrier_key_of(&k, c);
+	struct carrier_ctx *v = bpf_map_lookup_elem(&carrier_in, &k);
+	if (!v)
+		return false;
+	if ((__s16)(v->seq - c->carrier_taken) <= 0)
+		return false;
+	c->carrier_taken = v->seq;
+	__builtin_memcpy(r->trace_id, v->trace_id, sizeof(r->trace_id));
+	__builtin_memcpy(r->parent_id, v->span_id, sizeof(r->parent_id));
+	r->trace_flags = sample_child(r->trace_id, v->trace_flags);
+	bpf_map_delete_elem(&carrier_in, &k);
+	return true;
+}
+
 // Handles one request at offset off of the data just read on (tgid, fd):
 // a SERVER span starts. Returns the offset of the next pipelined request in
 // the buffer, or 0. A global function: verified once, whatever its callers.
@@ -586,7 +648,7 @@ __noinline int server_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n)
 		__builtin_memcpy(r->trace_id, st->trace_id, sizeof(r->trace_id));
 		__builtin_memcpy(r->parent_id, st->parent_id, sizeof(r->parent_id));
 		r->trace_flags = sample_child(r->trace_id, st->trace_flags);
-	} else {
+	} else if (!(carrier_tls && s->tls && carrier_take(c, r))) {
 		random_id(r->trace_id, 4);
 		__builtin_memset(r->parent_id, 0, sizeof(r->parent_id));
 		r->trace_flags = sample_root(r->trace_id);
@@ -817,6 +879,8 @@ __noinline int client_request(__u64 pid_tgid, __u32 fd, __u64 off, __u64 n, __u3
 		random_id(r->span_id, 2);
 		if (t->inherited)
 			end_inherited(pid_tgid, g);
+		if (carrier_tls && s->tls)
+			carrier_fill(c, r);
 	} else {
 		random_id(r->trace_id, 4);
 		random_id(r->span_id, 2);
@@ -1296,6 +1360,26 @@ int httptrace_ssl_write_ex(struct pt_regs *ctx) { return tls_enter(ctx, false, t
 SEC("uretprobe")
 int httptrace_ssl_read_return(struct pt_regs *ctx) { return tls_read_return(ctx); }
 
+// The saved registers of the system call that brought the socket hook here,
+// and its number in *nr, if it is a read (is_read) or write of a user
+// buffer by a thread that is not an io_uring worker.
+static __always_inline struct pt_regs *socket_syscall(bool is_read, __u64 *nr)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->flags & PF_IO_WORKER)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	__u64 n = SYSCALL_NR_BTF(regs);
+	bool nr_read = n == NR_READ || n == NR_READV || n == NR_RECVFROM || n == NR_RECVMSG;
+	bool nr_write = n == NR_WRITE || n == NR_WRITEV || n == NR_SENDTO || n == NR_SENDMSG;
+	if (is_read ? !nr_read : !nr_write)
+		return 0;
+	*nr = n;
+	return regs;
+}
+
 // Default variant: the socket tracepoints, (sk, ret, flags), which run only
 // when a socket read or write returns. The payload is in the user buffer the
 // system call was given, found through its saved registers.
@@ -1312,16 +1396,9 @@ static __always_inline int on_sock(__u64 *ctx, bool is_read)
 		return 0;
 	if (is_read && ((int)ctx[2] & MSG_PEEK))
 		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
-	if (task->flags & PF_IO_WORKER)
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u64 nr;
+	struct pt_regs *regs = socket_syscall(is_read, &nr);
 	if (!regs)
-		return 0;
-	__u64 nr = SYSCALL_NR_BTF(regs);
-	bool nr_read = nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG;
-	bool nr_write = nr == NR_WRITE || nr == NR_WRITEV || nr == NR_SENDTO || nr == NR_SENDMSG;
-	if (is_read ? !nr_read : !nr_write)
 		return 0; // sendfile, splice, recvmmsg, io_uring: no user buffer here
 	struct sock *sk = (struct sock *)ctx[0];
 	if (!sk)
@@ -1339,6 +1416,30 @@ SEC("tp_btf/sock_send_length")
 int httptrace_sock_send(__u64 *ctx)
 {
 	return on_sock(ctx, false);
+}
+
+// With the packet carrier on: a TLS write whose socket was not known at
+// SSL_write is handled where the ciphertext enters TCP, before it is copied
+// and sent (sock_send_length comes after the segments left), so that the
+// carrier has the request's context for its first segment. tcp_sendmsg_locked
+// runs once per copied chunk: the first one handles the call and ends it.
+SEC("tp_btf/tcp_sendmsg_locked")
+int httptrace_tcp_sendmsg(__u64 *ctx)
+{
+	if (return_at_once || !carrier_tls)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	if (!tc || tc->is_read)
+		return 0;
+	__u64 nr;
+	struct pt_regs *regs = socket_syscall(false, &nr);
+	if (!regs)
+		return 0;
+	struct sock *sk = (struct sock *)ctx[0];
+	if (!sk)
+		return 0;
+	return on_io(pid_tgid, nr, 1, SYSCALL_ARG1_BTF(regs), SYSCALL_ARG2_BTF(regs), sk, false);
 }
 
 // Fallback variant: sys_exit, as a BTF-typed tracepoint: registers are read

@@ -110,7 +110,8 @@ struct conn_state {
 	__u8 hdr_tp_count; // traceparent headers seen in earlier reads
 	__u8 hdr_ts;       // tracestate validation state saved in ts_scans
 	__u8 tls;          // seen through TLS library calls: the socket carries ciphertext
-	__u8 _pad[4];
+	__u16 carrier_seq;   // CLIENT requests given to the packet carrier (carrier_out.seq)
+	__u16 carrier_taken; // newest carrier_in.seq taken as a SERVER parent
 	struct req_info srv[PIPELINE_DEPTH]; // pending SERVER requests, FIFO
 	struct req_info cli[PIPELINE_DEPTH]; // pending CLIENT requests, FIFO
 };

@@ -13,6 +13,25 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type httptraceCarrierCtx struct {
+	_          structs.HostLayout
+	TraceId    [16]uint8
+	SpanId     [8]uint8
+	TraceFlags uint8
+	Pad        uint8
+	Seq        uint16
+	Pad2       uint32
+}
+
+type httptraceCarrierKey struct {
+	_          structs.HostLayout
+	LocalAddr  [16]uint8
+	RemoteAddr [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad        uint32
+}
+
 type httptraceClientIds struct {
 	_   structs.HostLayout
 	Req [4]struct {
@@ -33,29 +52,30 @@ type httptraceConnKey struct {
 }
 
 type httptraceConnState struct {
-	_          structs.HostLayout
-	Sk         uint64
-	LocalAddr  [16]uint8
-	PeerAddr   [16]uint8
-	LocalPort  uint16
-	PeerPort   uint16
-	HdrBytes   uint16
-	Family     uint8
-	SrvHead    uint8
-	SrvCount   uint8
-	CliHead    uint8
-	CliCount   uint8
-	Prefix     uint8
-	HasPrefix  uint8
-	HdrPending uint8
-	HdrSlot    uint8
-	HdrMidLine uint8
-	HdrInTs    uint8
-	HdrTpCount uint8
-	HdrTs      uint8
-	Tls        uint8
-	Pad        [4]uint8
-	Srv        [4]struct {
+	_            structs.HostLayout
+	Sk           uint64
+	LocalAddr    [16]uint8
+	PeerAddr     [16]uint8
+	LocalPort    uint16
+	PeerPort     uint16
+	HdrBytes     uint16
+	Family       uint8
+	SrvHead      uint8
+	SrvCount     uint8
+	CliHead      uint8
+	CliCount     uint8
+	Prefix       uint8
+	HasPrefix    uint8
+	HdrPending   uint8
+	HdrSlot      uint8
+	HdrMidLine   uint8
+	HdrInTs      uint8
+	HdrTpCount   uint8
+	HdrTs        uint8
+	Tls          uint8
+	CarrierSeq   uint16
+	CarrierTaken uint16
+	Srv          [4]struct {
 		_          structs.HostLayout
 		StartNs    uint64
 		Goroutine  uint64
@@ -299,6 +319,8 @@ type httptraceTsScan struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	httptraceMapCarrierIn                    = "carrier_in"
+	httptraceMapCarrierOut                   = "carrier_out"
 	httptraceMapClientIds                    = "client_ids"
 	httptraceMapConnZero                     = "conn_zero"
 	httptraceMapConns                        = "conns"
@@ -335,6 +357,8 @@ const (
 	httptraceProgHttptraceSslWriteMulti      = "httptrace_ssl_write_multi"
 	httptraceProgHttptraceSysExit            = "httptrace_sys_exit"
 	httptraceProgHttptraceSysExitBtf         = "httptrace_sys_exit_btf"
+	httptraceProgHttptraceTcpSendmsg         = "httptrace_tcp_sendmsg"
+	httptraceVarCarrierTls                   = "carrier_tls"
 	httptraceVarReturnAtOnce                 = "return_at_once"
 	httptraceVarSamplerParentBased           = "sampler_parent_based"
 	httptraceVarSamplerRatioThreshold        = "sampler_ratio_threshold"
@@ -407,12 +431,15 @@ type httptraceProgramSpecs struct {
 	HttptraceSslWriteMulti      *ebpf.ProgramSpec `ebpf:"httptrace_ssl_write_multi"`
 	HttptraceSysExit            *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit"`
 	HttptraceSysExitBtf         *ebpf.ProgramSpec `ebpf:"httptrace_sys_exit_btf"`
+	HttptraceTcpSendmsg         *ebpf.ProgramSpec `ebpf:"httptrace_tcp_sendmsg"`
 }
 
 // httptraceMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceMapSpecs struct {
+	CarrierIn   *ebpf.MapSpec `ebpf:"carrier_in"`
+	CarrierOut  *ebpf.MapSpec `ebpf:"carrier_out"`
 	ClientIds   *ebpf.MapSpec `ebpf:"client_ids"`
 	ConnZero    *ebpf.MapSpec `ebpf:"conn_zero"`
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
@@ -437,6 +464,7 @@ type httptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceVariableSpecs struct {
+	CarrierTls            *ebpf.VariableSpec `ebpf:"carrier_tls"`
 	ReturnAtOnce          *ebpf.VariableSpec `ebpf:"return_at_once"`
 	SamplerParentBased    *ebpf.VariableSpec `ebpf:"sampler_parent_based"`
 	SamplerRatioThreshold *ebpf.VariableSpec `ebpf:"sampler_ratio_threshold"`
@@ -469,6 +497,8 @@ func (o *httptraceObjects) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceMaps struct {
+	CarrierIn   *ebpf.Map `ebpf:"carrier_in"`
+	CarrierOut  *ebpf.Map `ebpf:"carrier_out"`
 	ClientIds   *ebpf.Map `ebpf:"client_ids"`
 	ConnZero    *ebpf.Map `ebpf:"conn_zero"`
 	Conns       *ebpf.Map `ebpf:"conns"`
@@ -491,6 +521,8 @@ type httptraceMaps struct {
 
 func (m *httptraceMaps) Close() error {
 	return _HttptraceClose(
+		m.CarrierIn,
+		m.CarrierOut,
 		m.ClientIds,
 		m.ConnZero,
 		m.Conns,
@@ -516,6 +548,7 @@ func (m *httptraceMaps) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceVariables struct {
+	CarrierTls            *ebpf.Variable `ebpf:"carrier_tls"`
 	ReturnAtOnce          *ebpf.Variable `ebpf:"return_at_once"`
 	SamplerParentBased    *ebpf.Variable `ebpf:"sampler_parent_based"`
 	SamplerRatioThreshold *ebpf.Variable `ebpf:"sampler_ratio_threshold"`
@@ -550,6 +583,7 @@ type httptracePrograms struct {
 	HttptraceSslWriteMulti      *ebpf.Program `ebpf:"httptrace_ssl_write_multi"`
 	HttptraceSysExit            *ebpf.Program `ebpf:"httptrace_sys_exit"`
 	HttptraceSysExitBtf         *ebpf.Program `ebpf:"httptrace_sys_exit_btf"`
+	HttptraceTcpSendmsg         *ebpf.Program `ebpf:"httptrace_tcp_sendmsg"`
 }
 
 func (p *httptracePrograms) Close() error {
@@ -572,6 +606,7 @@ func (p *httptracePrograms) Close() error {
 		p.HttptraceSslWriteMulti,
 		p.HttptraceSysExit,
 		p.HttptraceSysExitBtf,
+		p.HttptraceTcpSendmsg,
 	)
 }
 

@@ -43,6 +43,15 @@ type Options struct {
 	ReturnAtOnce bool
 	// Sampler is the head sampler; the zero value is parentbased_always_on.
 	Sampler Sampler
+	// Carrier turns on the packet-level carrier for TLS: CLIENT requests
+	// written through a TLS library under a context fill carrier_out, and
+	// TLS requests without a traceparent take carrier_in as their parent
+	// (bpf/include/maps/carrier.h). A carrier (bpf/tcpopt, or the IPv4
+	// option in TC) moves the entries between hosts. It adds the BTF
+	// tracepoint tcp_sendmsg_locked (not with VariantRawTP), so a TLS write
+	// whose socket is not known yet fills carrier_out before its bytes go
+	// out.
+	Carrier bool
 }
 
 // Attach variants, in order of preference.
@@ -79,6 +88,7 @@ type Tracer struct {
 	variant string
 	want    string
 	hook    string
+	carrier bool // Options.Carrier
 }
 
 // EventSize is the size of one ring buffer record.
@@ -130,7 +140,12 @@ func Load(opts Options) (*Tracer, error) {
 	if err := SetSampler(spec, opts.Sampler); err != nil {
 		return nil, err
 	}
-	t := &Tracer{spec: spec, want: opts.Variant, hook: opts.Hook}
+	if opts.Carrier {
+		if err := spec.Variables["carrier_tls"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set carrier_tls: %w", err)
+		}
+	}
+	t := &Tracer{spec: spec, want: opts.Variant, hook: opts.Hook, carrier: opts.Carrier}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		return nil, fmt.Errorf("load httptrace maps: %w", err)
 	}
@@ -194,6 +209,9 @@ func (t *Tracer) Attach() error {
 		}
 		if t.want == "" && t.hook != "" && (t.hook == HookSocket) != (v.name == VariantSocket) {
 			continue
+		}
+		if t.carrier && v.name != VariantRawTP {
+			v.progs["httptrace_tcp_sendmsg"] = "tcp_sendmsg_locked"
 		}
 		err := t.attachVariant(v.name, v.progs)
 		if err == nil {
@@ -450,7 +468,8 @@ func addr(family uint8, b *[16]uint8) netip.Addr {
 	return netip.AddrFrom16(*b).Unmap()
 }
 
-// SharedMaps are the maps ctxprop shares with this tracer.
+// SharedMaps are the maps ctxprop, goruntime and the packet carriers share
+// with this tracer.
 type SharedMaps struct {
 	TracedPids *ebpf.Map // tgid -> 1: processes to trace
 	ThreadCtxs *ebpf.Map // pid_tgid -> context of the request a thread serves
@@ -460,9 +479,14 @@ type SharedMaps struct {
 	GoParents  *ebpf.Map // (tgid, goid) -> parentGoid (Go)
 	// Tracestates: SERVER span id -> tracestate of its incoming context.
 	Tracestates *ebpf.Map
+	// CarrierOut and CarrierIn are the packet carrier's maps
+	// (bpf/include/maps/carrier.h): the context of the request being sent
+	// on a connection, and the newest one received on it.
+	CarrierOut *ebpf.Map
+	CarrierIn  *ebpf.Map
 }
 
-// Shared returns the maps to hand to ctxprop.Load.
+// Shared returns the maps to hand to ctxprop.Load, tcpopt.Load, ….
 func (t *Tracer) Shared() SharedMaps {
 	return SharedMaps{
 		TracedPids:  t.objs.TracedPids,
@@ -472,5 +496,7 @@ func (t *Tracer) Shared() SharedMaps {
 		GoCtxs:      t.objs.GoCtxs,
 		GoParents:   t.objs.GoParents,
 		Tracestates: t.objs.Tracestates,
+		CarrierOut:  t.objs.CarrierOut,
+		CarrierIn:   t.objs.CarrierIn,
 	}
 }

@@ -40,6 +40,9 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingRoutesUnmatched         metric.Int64Counter
 	ReceiverEbpfTracingSpansEmitted            metric.Int64Counter
 	ReceiverEbpfTracingSpansIgnored            metric.Int64Counter
+	ReceiverEbpfTracingTCPOptionsNoRoom        metric.Int64Counter
+	ReceiverEbpfTracingTCPOptionsParsed        metric.Int64Counter
+	ReceiverEbpfTracingTCPOptionsWritten       metric.Int64Counter
 }
 
 // TelemetryBuilderOption applies changes to default builder.
@@ -153,6 +156,24 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_receiver_ebpf_tracing_spans_ignored",
 		metric.WithDescription("Number of spans not exported because their URL path matched one of routes.ignored_patterns. [Development]"),
 		metric.WithUnit("{span}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTCPOptionsNoRoom, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tcp_options_no_room",
+		metric.WithDescription("Number of outgoing TCP segments that should have carried the trace-context TCP option and went out unchanged because the header's option space was full (SACK blocks). [Development]"),
+		metric.WithUnit("{segment}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTCPOptionsParsed, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tcp_options_parsed",
+		metric.WithDescription("Number of incoming TCP segments whose trace-context TCP option was parsed (packet_carrier tcp_option). [Development]"),
+		metric.WithUnit("{segment}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTCPOptionsWritten, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tcp_options_written",
+		metric.WithDescription("Number of outgoing TCP segments that carried the trace context of a TLS request as a TCP option (packet_carrier tcp_option). [Development]"),
+		metric.WithUnit("{segment}"),
 	)
 	errs = errors.Join(errs, err)
 	return &builder, errs

@@ -33,6 +33,9 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingRoutesUnmatched.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansEmitted.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingSpansIgnored.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingTCPOptionsNoRoom.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingTCPOptionsParsed.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingTCPOptionsWritten.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
@@ -73,6 +76,15 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingSpansIgnored(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingTCPOptionsNoRoom(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingTCPOptionsParsed(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingTCPOptionsWritten(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 

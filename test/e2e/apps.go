@@ -75,16 +75,41 @@ type App struct {
 	// StartUp is the time from exec to "ready" on stdout.
 	StartUp time.Duration
 
+	// Host is the address it listens on; empty is 127.0.0.1.
+	Host string
+	// TLS: it serves HTTPS (AppOptions.Cert).
+	TLS bool
+
 	cmd  *exec.Cmd
 	done chan struct{}
 	out  *syncBuffer
 }
 
-// Addr is the app's host:port.
-func (a *App) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port)) }
+// AppOptions place an app (Python and Node read them): in a network
+// namespace, on an address, serving HTTPS.
+type AppOptions struct {
+	Netns     string // run under "ip netns exec Netns"
+	Host      string // listening address (BIND_HOST); 127.0.0.1 when empty
+	Cert, Key string // PEM files: serve HTTPS (TLS_CERT, TLS_KEY)
+	Env       []string
+}
 
-// URL is the app's http URL for pathAndQuery ("/hello?i=1").
-func (a *App) URL(pathAndQuery string) string { return "http://" + a.Addr() + pathAndQuery }
+// Addr is the app's host:port.
+func (a *App) Addr() string {
+	host := a.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(a.Port))
+}
+
+// URL is the app's http (https with TLS) URL for pathAndQuery ("/hello?i=1").
+func (a *App) URL(pathAndQuery string) string {
+	if a.TLS {
+		return "https://" + a.Addr() + pathAndQuery
+	}
+	return "http://" + a.Addr() + pathAndQuery
+}
 
 // CallURL is the app's /call URL for target, with more query parameters given
 // as name, value pairs ("pad", "2000").
@@ -189,6 +214,19 @@ func StartApp(t testing.TB, lang Lang, port int, service string) *App {
 // as GoSDK's OTEL_EXPORTER_OTLP_ENDPOINT.
 func StartAppEnv(t testing.TB, lang Lang, port int, service string, env ...string) *App {
 	t.Helper()
+	return StartAppWith(t, lang, port, service, AppOptions{Env: env})
+}
+
+// StartAppWith is StartApp placed by o.
+func StartAppWith(t testing.TB, lang Lang, port int, service string, o AppOptions) *App {
+	t.Helper()
+	env := o.Env
+	if o.Host != "" {
+		env = append(env, "BIND_HOST="+o.Host)
+	}
+	if o.Cert != "" {
+		env = append(env, "TLS_CERT="+o.Cert, "TLS_KEY="+o.Key)
+	}
 	root := RepoRoot(t)
 	dir := filepath.Join(root, "test", "e2e", "apps", string(lang))
 	portArg := strconv.Itoa(port)
@@ -213,9 +251,14 @@ func StartAppEnv(t testing.TB, lang Lang, port int, service string, env ...strin
 	default:
 		t.Fatalf("unknown test app language %q", lang)
 	}
+	if o.Netns != "" {
+		// ip execs the app in place: the pid stays the app's.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", o.Netns}, cmd.Args...)...)
+	}
 	cmd.Dir = dir
 	cmd.Env = append(append(os.Environ(), "OTEL_SERVICE_NAME="+service, "PORT="+portArg), env...)
-	app := &App{Lang: lang, Service: service, Port: port, cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
+	app := &App{Lang: lang, Service: service, Port: port, Host: o.Host, TLS: o.Cert != "",
+		cmd: cmd, done: make(chan struct{}), out: &syncBuffer{}}
 	ready := make(chan struct{})
 	cmd.Stdout = &readyWriter{buf: app.out, ready: ready}
 	cmd.Stderr = app.out

@@ -98,6 +98,16 @@
 //	GET  /headers       200 {"headers": {lowercase name: value, repeated
 //	                    values joined by ", "}, "sha256": <digest>, "traceparent": ...}
 //
+// The Python and Node apps also serve, for the TLS carrier test
+// (carrier_privileged_test.go), and read BIND_HOST (listening address),
+// TLS_CERT and TLS_KEY (serve HTTPS; outgoing https calls accept any
+// certificate) from the environment (AppOptions):
+//
+//	POST /mirror        200, the request body as the response body
+//	POST /relay?url=<u>[&n=<n>]  POSTs the body to u n times (default 1) on
+//	                    one keep-alive connection; 200 with the last
+//	                    response's body, byte for byte (502 on failure)
+//
 // apps/gosdk (Lang GoSDK, not in AllLangs) is a module of its own, so the
 // receiver's go.mod does not require the SDK; its go.sum pins the SDK
 // versions, the first build downloads them through the module proxy, and the

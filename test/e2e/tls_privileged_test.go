@@ -150,7 +150,8 @@ func httpsURL(a *App, path string) string {
 // SSL_write_ex), with curl over HTTPS as the client: url.scheme https, the
 // attributes of plaintext spans, an incoming traceparent honoured, and the
 // SERVER span's context carried to a plaintext downstream call (injected
-// header) and to an HTTPS one (CLIENT span, child of the SERVER span).
+// header) and to an HTTPS one (CLIENT span, child of the SERVER span, and
+// the downstream's SERVER span its child through the TCP option carrier).
 func TestHTTPSPython(t *testing.T) {
 	dir := t.TempDir()
 	selfSigned(t, dir)
@@ -213,9 +214,10 @@ func TestHTTPSPython(t *testing.T) {
 		code, ok := cli.Int("http.response.status_code")
 		assert.True(t, ok && code == 200, "%s", cli)
 		assert.Equal(t, "https", leaf.Str("url.scheme"), "%s", leaf)
-		// No context in TLS writes yet (the packet-level carrier): the
-		// downstream HTTPS SERVER span starts its own trace.
-		assert.NotEqual(t, trace, leaf.TraceID, "%s", leaf)
+		// context_propagation all: the context of the TLS write travels
+		// in the packets (TCP option carrier, also over loopback).
+		assert.Equal(t, trace, leaf.TraceID, "%s", leaf)
+		assert.Equal(t, cli.SpanID, leaf.ParentSpanID, "downstream HTTPS SERVER span child of the HTTPS CLIENT span; %s", leaf)
 	})
 }
 

@@ -4,11 +4,15 @@
 //
 // One event loop (Node has no thread per request), keep-alive on, outbound
 // calls with http.request, each on a new connection (agent: false). Endpoints
-// are the same in every language; see test/e2e/doc.go.
+// are the same in every language; see test/e2e/doc.go. BIND_HOST sets the
+// listening address (127.0.0.1); TLS_CERT and TLS_KEY (PEM files) serve
+// HTTPS, and outgoing https calls accept any certificate.
 'use strict';
 
 const crypto = require('crypto');
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 
 function sha256(buf) {
   return crypto.createHash('sha256').update(buf).digest('hex');
@@ -128,15 +132,61 @@ function handle(req, res) {
       replyJSON(200, { headers: merged, sha256: headersDigest(req.rawHeaders) });
     } else if (req.method === 'POST' && url.pathname === '/echo') {
       replyJSON(200, { len: body.length, sha256: sha256(body) });
+    } else if (req.method === 'POST' && url.pathname === '/mirror') {
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': body.length });
+      res.end(body);
+    } else if (req.method === 'POST' && url.pathname === '/relay') {
+      relay(url, body, res);
     } else {
       reply(404, 'not found');
     }
   });
 }
 
+// POST /relay?url=U[&n=N]: POSTs the body to U N times (default 1), one
+// after the other on one keep-alive connection, and answers with the last
+// response's body, byte for byte.
+function relay(url, body, res) {
+  const target = new URL(url.searchParams.get('url'));
+  const n = Number.parseInt(url.searchParams.get('n') || '1', 10);
+  const mod = target.protocol === 'https:' ? https : http;
+  const agent = new mod.Agent({ keepAlive: true, maxSockets: 1 });
+  const fail = (err) => {
+    agent.destroy();
+    res.writeHead(502, { 'Content-Type': 'text/plain' });
+    res.end(String(err));
+  };
+  const one = (left) => {
+    const out = mod.request(target, {
+      method: 'POST', agent, rejectUnauthorized: false, timeout: 10000,
+      headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': body.length },
+    }, (down) => {
+      const parts = [];
+      down.on('data', (c) => parts.push(c));
+      down.on('end', () => {
+        if (left > 1) {
+          one(left - 1);
+          return;
+        }
+        agent.destroy();
+        const got = Buffer.concat(parts);
+        res.writeHead(down.statusCode === 200 ? 200 : 502,
+          { 'Content-Type': 'application/octet-stream', 'Content-Length': got.length });
+        res.end(got);
+      });
+    });
+    out.on('timeout', () => out.destroy(new Error('timeout')));
+    out.on('error', fail);
+    out.end(body);
+  };
+  one(n);
+}
+
 const port = Number.parseInt(process.argv[2] || process.env.PORT, 10);
-const server = http.createServer(handle);
+const server = process.env.TLS_CERT
+  ? https.createServer({ cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }, handle)
+  : http.createServer(handle);
 server.keepAliveTimeout = 30000;
-server.listen({ host: '127.0.0.1', port, backlog: 1024 }, () => {
+server.listen({ host: process.env.BIND_HOST || '127.0.0.1', port, backlog: 1024 }, () => {
   process.stdout.write('ready\n');
 });

@@ -4,13 +4,17 @@ Usage: python3 server.py <port>   (or PORT in the environment)
 
 Thread per connection (ThreadingHTTPServer), keep-alive (protocol_version
 HTTP/1.1), outbound calls with urllib on the serving thread, each on a new
-connection (urllib sends Connection: close). Endpoints are the same in every
+connection (urllib sends Connection: close). BIND_HOST sets the listening
+address (127.0.0.1); TLS_CERT and TLS_KEY (PEM files) serve HTTPS with the
+ssl module, and outgoing https calls accept any certificate. Endpoints are the same in every
 language; see test/e2e/doc.go.
 """
 
 import hashlib
+import http.client
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -122,8 +126,39 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length > 0 else b""
         if path == "/echo":
             self.reply_json(200, {"len": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        elif path == "/mirror":
+            self.reply(200, body, "application/octet-stream")
+        elif path == "/relay":
+            self.relay(body)
         else:
             self.reply(404, b"not found")
+
+
+    def relay(self, body):
+        """POST /relay?url=U[&n=N]: POSTs the body to U N times (default 1) on
+        one keep-alive connection and answers with the last response's body,
+        byte for byte."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        target = urllib.parse.urlsplit(query.get("url", [""])[0])
+        n = int(query.get("n", ["1"])[0])
+        if target.scheme == "https":
+            conn = http.client.HTTPSConnection(target.hostname, target.port, timeout=10,
+                                               context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        path = target.path + ("?" + target.query if target.query else "")
+        try:
+            for _ in range(n):
+                conn.request("POST", path, body=body,
+                             headers={"Content-Type": "application/octet-stream"})
+                resp = conn.getresponse()
+                status, out = resp.status, resp.read()
+        except Exception as err:  # connection refused, timeout, ...
+            self.reply_json(502, {"error": str(err)})
+            return
+        finally:
+            conn.close()
+        self.reply(200 if status == 200 else 502, out, "application/octet-stream")
 
 
 class Server(ThreadingHTTPServer):
@@ -133,7 +168,11 @@ class Server(ThreadingHTTPServer):
 
 def main():
     port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ["PORT"])
-    server = Server(("127.0.0.1", port), Handler)
+    server = Server((os.environ.get("BIND_HOST", "127.0.0.1"), port), Handler)
+    if os.environ.get("TLS_CERT"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     try:
         server.serve_forever()
