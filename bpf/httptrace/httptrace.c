@@ -25,6 +25,7 @@
 #include "maps/client_ids.h"
 #include "maps/tracestate.h"
 #include "maps/go.h"
+#include "maps/carrier.h"
 #include "sampler.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

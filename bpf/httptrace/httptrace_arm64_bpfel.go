@@ -13,6 +13,25 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type httptraceCarrierCtx struct {
+	_          structs.HostLayout
+	TraceId    [16]uint8
+	SpanId     [8]uint8
+	TraceFlags uint8
+	Pad        uint8
+	Seq        uint16
+	Pad2       uint32
+}
+
+type httptraceCarrierKey struct {
+	_          structs.HostLayout
+	LocalAddr  [16]uint8
+	RemoteAddr [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Pad        uint32
+}
+
 type httptraceClientIds struct {
 	_   structs.HostLayout
 	Req [4]struct {
@@ -299,6 +318,8 @@ type httptraceTsScan struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	httptraceMapCarrierIn                    = "carrier_in"
+	httptraceMapCarrierOut                   = "carrier_out"
 	httptraceMapClientIds                    = "client_ids"
 	httptraceMapConnZero                     = "conn_zero"
 	httptraceMapConns                        = "conns"
@@ -413,6 +434,8 @@ type httptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httptraceMapSpecs struct {
+	CarrierIn   *ebpf.MapSpec `ebpf:"carrier_in"`
+	CarrierOut  *ebpf.MapSpec `ebpf:"carrier_out"`
 	ClientIds   *ebpf.MapSpec `ebpf:"client_ids"`
 	ConnZero    *ebpf.MapSpec `ebpf:"conn_zero"`
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
@@ -469,6 +492,8 @@ func (o *httptraceObjects) Close() error {
 //
 // It can be passed to loadHttptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httptraceMaps struct {
+	CarrierIn   *ebpf.Map `ebpf:"carrier_in"`
+	CarrierOut  *ebpf.Map `ebpf:"carrier_out"`
 	ClientIds   *ebpf.Map `ebpf:"client_ids"`
 	ConnZero    *ebpf.Map `ebpf:"conn_zero"`
 	Conns       *ebpf.Map `ebpf:"conns"`
@@ -491,6 +516,8 @@ type httptraceMaps struct {
 
 func (m *httptraceMaps) Close() error {
 	return _HttptraceClose(
+		m.CarrierIn,
+		m.CarrierOut,
 		m.ClientIds,
 		m.ConnZero,
 		m.Conns,

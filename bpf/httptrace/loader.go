@@ -460,6 +460,11 @@ type SharedMaps struct {
 	GoParents  *ebpf.Map // (tgid, goid) -> parentGoid (Go)
 	// Tracestates: SERVER span id -> tracestate of its incoming context.
 	Tracestates *ebpf.Map
+	// CarrierOut and CarrierIn are the packet carrier's maps
+	// (bpf/include/maps/carrier.h): the context of the request being sent
+	// on a connection, and the newest one received on it.
+	CarrierOut *ebpf.Map
+	CarrierIn  *ebpf.Map
 }
 
 // Shared returns the maps to hand to ctxprop.Load.
@@ -472,5 +477,7 @@ func (t *Tracer) Shared() SharedMaps {
 		GoCtxs:      t.objs.GoCtxs,
 		GoParents:   t.objs.GoParents,
 		Tracestates: t.objs.Tracestates,
+		CarrierOut:  t.objs.CarrierOut,
+		CarrierIn:   t.objs.CarrierIn,
 	}
 }
