@@ -1,0 +1,490 @@
+//go:build linux && privileged
+
+package tc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc/tctest"
+)
+
+var backends = []string{BackendTCX, BackendTC}
+
+// startCarrier loads the carrier and attaches it in both namespaces.
+func startCarrier(t *testing.T, p *tctest.Pair, backend string) *Carrier {
+	t.Helper()
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Maps{}, Options{Backend: backend, Netns: p.Paths[:]})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	if err := c.Start(); err != nil {
+		_ = c.Close()
+		t.Fatalf("start: %+v", err)
+	}
+	if c.Backend() != backend {
+		t.Fatalf("backend %q, want %q", c.Backend(), backend)
+	}
+	return c
+}
+
+// peer is an HTTP server in the pair's second namespace and a keep-alive
+// client in the first, on one connection.
+type peer struct {
+	t      *testing.T
+	c      *Carrier
+	p      *tctest.Pair
+	srv    *http.Server
+	url    string
+	client *http.Client
+
+	mu      sync.Mutex
+	key     *tcCarrierKey // the client's connection, client's view
+	pending tcCarrierCtx  // what carrier_out gets at dial
+	carry   bool          // whether it gets it
+}
+
+func newPeer(t *testing.T, c *Carrier, p *tctest.Pair) *peer {
+	pe := &peer{t: t, c: c, p: p}
+	var ln net.Listener
+	if err := tctest.In(p.Paths[1], func() (err error) {
+		ln, err = net.Listen("tcp4", p.Addrs[1]+":0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pe.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, _ := io.Copy(h, r.Body)
+		w.Header().Set("X-Sum", hex.EncodeToString(h.Sum(nil)))
+		w.Header().Set("X-Len", strconv.FormatInt(n, 10))
+		_, _ = w.Write(body(int(n)))
+	})}
+	go func() { _ = pe.srv.Serve(ln) }()
+	pe.url = "http://" + ln.Addr().String() + "/"
+	pe.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxConnsPerHost: 1,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := tctest.In(p.Paths[0], func() (err error) {
+				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp4", addr)
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			k := keyOf(conn.LocalAddr(), conn.RemoteAddr())
+			pe.mu.Lock()
+			pe.key = &k
+			if pe.carry {
+				err = c.objs.CarrierOut.Put(&k, &pe.pending)
+			}
+			pe.mu.Unlock()
+			return conn, err
+		},
+	}}
+	t.Cleanup(func() {
+		pe.client.CloseIdleConnections()
+		_ = pe.srv.Close()
+	})
+	return pe
+}
+
+func keyOf(local, remote net.Addr) tcCarrierKey {
+	l := netip.MustParseAddrPort(local.String())
+	r := netip.MustParseAddrPort(remote.String())
+	return tcCarrierKey{
+		LocalAddr: l.Addr().As16(), RemoteAddr: r.Addr().As16(), // v4-mapped
+		LocalPort: l.Port(), RemotePort: r.Port(),
+	}
+}
+
+// body is n deterministic bytes.
+func body(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	return b
+}
+
+// ctxFor is the context of request seq.
+func ctxFor(seq uint16) tcCarrierCtx {
+	var c tcCarrierCtx
+	for i := range c.TraceId {
+		c.TraceId[i] = byte(0xa0 + i + int(seq))
+	}
+	binary.BigEndian.PutUint64(c.SpanId[:], 0x1122334455660000|uint64(seq))
+	c.TraceFlags = 1
+	c.Seq = seq
+	return c
+}
+
+// post sends request seq with an n-byte body, carrying ctx when carry is
+// set, and checks both bodies arrived intact.
+func (pe *peer) post(seq uint16, n int, carry bool) {
+	t := pe.t
+	t.Helper()
+	cx := ctxFor(seq)
+	pe.mu.Lock()
+	pe.pending, pe.carry = cx, carry
+	if pe.key != nil && carry {
+		if err := pe.c.objs.CarrierOut.Put(pe.key, &cx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pe.mu.Unlock()
+	sent := body(n)
+	resp, err := pe.client.Post(pe.url, "application/octet-stream", bytes.NewReader(sent))
+	if err != nil {
+		t.Fatalf("request %d (%d bytes): %v", seq, n, err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(sent)
+	if resp.Header.Get("X-Sum") != hex.EncodeToString(sum[:]) || resp.Header.Get("X-Len") != strconv.Itoa(n) {
+		t.Fatalf("request %d: server got %s bytes, sum %s; want %d, %x", seq, resp.Header.Get("X-Len"), resp.Header.Get("X-Sum"), n, sum)
+	}
+	if !bytes.Equal(got, body(n)) {
+		t.Fatalf("request %d: response body of %d bytes differs (want %d)", seq, len(got), n)
+	}
+}
+
+var tcpLenRE = regexp.MustCompile(`tcp (\d+)`)
+
+// rawPost writes request seq with an n-byte body in one write on a new
+// connection (so the kernel builds one GSO packet of it) and checks the
+// server got it intact and carrier_in the context.
+func (pe *peer) rawPost(seq uint16, n int) {
+	t := pe.t
+	t.Helper()
+	var conn net.Conn
+	if err := tctest.In(pe.p.Paths[0], func() (err error) {
+		conn, err = net.Dial("tcp4", strings.TrimPrefix(strings.TrimSuffix(pe.url, "/"), "http://"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	k := keyOf(conn.LocalAddr(), conn.RemoteAddr())
+	cx := ctxFor(seq)
+	if err := pe.c.objs.CarrierOut.Put(&k, &cx); err != nil {
+		t.Fatal(err)
+	}
+	sent := body(n)
+	req := append([]byte(fmt.Sprintf("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", n)), sent...)
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	sum := sha256.Sum256(sent)
+	if resp.Header.Get("X-Sum") != hex.EncodeToString(sum[:]) || !bytes.Equal(got, body(n)) {
+		t.Fatalf("raw request %d: server got %s bytes, sum %s", seq, resp.Header.Get("X-Len"), resp.Header.Get("X-Sum"))
+	}
+	in := tcCarrierKey{LocalAddr: k.RemoteAddr, RemoteAddr: k.LocalAddr, LocalPort: k.RemotePort, RemotePort: k.LocalPort}
+	var v tcCarrierCtx
+	if err := pe.c.objs.CarrierIn.Lookup(&in, &v); err != nil || v != cx {
+		t.Fatalf("raw request %d: carrier_in %+v (%v), want %+v", seq, v, err, cx)
+	}
+}
+
+// received is carrier_in of the connection in the server's view.
+func (pe *peer) received() (tcCarrierCtx, bool) {
+	pe.mu.Lock()
+	k := *pe.key
+	pe.mu.Unlock()
+	in := tcCarrierKey{LocalAddr: k.RemoteAddr, RemoteAddr: k.LocalAddr, LocalPort: k.RemotePort, RemotePort: k.LocalPort}
+	var v tcCarrierCtx
+	err := pe.c.objs.CarrierIn.Lookup(&in, &v)
+	return v, err == nil
+}
+
+// capture counts the packets with our option seen on an interface
+// (ingress capture happens before TC, so before the option is removed).
+type capture struct {
+	cmd *exec.Cmd
+	out bytes.Buffer
+}
+
+func startCapture(t *testing.T, ns, iface string) *capture {
+	t.Helper()
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Fatal("tcpdump missing: apt-get install tcpdump (make test installs it)")
+	}
+	c := &capture{cmd: exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-p", "-l", "-q",
+		"tcp and ip[0] & 0xf = 12 and ip[20] = 0x9e and ip[21] = 28")}
+	c.cmd.Stdout = &c.out
+	stderr, _ := c.cmd.StderrPipe()
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() { // until "listening on …": the capture runs
+		if strings.Contains(sc.Text(), "listening") {
+			go func() { _, _ = io.Copy(io.Discard, stderr) }()
+			return c
+		}
+	}
+	_ = c.cmd.Wait()
+	t.Fatalf("tcpdump did not start: %v", sc.Err())
+	return nil
+}
+
+// stop ends the capture and returns the packet lines.
+func (c *capture) stop() []string {
+	time.Sleep(200 * time.Millisecond)
+	_ = c.cmd.Process.Signal(syscall.SIGINT)
+	_ = c.cmd.Wait()
+	var lines []string
+	for _, l := range strings.Split(c.out.String(), "\n") {
+		if strings.Contains(l, " IP ") {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// TestCarrierAcrossNetns: the ids user space puts in carrier_out in ns1
+// come out of carrier_in in ns2's view, per request of a keep-alive
+// connection, bodies of up to 192 KiB intact; packets carry the option on
+// the wire only for requests with a context.
+func TestCarrierAcrossNetns(t *testing.T) {
+	for i, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			p, err := tctest.NewPair("tcc", 40+i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			c := startCarrier(t, p, backend)
+			defer c.Close()
+			ifs := c.Interfaces()
+			for _, want := range []string{p.Paths[0] + "/lo", p.Paths[0] + "/" + p.Ifaces[0], p.Paths[1] + "/" + p.Ifaces[1]} {
+				if !slices.Contains(ifs, want) {
+					t.Fatalf("interfaces %v lack %s", ifs, want)
+				}
+			}
+			pe := newPeer(t, c, p)
+
+			// No context in carrier_out: nothing on the wire.
+			capt := startCapture(t, p.Names[1], p.Ifaces[1])
+			pe.post(1, 64, false)
+			pe.post(2, 65536, false)
+			base := capt.stop()
+
+			capt = startCapture(t, p.Names[1], p.Ifaces[1])
+			sizes := []int{100, 65536, 300, 3 * 65536, 1000, 65536, 0}
+			for j, n := range sizes[:len(sizes)-1] { // the last is rawPost's
+				seq := uint16(10 + j)
+				pe.post(seq, n, true)
+				got, ok := pe.received()
+				want := ctxFor(seq)
+				if !ok || got != want {
+					t.Fatalf("request %d (%d bytes): carrier_in %+v (found %v), want %+v", seq, n, got, ok, want)
+				}
+			}
+			// Headers and a 64 KiB body in one write on a fresh
+			// connection: its first packet is a GSO packet (the
+			// initial window: ~7 KiB) and takes the option, its
+			// segments each a copy.
+			pe.rawPost(20, 65536)
+			onWire := capt.stop()
+			big := false
+			for _, l := range onWire {
+				if m := tcpLenRE.FindStringSubmatch(l); m != nil {
+					if n, _ := strconv.Atoi(m[1]); n > 1500 {
+						big = true
+					}
+				}
+			}
+			if !big {
+				t.Fatalf("no GSO packet (over the 1500-byte MTU) with the option: %q", onWire)
+			}
+			cnt, err := c.ReadCounters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("counters %+v; packets with the option on the wire: %d without context, %d with", cnt, len(base), len(onWire))
+			if len(base) != 0 {
+				t.Fatalf("packets carried the option for requests without a context: %q", base)
+			}
+			if len(onWire) < len(sizes) {
+				t.Fatalf("%d packets with the option on the wire, want ≥ %d: %q", len(onWire), len(sizes), onWire)
+			}
+			if cnt.NoRoom != 0 || cnt.StripFailed != 0 || cnt.Written < uint64(len(sizes)) || cnt.Parsed < cnt.Written || cnt.Stripped != cnt.Parsed {
+				t.Fatalf("counters %+v", cnt)
+			}
+		})
+	}
+}
+
+// TestNewInterfaceGetsPrograms: a veth created after Start gets both
+// programs (netlink link subscription), and is forgotten when deleted.
+func TestNewInterfaceGetsPrograms(t *testing.T) {
+	for i, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			p, err := tctest.NewPair("tcn", 50+i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			c := startCarrier(t, p, backend)
+			defer c.Close()
+			if err := tctest.Ip("-n", p.Names[0], "link", "add", "tcnx", "type", "veth", "peer", "name", "tcny"); err != nil {
+				t.Fatal(err)
+			}
+			want := p.Paths[0] + "/tcnx"
+			deadline := time.Now().Add(5 * time.Second)
+			for !slices.Contains(c.Interfaces(), want) {
+				if time.Now().After(deadline) {
+					t.Fatalf("interfaces %v lack %s 5 s after it was created", c.Interfaces(), want)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			progs, err := tctest.Ours(p.Paths[0], "tcny")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if countOurs(progs) != 2 {
+				t.Fatalf("programs on tcny: %v, want ours on ingress and egress", progs)
+			}
+			if err := tctest.Ip("-n", p.Names[0], "link", "del", "tcnx"); err != nil {
+				t.Fatal(err)
+			}
+			for slices.Contains(c.Interfaces(), want) {
+				if time.Now().After(deadline.Add(5 * time.Second)) {
+					t.Fatalf("deleted %s still listed", want)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
+
+var oursRE = regexp.MustCompile(`\b(tc_ipopt_in|tc_ipopt_out)$`)
+
+func countOurs(progs []string) int {
+	n := 0
+	for _, p := range progs {
+		if oursRE.MatchString(p) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestChainsWithForeignProgram: a foreign program attached first on the
+// same hooks keeps seeing every packet with ours attached, the carrier still
+// works, and after Close the foreign program is all that is left, still
+// counting.
+func TestChainsWithForeignProgram(t *testing.T) {
+	for i, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			p, err := tctest.NewPair("tcf", 60+i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if err := rlimit.RemoveMemlock(); err != nil {
+				t.Fatal(err)
+			}
+			f, err := tctest.NewForeign()
+			if err != nil {
+				t.Fatalf("%+v", err)
+			}
+			defer f.Close()
+			for j := range 2 {
+				if backend == BackendTCX {
+					err = f.AttachTCX(p.Paths[j], p.Ifaces[j])
+				} else {
+					err = f.AttachTC(p.Paths[j], p.Ifaces[j])
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			c := startCarrier(t, p, backend)
+			progs, _ := tctest.Ours(p.Paths[1], p.Ifaces[1])
+			if countOurs(progs) != 2 || len(progs) != 4 {
+				t.Fatalf("programs on %s: %v, want the foreign one and ours on each hook", p.Ifaces[1], progs)
+			}
+			before := f.Packets()
+			pe := newPeer(t, c, p)
+			for seq := uint16(1); seq <= 5; seq++ {
+				pe.post(seq, 65536, true)
+				if got, ok := pe.received(); !ok || got != ctxFor(seq) {
+					t.Fatalf("request %d: carrier_in %+v (found %v)", seq, got, ok)
+				}
+			}
+			during := f.Packets() - before
+			// 5 × 64 KiB each way: at least the ~90 segments of one
+			// direction, seen by both ends (GSO packets count once).
+			if during < 20 {
+				t.Fatalf("foreign program counted %d packets during the traffic", during)
+			}
+			pe.client.CloseIdleConnections()
+			if err := c.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			for j := range 2 {
+				progs, err := tctest.Ours(p.Paths[j], p.Ifaces[j])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if countOurs(progs) != 0 || len(progs) != 2 {
+					t.Fatalf("after Close, programs on %s: %v, want only the foreign one on each hook", p.Ifaces[j], progs)
+				}
+			}
+			after := f.Packets()
+			if err := tctest.In(p.Paths[0], func() error {
+				return exec.Command("ping", "-c", "3", "-i", "0.2", "-W", "1", p.Addrs[1]).Run()
+			}); err != nil {
+				// ping may be missing: TCP then.
+				if err := tctest.In(p.Paths[0], func() error {
+					conn, err := net.DialTimeout("tcp4", p.Addrs[1]+":9", time.Second)
+					if err == nil {
+						conn.Close()
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if f.Packets() == after {
+				t.Fatalf("foreign program stopped counting after our Close")
+			}
+			t.Logf("foreign program counted %d packets with ours attached", during)
+		})
+	}
+}
