@@ -24,6 +24,7 @@ import (
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/metadata"
@@ -56,6 +57,7 @@ type tracesReceiver struct {
 	wg        sync.WaitGroup
 	tracer    *httptrace.Tracer
 	prop      *ctxprop.Propagator
+	ipopt     *tc.Carrier        // IPv4-option carrier (tcp + ip_option)
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
@@ -129,7 +131,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if r.routes, err = routes.New(r.cfg.Routes.options()); err != nil {
 		return fmt.Errorf("ebpf_tracing: routes: %w", err)
 	}
-	if propagation.TCP {
+	if propagation.TCP && r.cfg.EBPF.PacketCarrier != CarrierIPOption {
 		logger.Warn("ebpf.context_propagation: the TCP packet-level carrier (for TLS) is not available in this version; " +
 			"plaintext HTTP headers are injected when headers (or all) is set")
 	}
@@ -181,6 +183,20 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 			return fmt.Errorf("ebpf_tracing: ebpf.context_propagation %q: %w", r.cfg.EBPF.ContextPropagation, err)
 		}
 	}
+	if propagation.TCP && r.cfg.EBPF.PacketCarrier == CarrierIPOption {
+		shared := r.tracer.Shared()
+		r.ipopt, err = tc.Load(tc.Maps{CarrierOut: shared.CarrierOut, CarrierIn: shared.CarrierIn},
+			tc.Options{Backend: r.cfg.EBPF.TrafficControlBackend, Logger: logger})
+		if err != nil {
+			return fmt.Errorf("ebpf_tracing: %w", err)
+		}
+		if err = r.ipopt.Start(); err != nil {
+			return fmt.Errorf("ebpf_tracing: ebpf.packet_carrier ip_option (ebpf.traffic_control_backend %s): %w; "+
+				"CAP_NET_ADMIN and the host network namespace are needed", r.cfg.EBPF.TrafficControlBackend, err)
+		}
+		logger.Info("IPv4-option carrier attached to every interface of the network namespace, and to new ones",
+			zap.String("backend", r.ipopt.Backend()), zap.Strings("interfaces", r.ipopt.Interfaces()))
+	}
 	// Go moves goroutines between threads: follow them in Go processes, so
 	// outgoing calls get the context of the request they serve, never the
 	// thread's. Without header injection no uprobe is placed at all.
@@ -213,6 +229,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	logger.Info("ebpf_tracing started",
 		zap.String("attach", r.tracer.Variant()),
 		zap.Bool("inject_headers", r.prop != nil),
+		zap.String("ip_option_carrier", r.ipoptVariant()),
 		zap.String("go_hand_over", r.goTracker.Variant()),
 		zap.String("tls", r.tlsVariant()),
 		zap.Bool("bpf_loop", report.BPFLoop),
@@ -301,6 +318,12 @@ func (r *tracesReceiver) release() error {
 		}
 		r.tls = nil
 	}
+	if r.ipopt != nil {
+		if err := r.ipopt.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.ipopt = nil
+	}
 	if r.prop != nil {
 		if err := r.prop.Close(); err != nil {
 			errs = append(errs, err)
@@ -365,6 +388,13 @@ func (r *tracesReceiver) onRemove(pid int) {
 	n := r.instrumentedLocked()
 	r.mu.Unlock()
 	r.telemetry.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), n)
+}
+
+func (r *tracesReceiver) ipoptVariant() string {
+	if r.ipopt == nil {
+		return "none"
+	}
+	return r.ipopt.Backend()
 }
 
 func (r *tracesReceiver) tlsVariant() string {
@@ -590,6 +620,7 @@ func (d DiscoveryConfig) criteria() ([]discovery.Criteria, error) {
 type kernelCounters struct {
 	trace httptrace.Counters
 	prop  ctxprop.Counters
+	ipopt tc.Counters
 }
 
 func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
@@ -605,6 +636,16 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 		add(ctx, tb.ReceiverEbpfTracingRequestsSampled, c.Sampled, &k.trace.Sampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUnsampled, c.Unsampled, &k.trace.Unsampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUncertainParent, c.AssocUncertain, &k.trace.AssocUncertain)
+	}
+	if r.ipopt != nil {
+		if c, err := r.ipopt.ReadCounters(); err == nil {
+			add(ctx, tb.ReceiverEbpfTracingIPOptionsWritten, c.Written, &k.ipopt.Written)
+			add(ctx, tb.ReceiverEbpfTracingIPOptionsParsed, c.Parsed, &k.ipopt.Parsed)
+			if n := c.NoRoom + c.StripFailed; n > k.ipopt.NoRoom+k.ipopt.StripFailed {
+				tb.ReceiverEbpfTracingIPOptionsNoRoom.Add(ctx, int64(n-k.ipopt.NoRoom-k.ipopt.StripFailed))
+			}
+			k.ipopt.NoRoom, k.ipopt.StripFailed = c.NoRoom, c.StripFailed
+		}
 	}
 	if r.prop == nil {
 		return
