@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -230,51 +229,6 @@ func (pe *peer) received() (tcCarrierCtx, bool) {
 	return v, err == nil
 }
 
-// capture counts the packets with our option seen on an interface
-// (ingress capture happens before TC, so before the option is removed).
-type capture struct {
-	cmd *exec.Cmd
-	out bytes.Buffer
-}
-
-func startCapture(t *testing.T, ns, iface string) *capture {
-	t.Helper()
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		t.Fatal("tcpdump missing: apt-get install tcpdump (make test installs it)")
-	}
-	c := &capture{cmd: exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-p", "-l", "-q",
-		"tcp and ip[0] & 0xf = 12 and ip[20] = 0x9e and ip[21] = 28")}
-	c.cmd.Stdout = &c.out
-	stderr, _ := c.cmd.StderrPipe()
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() { // until "listening on …": the capture runs
-		if strings.Contains(sc.Text(), "listening") {
-			go func() { _, _ = io.Copy(io.Discard, stderr) }()
-			return c
-		}
-	}
-	_ = c.cmd.Wait()
-	t.Fatalf("tcpdump did not start: %v", sc.Err())
-	return nil
-}
-
-// stop ends the capture and returns the packet lines.
-func (c *capture) stop() []string {
-	time.Sleep(200 * time.Millisecond)
-	_ = c.cmd.Process.Signal(syscall.SIGINT)
-	_ = c.cmd.Wait()
-	var lines []string
-	for _, l := range strings.Split(c.out.String(), "\n") {
-		if strings.Contains(l, " IP ") {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
-
 // TestCarrierAcrossNetns: the ids user space puts in carrier_out in ns1
 // come out of carrier_in in ns2's view, per request of a keep-alive
 // connection, bodies of up to 192 KiB intact; packets carry the option on
@@ -298,12 +252,12 @@ func TestCarrierAcrossNetns(t *testing.T) {
 			pe := newPeer(t, c, p)
 
 			// No context in carrier_out: nothing on the wire.
-			capt := startCapture(t, p.Names[1], p.Ifaces[1])
+			capt := capture(t, p, 1)
 			pe.post(1, 64, false)
 			pe.post(2, 65536, false)
-			base := capt.stop()
+			base := capt.Stop()
 
-			capt = startCapture(t, p.Names[1], p.Ifaces[1])
+			capt = capture(t, p, 1)
 			sizes := []int{100, 65536, 300, 3 * 65536, 1000, 65536, 0}
 			for j, n := range sizes[:len(sizes)-1] { // the last is rawPost's
 				seq := uint16(10 + j)
@@ -319,7 +273,7 @@ func TestCarrierAcrossNetns(t *testing.T) {
 			// initial window: ~7 KiB) and takes the option, its
 			// segments each a copy.
 			pe.rawPost(20, 65536)
-			onWire := capt.stop()
+			onWire := capt.Stop()
 			big := false
 			for _, l := range onWire {
 				if m := tcpLenRE.FindStringSubmatch(l); m != nil {
@@ -392,16 +346,15 @@ func TestNewInterfaceGetsPrograms(t *testing.T) {
 	}
 }
 
-var oursRE = regexp.MustCompile(`\b(tc_ipopt_in|tc_ipopt_out)$`)
+func countOurs(progs []string) int { return tctest.CountOurs(progs) }
 
-func countOurs(progs []string) int {
-	n := 0
-	for _, p := range progs {
-		if oursRE.MatchString(p) {
-			n++
-		}
+func capture(t *testing.T, p *tctest.Pair, side int) *tctest.Capture {
+	t.Helper()
+	c, err := tctest.StartCapture(p.Names[side], p.Ifaces[side])
+	if err != nil {
+		t.Fatal(err)
 	}
-	return n
+	return c
 }
 
 // TestChainsWithForeignProgram: a foreign program attached first on the

@@ -7,11 +7,16 @@
 package tctest
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -304,4 +309,64 @@ func progName(id ebpf.ProgramID) string {
 		return "?"
 	}
 	return info.Name
+}
+
+// CountOurs counts the IPv4-option carrier's programs in a list from Ours.
+func CountOurs(progs []string) int {
+	n := 0
+	for _, p := range progs {
+		if strings.HasSuffix(p, " tc_ipopt_in") || strings.HasSuffix(p, " tc_ipopt_out") {
+			n++
+		}
+	}
+	return n
+}
+
+// Capture is tcpdump on one interface, keeping the TCP packets that carry
+// the trace-context option (an ingress capture runs before TC, so before
+// the option is removed).
+type Capture struct {
+	cmd *exec.Cmd
+	out bytes.Buffer
+}
+
+// StartCapture starts tcpdump in the namespace ns (a /run/netns name) on
+// iface and returns once it listens.
+func StartCapture(ns, iface string) (*Capture, error) {
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		return nil, errors.New("tcpdump missing: apt-get install tcpdump (make test installs it)")
+	}
+	c := &Capture{cmd: exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-p", "-l", "-q",
+		"tcp and ip[0] & 0xf = 12 and ip[20] = 0x9e and ip[21] = 28")}
+	c.cmd.Stdout = &c.out
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() { // until "listening on …": the capture runs
+		if strings.Contains(sc.Text(), "listening") {
+			go func() { _, _ = io.Copy(io.Discard, stderr) }()
+			return c, nil
+		}
+	}
+	_ = c.cmd.Wait()
+	return nil, fmt.Errorf("tcpdump did not start: %v", sc.Err())
+}
+
+// Stop ends the capture and returns its packet lines.
+func (c *Capture) Stop() []string {
+	time.Sleep(200 * time.Millisecond)
+	_ = c.cmd.Process.Signal(syscall.SIGINT)
+	_ = c.cmd.Wait()
+	var lines []string
+	for _, l := range strings.Split(c.out.String(), "\n") {
+		if strings.Contains(l, " IP ") {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
