@@ -152,7 +152,7 @@ func (c *Carrier) Start() (err error) {
 		paths = []string{""}
 	}
 	for _, p := range paths {
-		s, err := c.openScope(p)
+		s, err := openScope(p)
 		if err != nil {
 			return err
 		}
@@ -208,7 +208,7 @@ func (s *scope) name() string {
 	return s.path
 }
 
-func (c *Carrier) openScope(path string) (*scope, error) {
+func openScope(path string) (*scope, error) {
 	s := &scope{path: path, ns: netns.None(), ifaces: map[int]*iface{}}
 	var err error
 	if path == "" {
@@ -226,6 +226,13 @@ func (c *Carrier) openScope(path string) (*scope, error) {
 		return nil, fmt.Errorf("netlink handle in %s: %w", s.name(), err)
 	}
 	return s, nil
+}
+
+func (s *scope) close() {
+	s.h.Close()
+	if s.ns.IsOpen() {
+		_ = s.ns.Close()
+	}
 }
 
 // in runs f with the calling thread in the scope's namespace (ifindexes of
@@ -420,41 +427,37 @@ func (c *Carrier) attachTC(s *scope, i *iface, ifindex int) error {
 	return nil
 }
 
-// survey lists the other TC programs on the interface (tcx links and tc
-// filters) and removes the ones an earlier run of ours left behind.
-func (c *Carrier) survey(s *scope, l netlink.Link) (foreign []string, stale int, err error) {
+// attached is one program on a TC hook of an interface.
+type attached struct {
+	desc   string             // "tcx ingress NAME (id N)", "tc egress bpf prio P handle H NAME"
+	name   string             // the program's name
+	filter *netlink.BpfFilter // tc: the filter, with our priority and handle only
+	ours   bool
+}
+
+// list returns the programs on both TC hooks of l, tcx links and tc filters.
+func (s *scope) list(l netlink.Link) ([]attached, error) {
 	a := l.Attrs()
-	var errs []error
-	err = s.in(func() error {
+	var out []attached
+	err := s.in(func() error {
 		for _, at := range []struct {
 			attach ebpf.AttachType
 			dir    string
 		}{{ebpf.AttachTCXIngress, "ingress"}, {ebpf.AttachTCXEgress, "egress"}} {
 			res, err := link.QueryPrograms(link.QueryOptions{Target: a.Index, Attach: at.attach})
 			if err != nil {
-				// No tcx on this kernel: nothing attached that way.
-				continue
+				continue // no tcx on this kernel: nothing attached that way
 			}
 			for _, p := range res.Programs {
 				name := progName(p.ID)
-				if lid, ok := p.LinkID(); ok && isOurs(name) {
-					if l, err := link.NewFromID(lid); err == nil {
-						if err := l.Detach(); err != nil {
-							errs = append(errs, fmt.Errorf("detach stale tcx link %d: %w", lid, err))
-						} else {
-							stale++
-						}
-						_ = l.Close()
-					}
-					continue
-				}
-				foreign = append(foreign, fmt.Sprintf("tcx %s %s (id %d)", at.dir, name, p.ID))
+				out = append(out, attached{desc: fmt.Sprintf("tcx %s %s (id %d)", at.dir, name, p.ID),
+					name: name, ours: isOurs(name)})
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 		filters, err := s.h.FilterList(l, parent)
@@ -466,27 +469,72 @@ func (c *Carrier) survey(s *scope, l netlink.Link) (foreign []string, stale int,
 			dir = "egress"
 		}
 		for _, f := range filters {
-			bf, ok := f.(*netlink.BpfFilter)
-			if ok && bf.Priority == FilterPriority && bf.Handle == FilterHandle && (isOurs(bf.Name) || isOurs(progName(ebpf.ProgramID(bf.Id)))) {
-				if err := s.h.FilterDel(bf); err != nil {
-					errs = append(errs, fmt.Errorf("delete stale tc filter on %s: %w", a.Name, err))
-				} else {
-					stale++
+			fa := f.Attrs()
+			e := attached{desc: fmt.Sprintf("tc %s %s prio %d handle %#x", dir, f.Type(), fa.Priority, fa.Handle)}
+			if bf, ok := f.(*netlink.BpfFilter); ok {
+				e.name = progName(ebpf.ProgramID(bf.Id))
+				e.desc += " " + e.name
+				if bf.Priority == FilterPriority && bf.Handle == FilterHandle && (isOurs(bf.Name) || isOurs(e.name)) {
+					e.ours, e.filter = true, bf
 				}
-				continue
 			}
-			attrs := f.Attrs()
-			desc := fmt.Sprintf("tc %s %s prio %d handle %#x", dir, f.Type(), attrs.Priority, attrs.Handle)
-			if ok {
-				desc += " " + bf.Name
-			}
-			foreign = append(foreign, desc)
+			out = append(out, e)
 		}
 	}
-	if len(errs) > 0 {
-		return foreign, stale, errors.Join(errs...)
+	return out, nil
+}
+
+// survey lists the other TC programs on the interface and removes the ones
+// an earlier run of ours left behind.
+func (c *Carrier) survey(s *scope, l netlink.Link) (foreign []string, stale int, err error) {
+	progs, err := s.list(l)
+	if err != nil {
+		return nil, 0, err
 	}
-	return foreign, stale, nil
+	var errs []error
+	for _, p := range progs {
+		switch {
+		case !p.ours:
+			foreign = append(foreign, p.desc)
+		case p.filter != nil:
+			if err := s.h.FilterDel(p.filter); err != nil {
+				errs = append(errs, fmt.Errorf("delete stale %s: %w", p.desc, err))
+			} else {
+				stale++
+			}
+		default:
+			// A tcx link dies with the process holding it: one of ours
+			// here belongs to another collector that still runs. Left
+			// alone.
+			foreign = append(foreign, p.desc+" (held by another running process)")
+		}
+	}
+	return foreign, stale, errors.Join(errs...)
+}
+
+// ProgramsOn describes the programs on the TC hooks of interface ifname in
+// the network namespace at netnsPath ("" for the caller's), as the start-up
+// log does: "tcx ingress tc_ipopt_in (id 12)", "tc egress bpf prio 3 handle
+// 0xeb7c tc_ipopt_out".
+func ProgramsOn(netnsPath, ifname string) ([]string, error) {
+	s, err := openScope(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	l, err := s.h.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s in %s: %w", ifname, s.name(), err)
+	}
+	progs, err := s.list(l)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(progs))
+	for i, p := range progs {
+		out[i] = p.desc
+	}
+	return out, nil
 }
 
 func isOurs(name string) bool {
@@ -592,10 +640,7 @@ func (c *Carrier) Close() error {
 			errs = append(errs, c.detach(s, i, idx))
 		}
 		s.ifaces = map[int]*iface{}
-		s.h.Close()
-		if s.ns.IsOpen() {
-			_ = s.ns.Close()
-		}
+		s.close()
 	}
 	c.scopes = nil
 	errs = append(errs, c.objs.Close())

@@ -68,11 +68,8 @@ type peer struct {
 
 func newPeer(t *testing.T, c *Carrier, p *tctest.Pair) *peer {
 	pe := &peer{t: t, c: c, p: p}
-	var ln net.Listener
-	if err := tctest.In(p.Paths[1], func() (err error) {
-		ln, err = net.Listen("tcp4", p.Addrs[1]+":0")
-		return err
-	}); err != nil {
+	ln, err := tctest.Listen(p.Paths[1], p.Addrs[1]+":0")
+	if err != nil {
 		t.Fatal(err)
 	}
 	pe.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -183,11 +180,8 @@ var tcpLenRE = regexp.MustCompile(`tcp (\d+)`)
 func (pe *peer) rawPost(seq uint16, n int) {
 	t := pe.t
 	t.Helper()
-	var conn net.Conn
-	if err := tctest.In(pe.p.Paths[0], func() (err error) {
-		conn, err = net.Dial("tcp4", strings.TrimPrefix(strings.TrimSuffix(pe.url, "/"), "http://"))
-		return err
-	}); err != nil {
+	conn, err := tctest.Dial(pe.p.Paths[0], strings.TrimPrefix(strings.TrimSuffix(pe.url, "/"), "http://"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
@@ -236,11 +230,7 @@ func (pe *peer) received() (tcCarrierCtx, bool) {
 func TestCarrierAcrossNetns(t *testing.T) {
 	for i, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
-			p, err := tctest.NewPair("tcc", 40+i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := tctest.PairFor(t, "tcc", 40+i)
 			c := startCarrier(t, p, backend)
 			defer c.Close()
 			ifs := c.Interfaces()
@@ -308,11 +298,7 @@ func TestCarrierAcrossNetns(t *testing.T) {
 func TestNewInterfaceGetsPrograms(t *testing.T) {
 	for i, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
-			p, err := tctest.NewPair("tcn", 50+i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := tctest.PairFor(t, "tcn", 50+i)
 			c := startCarrier(t, p, backend)
 			defer c.Close()
 			if err := tctest.Ip("-n", p.Names[0], "link", "add", "tcnx", "type", "veth", "peer", "name", "tcny"); err != nil {
@@ -326,7 +312,7 @@ func TestNewInterfaceGetsPrograms(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			progs, err := tctest.Ours(p.Paths[0], "tcny")
+			progs, err := ProgramsOn(p.Paths[0], "tcny")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -364,11 +350,7 @@ func capture(t *testing.T, p *tctest.Pair, side int) *tctest.Capture {
 func TestChainsWithForeignProgram(t *testing.T) {
 	for i, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
-			p, err := tctest.NewPair("tcf", 60+i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := tctest.PairFor(t, "tcf", 60+i)
 			if err := rlimit.RemoveMemlock(); err != nil {
 				t.Fatal(err)
 			}
@@ -388,7 +370,7 @@ func TestChainsWithForeignProgram(t *testing.T) {
 				}
 			}
 			c := startCarrier(t, p, backend)
-			progs, _ := tctest.Ours(p.Paths[1], p.Ifaces[1])
+			progs, _ := ProgramsOn(p.Paths[1], p.Ifaces[1])
 			if countOurs(progs) != 2 || len(progs) != 4 {
 				t.Fatalf("programs on %s: %v, want the foreign one and ours on each hook", p.Ifaces[1], progs)
 			}
@@ -411,7 +393,7 @@ func TestChainsWithForeignProgram(t *testing.T) {
 				t.Fatalf("close: %v", err)
 			}
 			for j := range 2 {
-				progs, err := tctest.Ours(p.Paths[j], p.Ifaces[j])
+				progs, err := ProgramsOn(p.Paths[j], p.Ifaces[j])
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -423,15 +405,9 @@ func TestChainsWithForeignProgram(t *testing.T) {
 			if err := tctest.In(p.Paths[0], func() error {
 				return exec.Command("ping", "-c", "3", "-i", "0.2", "-W", "1", p.Addrs[1]).Run()
 			}); err != nil {
-				// ping may be missing: TCP then.
-				if err := tctest.In(p.Paths[0], func() error {
-					conn, err := net.DialTimeout("tcp4", p.Addrs[1]+":9", time.Second)
-					if err == nil {
-						conn.Close()
-					}
-					return nil
-				}); err != nil {
-					t.Fatal(err)
+				// ping may be missing: a TCP connect (SYN, RST) then.
+				if conn, err := tctest.Dial(p.Paths[0], p.Addrs[1]+":9"); err == nil {
+					conn.Close()
 				}
 			}
 			if f.Packets() == after {

@@ -6,17 +6,16 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
 
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc/tctest"
 )
 
@@ -48,7 +47,7 @@ func ipOptionKeys(backend string) map[string]string {
 // programsOn lists the programs on the TC hooks of p's first veth.
 func programsOn(t *testing.T, p *tctest.Pair) []string {
 	t.Helper()
-	progs, err := tctest.Ours(p.Paths[0], p.Ifaces[0])
+	progs, err := tc.ProgramsOn(p.Paths[0], p.Ifaces[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,13 +59,9 @@ func programsOn(t *testing.T, p *tctest.Pair) []string {
 func poke(t *testing.T, p *tctest.Pair) {
 	t.Helper()
 	for range 3 {
-		_ = tctest.In(p.Paths[0], func() error {
-			c, err := net.DialTimeout("tcp4", p.Addrs[1]+":9", time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return nil
-		})
+		if c, err := tctest.Dial(p.Paths[0], p.Addrs[1]+":9"); err == nil {
+			c.Close()
+		}
 	}
 }
 
@@ -82,11 +77,7 @@ func TestIPOptionCarrierAfterKill(t *testing.T) {
 	}
 	for i, backend := range []string{"tcx", "tc"} {
 		t.Run(backend, func(t *testing.T) {
-			p, err := tctest.NewPair("tce", 70+i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := tctest.PairFor(t, "tce", 70+i)
 			f, err := tctest.NewForeign()
 			if err != nil {
 				t.Fatalf("%+v", err)
@@ -163,7 +154,7 @@ func collectorMap(t *testing.T, pid int, name string) *ebpf.Map {
 // collector's carrier_out sends no IPv4 option; with tcp + ip_option the
 // capture on the receiving side shows it.
 func TestIPOptionOnlyWithIPOptionCarrier(t *testing.T) {
-	for i, tc := range []struct {
+	for i, cs := range []struct {
 		name   string
 		keys   map[string]string
 		option bool
@@ -172,24 +163,17 @@ func TestIPOptionOnlyWithIPOptionCarrier(t *testing.T) {
 		{"headers", map[string]string{"context_propagation": "headers", "packet_carrier": "ip_option"}, false},
 		{"tcp_ip_option", ipOptionKeys("auto"), true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p, err := tctest.NewPair("tcd", 80+i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			col := startCollectorInNetns(t, p, tc.keys)
-			if n := tctest.CountOurs(programsOn(t, p)); (n == 2) != tc.option {
-				t.Fatalf("%d of our programs on %s with %v", n, p.Ifaces[0], tc.keys)
+		t.Run(cs.name, func(t *testing.T) {
+			p := tctest.PairFor(t, "tcd", 80+i)
+			col := startCollectorInNetns(t, p, cs.keys)
+			if n := tctest.CountOurs(programsOn(t, p)); (n == 2) != cs.option {
+				t.Fatalf("%d of our programs on %s with %v", n, p.Ifaces[0], cs.keys)
 			}
 			out := collectorMap(t, col.PID, "carrier_out")
 			defer out.Close()
 
-			var ln net.Listener
-			if err := tctest.In(p.Paths[1], func() (err error) {
-				ln, err = net.Listen("tcp4", p.Addrs[1]+":0")
-				return err
-			}); err != nil {
+			ln, err := tctest.Listen(p.Paths[1], p.Addrs[1]+":0")
+			if err != nil {
 				t.Fatal(err)
 			}
 			defer ln.Close()
@@ -200,11 +184,8 @@ func TestIPOptionOnlyWithIPOptionCarrier(t *testing.T) {
 					c.Close()
 				}
 			}()
-			var conn net.Conn
-			if err := tctest.In(p.Paths[0], func() (err error) {
-				conn, err = net.Dial("tcp4", ln.Addr().String())
-				return err
-			}); err != nil {
+			conn, err := tctest.Dial(p.Paths[0], ln.Addr().String())
+			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
@@ -238,8 +219,8 @@ func TestIPOptionOnlyWithIPOptionCarrier(t *testing.T) {
 				t.Fatal(err)
 			}
 			lines := capt.Stop()
-			if (len(lines) > 0) != tc.option {
-				t.Fatalf("%d packets with the IPv4 option (want them: %v): %q\n%s", len(lines), tc.option, lines, col.Output())
+			if (len(lines) > 0) != cs.option {
+				t.Fatalf("%d packets with the IPv4 option (want them: %v): %q\n%s", len(lines), cs.option, lines, col.Output())
 			}
 		})
 	}
