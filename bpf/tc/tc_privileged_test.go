@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,10 +21,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc/tctest"
 )
@@ -416,4 +419,68 @@ func TestChainsWithForeignProgram(t *testing.T) {
 			t.Logf("foreign program counted %d packets with ours attached", during)
 		})
 	}
+}
+
+// TestNoRoomCounted: a connection whose packets already carry IP options
+// (IP_OPTIONS: four bytes of NOPs) cannot take ours: its requests go out
+// unchanged and intact, counted as no_room, and nothing arrives in
+// carrier_in.
+func TestNoRoomCounted(t *testing.T) {
+	p := tctest.PairFor(t, "tcr", 45)
+	c := startCarrier(t, p, BackendTCX)
+	defer c.Close()
+	ln, err := tctest.Listen(p.Paths[1], p.Addrs[1]+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err == nil {
+			_, _ = io.Copy(conn, conn)
+			conn.Close()
+		}
+	}()
+	var conn net.Conn
+	err = tctest.In(p.Paths[0], func() (err error) {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, "\x01\x01\x01\x00")
+			})
+			return errors.Join(err, serr)
+		}}
+		conn, err = d.Dial("tcp4", ln.Addr().String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	k := keyOf(conn.LocalAddr(), conn.RemoteAddr())
+	cx := ctxFor(1)
+	if err := c.objs.CarrierOut.Put(&k, &cx); err != nil {
+		t.Fatal(err)
+	}
+	msg := body(5000)
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo differs (%v)", err)
+	}
+	cnt, err := c.ReadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cnt.NoRoom == 0 || cnt.Written != 0 || cnt.Parsed != 0 {
+		t.Fatalf("counters %+v: want no_room > 0 and nothing written", cnt)
+	}
+	in := tcCarrierKey{LocalAddr: k.RemoteAddr, RemoteAddr: k.LocalAddr, LocalPort: k.RemotePort, RemotePort: k.LocalPort}
+	var v tcCarrierCtx
+	if err := c.objs.CarrierIn.Lookup(&in, &v); err == nil {
+		t.Fatalf("carrier_in filled: %+v", v)
+	}
+	t.Logf("counters %+v", cnt)
 }
