@@ -25,6 +25,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
@@ -429,20 +432,9 @@ func TestNoRoomCounted(t *testing.T) {
 	p := tctest.PairFor(t, "tcr", 45)
 	c := startCarrier(t, p, BackendTCX)
 	defer c.Close()
-	ln, err := tctest.Listen(p.Paths[1], p.Addrs[1]+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err == nil {
-			_, _ = io.Copy(conn, conn)
-			conn.Close()
-		}
-	}()
+	ln := tctest.Echo(t, p.Paths[1], p.Addrs[1]+":0")
 	var conn net.Conn
-	err = tctest.In(p.Paths[0], func() (err error) {
+	err := tctest.In(p.Paths[0], func() (err error) {
 		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
@@ -481,6 +473,92 @@ func TestNoRoomCounted(t *testing.T) {
 	var v tcCarrierCtx
 	if err := c.objs.CarrierIn.Lookup(&in, &v); err == nil {
 		t.Fatalf("carrier_in filled: %+v", v)
+	}
+	t.Logf("counters %+v", cnt)
+}
+
+// dropFirstCarrier loads a TC program that drops the first packet that
+// carries our option (TC_ACT_SHOT) and lets every other one go on; drops
+// counts them.
+func dropFirstCarrier(t *testing.T) (*ebpf.Program, *ebpf.Map) {
+	t.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "drop_first_opt",
+		Type: ebpf.SchedCLS,
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.LoadAbs(14, asm.Byte), // version and IHL
+			asm.And.Imm(asm.R0, 0x0f),
+			asm.JNE.Imm(asm.R0, 12, "pass"),
+			asm.LoadAbs(34, asm.Byte), // the first option's type
+			asm.JNE.Imm(asm.R0, 0x9e, "pass"),
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "pass"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.JGE.Imm(asm.R1, 1, "pass"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, 2), // TC_ACT_SHOT
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, -1).WithSymbol("pass"),
+			asm.Return(),
+		},
+		License: "GPL",
+	})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	t.Cleanup(func() { _ = prog.Close() })
+	return prog, m
+}
+
+// TestRetransmissionCarriesOption: the first segment of a request, option
+// included, is lost on the wire (a program after ours on egress drops it);
+// TCP sends it again, egress writes the option on the retransmission (same
+// TCP sequence number), and carrier_in gets the context.
+func TestRetransmissionCarriesOption(t *testing.T) {
+	p := tctest.PairFor(t, "tct", 46)
+	c := startCarrier(t, p, BackendTCX)
+	defer c.Close()
+	prog, drops := dropFirstCarrier(t)
+	err := tctest.In(p.Paths[0], func() error {
+		l, err := net.InterfaceByName(p.Ifaces[0])
+		if err != nil {
+			return err
+		}
+		// Appended: after ours, like a lossy link.
+		lk, err := link.AttachTCX(link.TCXOptions{Interface: l.Index, Program: prog, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { _ = lk.Close() })
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pe := newPeer(t, c, p)
+	pe.post(1, 300, true)
+	var dropped uint64
+	_ = drops.Lookup(uint32(0), &dropped)
+	if dropped != 1 {
+		t.Fatalf("%d packets dropped, want 1", dropped)
+	}
+	if got, ok := pe.received(); !ok || got != ctxFor(1) {
+		t.Fatalf("carrier_in %+v (found %v) after the retransmission, want %+v", got, ok, ctxFor(1))
+	}
+	cnt, _ := c.ReadCounters()
+	if cnt.Written < 2 || cnt.Parsed < 1 {
+		t.Fatalf("counters %+v: want the option written on the first segment and again on its retransmission", cnt)
 	}
 	t.Logf("counters %+v", cnt)
 }

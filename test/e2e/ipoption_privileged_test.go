@@ -172,18 +172,7 @@ func TestIPOptionOnlyWithIPOptionCarrier(t *testing.T) {
 			out := collectorMap(t, col.PID, "carrier_out")
 			defer out.Close()
 
-			ln, err := tctest.Listen(p.Paths[1], p.Addrs[1]+":0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				c, err := ln.Accept()
-				if err == nil {
-					_, _ = io.Copy(c, c)
-					c.Close()
-				}
-			}()
+			ln := tctest.Echo(t, p.Paths[1], p.Addrs[1]+":0")
 			conn, err := tctest.Dial(p.Paths[0], ln.Addr().String())
 			if err != nil {
 				t.Fatal(err)

@@ -110,6 +110,30 @@ func Listen(path, addr string) (net.Listener, error) {
 	return ln, err
 }
 
+// Echo listens on TCP addr inside the namespace at path and echoes what
+// each connection sends; the listener closes when the test ends.
+func Echo(t testing.TB, path, addr string) net.Listener {
+	t.Helper()
+	ln, err := Listen(path, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, _ = io.Copy(c, c)
+				_ = c.Close()
+			}()
+		}
+	}()
+	return ln
+}
+
 // Dial connects to TCP addr from inside the namespace at path.
 func Dial(path, addr string) (net.Conn, error) {
 	var c net.Conn
