@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -19,16 +21,17 @@ import (
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc/tctest"
 )
 
-// startCollectorInNetns starts the built distro inside the network
+// inNetns writes a script that runs the built distro inside the network
 // namespace of p's first side (as a hostNetwork collector sees the host's
-// interfaces, it sees the namespace's), exporting to debug.
-func startCollectorInNetns(t *testing.T, p *tctest.Pair, ebpfKeys map[string]string) *Collector {
+// interfaces, it sees the namespace's), and the config for it, exporting to
+// debug.
+func inNetns(t *testing.T, p *tctest.Pair, ebpfKeys map[string]string) (bin, config string) {
 	t.Helper()
-	wrapper := filepath.Join(t.TempDir(), "otelcol-in-netns")
+	bin = filepath.Join(t.TempDir(), "otelcol-in-netns")
 	// nsenter, not ip netns exec: that one mounts its own /sys, without
 	// the cgroup v2 hierarchy sockops needs.
 	script := fmt.Sprintf("#!/bin/sh\nexec nsenter --net=%s %s \"$@\"\n", p.Paths[0], DistroPath(t))
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	cfg := CollectorConfig{
@@ -36,8 +39,15 @@ func startCollectorInNetns(t *testing.T, p *tctest.Pair, ebpfKeys map[string]str
 		ExporterName: "debug", ExporterYAML: "    verbosity: basic\n",
 		EBPF: ebpfKeys,
 	}
+	return bin, cfg.YAML()
+}
+
+// startCollectorInNetns starts the distro as inNetns runs it.
+func startCollectorInNetns(t *testing.T, p *tctest.Pair, ebpfKeys map[string]string) *Collector {
+	t.Helper()
+	bin, config := inNetns(t, p, ebpfKeys)
 	// No health check: its port is inside the namespace.
-	return startCollector(t, wrapper, cfg.YAML(), nil, 0)
+	return startCollector(t, bin, config, nil, 0)
 }
 
 func ipOptionKeys(backend string) map[string]string {
@@ -212,5 +222,39 @@ func TestIPOptionOnlyWithIPOptionCarrier(t *testing.T) {
 				t.Fatalf("%d packets with the IPv4 option (want them: %v): %q\n%s", len(lines), cs.option, lines, col.Output())
 			}
 		})
+	}
+}
+
+// TestIPOptionStartFailsClearly: when the interface already has someone
+// else's tc filter at our priority and handle, the collector does not
+// replace it: it exits at start with an error naming the interface, the
+// filter and the setting, and leaves the foreign filter in place.
+func TestIPOptionStartFailsClearly(t *testing.T) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	p := tctest.PairFor(t, "tcs", 88)
+	f, err := tctest.NewForeign()
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	defer f.Close()
+	if err := f.AttachTCAt(p.Paths[0], p.Ifaces[0], tc.FilterPriority, tc.FilterHandle); err != nil {
+		t.Fatal(err)
+	}
+	bin, config := inNetns(t, p, ipOptionKeys("tc"))
+	res := RunDistro(t, bin, t.TempDir(), config, nil, 60*time.Second)
+	out := res.Stdout + res.Stderr
+	if res.ExitCode == 0 {
+		t.Fatalf("collector started over a foreign filter at our priority and handle:\n%s", out)
+	}
+	for _, want := range []string{"ebpf.packet_carrier ip_option", p.Ifaces[0], "prio 3 handle 0xeb7c", "file exists"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("start error lacks %q:\n%s", want, out)
+		}
+	}
+	progs := programsOn(t, p)
+	if tctest.CountOurs(progs) != 0 || len(progs) != 2 {
+		t.Fatalf("programs on %s after the failed start: %v, want only the foreign ones", p.Ifaces[0], progs)
 	}
 }

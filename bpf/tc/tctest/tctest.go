@@ -247,8 +247,13 @@ func (f *Foreign) AttachTCX(path, ifname string) error {
 
 // AttachTC adds a clsact qdisc (if missing) and the program as a filter of
 // priority ForeignPriority on both hooks of ifname; the filters stay until
-// the interface goes (or Close).
+// the interface goes.
 func (f *Foreign) AttachTC(path, ifname string) error {
+	return f.AttachTCAt(path, ifname, ForeignPriority, ForeignHandle)
+}
+
+// AttachTCAt is AttachTC with another priority and handle.
+func (f *Foreign) AttachTCAt(path, ifname string, prio uint16, fhandle uint32) error {
 	h, err := handle(path)
 	if err != nil {
 		return err
@@ -266,8 +271,8 @@ func (f *Foreign) AttachTC(path, ifname string) error {
 	}
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 		err := h.FilterAdd(&netlink.BpfFilter{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: ForeignHandle,
-				Priority: ForeignPriority, Protocol: unix.ETH_P_ALL},
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: fhandle,
+				Priority: prio, Protocol: unix.ETH_P_ALL},
 			Fd: f.Prog.FD(), Name: ForeignName, DirectAction: true,
 		})
 		if err != nil {
