@@ -125,6 +125,12 @@ int tc_ipopt_out(struct __sk_buff *skb)
 	if (sent && sent->seq == seq && sent->tcp_seq != tcp_seq)
 		return TC_NEXT; // a later segment of a request already carried
 	// This segment should carry the context.
+	if (ihl == sizeof(h)) {
+		__u8 t[2];
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr), t, sizeof(t)) == 0 &&
+		    t[0] == IPOPT_CARRIER_TYPE && t[1] == IPOPT_CARRIER_LEN)
+			return TC_NEXT; // written on an earlier device (a bridge, then its port)
+	}
 	if (ihl != sizeof(struct iphdr) || h.ip.tot_len == 0) {
 		count(TC_NO_ROOM); // options already there, or BIG TCP
 		return TC_NEXT;

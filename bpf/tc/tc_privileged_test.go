@@ -562,3 +562,37 @@ func TestRetransmissionCarriesOption(t *testing.T) {
 	}
 	t.Logf("counters %+v", cnt)
 }
+
+// TestBridgeWritesOnce: behind a bridge the egress program runs twice per
+// packet (the bridge device, then its port): the option is written once and
+// the second run neither writes it again nor counts no_room.
+func TestBridgeWritesOnce(t *testing.T) {
+	p := tctest.PairFor(t, "tcg", 47)
+	for _, s := range [][]string{
+		{"link", "add", "tcgbr", "type", "bridge"},
+		{"link", "set", p.Ifaces[0], "master", "tcgbr"},
+		{"addr", "del", p.Addrs[0] + "/24", "dev", p.Ifaces[0]},
+		{"addr", "add", p.Addrs[0] + "/24", "dev", "tcgbr"},
+		{"link", "set", "tcgbr", "up"},
+	} {
+		if err := tctest.Ip(append([]string{"-n", p.Names[0]}, s...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startCarrier(t, p, BackendTCX)
+	defer c.Close()
+	if !slices.Contains(c.Interfaces(), p.Paths[0]+"/tcgbr") {
+		t.Fatalf("bridge not attached: %v", c.Interfaces())
+	}
+	pe := newPeer(t, c, p)
+	for seq := uint16(1); seq <= 3; seq++ {
+		pe.post(seq, 65536, true)
+		if got, ok := pe.received(); !ok || got != ctxFor(seq) {
+			t.Fatalf("request %d: carrier_in %+v (found %v)", seq, got, ok)
+		}
+	}
+	cnt, _ := c.ReadCounters()
+	if cnt.Written != 3 || cnt.NoRoom != 0 {
+		t.Fatalf("counters %+v: want 3 written, none without room", cnt)
+	}
+}
