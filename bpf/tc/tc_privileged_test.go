@@ -36,6 +36,16 @@ import (
 
 var backends = []string{BackendTCX, BackendTC}
 
+// eachBackend runs f for each backend on its own namespace pair
+// (10.<subnet+i>.0.0/24).
+func eachBackend(t *testing.T, prefix string, subnet int, f func(t *testing.T, backend string, p *tctest.Pair)) {
+	for i, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			f(t, backend, tctest.PairFor(t, prefix, subnet+i))
+		})
+	}
+}
+
 // startCarrier loads the carrier and attaches it in both namespaces.
 func startCarrier(t *testing.T, p *tctest.Pair, backend string) *Carrier {
 	t.Helper()
@@ -234,108 +244,102 @@ func (pe *peer) received() (tcCarrierCtx, bool) {
 // connection, bodies of up to 192 KiB intact; packets carry the option on
 // the wire only for requests with a context.
 func TestCarrierAcrossNetns(t *testing.T) {
-	for i, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			p := tctest.PairFor(t, "tcc", 40+i)
-			c := startCarrier(t, p, backend)
-			defer c.Close()
-			ifs := c.Interfaces()
-			for _, want := range []string{p.Paths[0] + "/lo", p.Paths[0] + "/" + p.Ifaces[0], p.Paths[1] + "/" + p.Ifaces[1]} {
-				if !slices.Contains(ifs, want) {
-					t.Fatalf("interfaces %v lack %s", ifs, want)
-				}
+	eachBackend(t, "tcc", 40, func(t *testing.T, backend string, p *tctest.Pair) {
+		c := startCarrier(t, p, backend)
+		defer c.Close()
+		ifs := c.Interfaces()
+		for _, want := range []string{p.Paths[0] + "/lo", p.Paths[0] + "/" + p.Ifaces[0], p.Paths[1] + "/" + p.Ifaces[1]} {
+			if !slices.Contains(ifs, want) {
+				t.Fatalf("interfaces %v lack %s", ifs, want)
 			}
-			pe := newPeer(t, c, p)
+		}
+		pe := newPeer(t, c, p)
 
-			// No context in carrier_out: nothing on the wire.
-			capt := capture(t, p, 1)
-			pe.post(1, 64, false)
-			pe.post(2, 65536, false)
-			base := capt.Stop()
+		// No context in carrier_out: nothing on the wire.
+		capt := capture(t, p, 1)
+		pe.post(1, 64, false)
+		pe.post(2, 65536, false)
+		base := capt.Stop()
 
-			capt = capture(t, p, 1)
-			sizes := []int{100, 65536, 300, 3 * 65536, 1000, 65536, 0}
-			for j, n := range sizes[:len(sizes)-1] { // the last is rawPost's
-				seq := uint16(10 + j)
-				pe.post(seq, n, true)
-				got, ok := pe.received()
-				want := ctxFor(seq)
-				if !ok || got != want {
-					t.Fatalf("request %d (%d bytes): carrier_in %+v (found %v), want %+v", seq, n, got, ok, want)
+		capt = capture(t, p, 1)
+		sizes := []int{100, 65536, 300, 3 * 65536, 1000, 65536, 0}
+		for j, n := range sizes[:len(sizes)-1] { // the last is rawPost's
+			seq := uint16(10 + j)
+			pe.post(seq, n, true)
+			got, ok := pe.received()
+			want := ctxFor(seq)
+			if !ok || got != want {
+				t.Fatalf("request %d (%d bytes): carrier_in %+v (found %v), want %+v", seq, n, got, ok, want)
+			}
+		}
+		// Headers and a 64 KiB body in one write on a fresh
+		// connection: its first packet is a GSO packet (the
+		// initial window: ~7 KiB) and takes the option, its
+		// segments each a copy.
+		pe.rawPost(20, 65536)
+		onWire := capt.Stop()
+		big := false
+		for _, l := range onWire {
+			if m := tcpLenRE.FindStringSubmatch(l); m != nil {
+				if n, _ := strconv.Atoi(m[1]); n > 1500 {
+					big = true
 				}
 			}
-			// Headers and a 64 KiB body in one write on a fresh
-			// connection: its first packet is a GSO packet (the
-			// initial window: ~7 KiB) and takes the option, its
-			// segments each a copy.
-			pe.rawPost(20, 65536)
-			onWire := capt.Stop()
-			big := false
-			for _, l := range onWire {
-				if m := tcpLenRE.FindStringSubmatch(l); m != nil {
-					if n, _ := strconv.Atoi(m[1]); n > 1500 {
-						big = true
-					}
-				}
-			}
-			if !big {
-				t.Fatalf("no GSO packet (over the 1500-byte MTU) with the option: %q", onWire)
-			}
-			cnt, err := c.ReadCounters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("counters %+v; packets with the option on the wire: %d without context, %d with", cnt, len(base), len(onWire))
-			if len(base) != 0 {
-				t.Fatalf("packets carried the option for requests without a context: %q", base)
-			}
-			if len(onWire) < len(sizes) {
-				t.Fatalf("%d packets with the option on the wire, want ≥ %d: %q", len(onWire), len(sizes), onWire)
-			}
-			if cnt.NoRoom != 0 || cnt.StripFailed != 0 || cnt.Written < uint64(len(sizes)) || cnt.Parsed < cnt.Written || cnt.Stripped != cnt.Parsed {
-				t.Fatalf("counters %+v", cnt)
-			}
-		})
-	}
+		}
+		if !big {
+			t.Fatalf("no GSO packet (over the 1500-byte MTU) with the option: %q", onWire)
+		}
+		cnt, err := c.ReadCounters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("counters %+v; packets with the option on the wire: %d without context, %d with", cnt, len(base), len(onWire))
+		if len(base) != 0 {
+			t.Fatalf("packets carried the option for requests without a context: %q", base)
+		}
+		if len(onWire) < len(sizes) {
+			t.Fatalf("%d packets with the option on the wire, want ≥ %d: %q", len(onWire), len(sizes), onWire)
+		}
+		if cnt.NoRoom != 0 || cnt.StripFailed != 0 || cnt.Written < uint64(len(sizes)) || cnt.Parsed < cnt.Written || cnt.Stripped != cnt.Parsed {
+			t.Fatalf("counters %+v", cnt)
+		}
+	})
 }
 
 // TestNewInterfaceGetsPrograms: a veth created after Start gets both
 // programs (netlink link subscription), and is forgotten when deleted.
 func TestNewInterfaceGetsPrograms(t *testing.T) {
-	for i, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			p := tctest.PairFor(t, "tcn", 50+i)
-			c := startCarrier(t, p, backend)
-			defer c.Close()
-			if err := tctest.Ip("-n", p.Names[0], "link", "add", "tcnx", "type", "veth", "peer", "name", "tcny"); err != nil {
-				t.Fatal(err)
+	eachBackend(t, "tcn", 50, func(t *testing.T, backend string, p *tctest.Pair) {
+		c := startCarrier(t, p, backend)
+		defer c.Close()
+		if err := tctest.Ip("-n", p.Names[0], "link", "add", "tcnx", "type", "veth", "peer", "name", "tcny"); err != nil {
+			t.Fatal(err)
+		}
+		want := p.Paths[0] + "/tcnx"
+		deadline := time.Now().Add(5 * time.Second)
+		for !slices.Contains(c.Interfaces(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("interfaces %v lack %s 5 s after it was created", c.Interfaces(), want)
 			}
-			want := p.Paths[0] + "/tcnx"
-			deadline := time.Now().Add(5 * time.Second)
-			for !slices.Contains(c.Interfaces(), want) {
-				if time.Now().After(deadline) {
-					t.Fatalf("interfaces %v lack %s 5 s after it was created", c.Interfaces(), want)
-				}
-				time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
+		}
+		progs, err := ProgramsOn(p.Paths[0], "tcny")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if countOurs(progs) != 2 {
+			t.Fatalf("programs on tcny: %v, want ours on ingress and egress", progs)
+		}
+		if err := tctest.Ip("-n", p.Names[0], "link", "del", "tcnx"); err != nil {
+			t.Fatal(err)
+		}
+		for slices.Contains(c.Interfaces(), want) {
+			if time.Now().After(deadline.Add(5 * time.Second)) {
+				t.Fatalf("deleted %s still listed", want)
 			}
-			progs, err := ProgramsOn(p.Paths[0], "tcny")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if countOurs(progs) != 2 {
-				t.Fatalf("programs on tcny: %v, want ours on ingress and egress", progs)
-			}
-			if err := tctest.Ip("-n", p.Names[0], "link", "del", "tcnx"); err != nil {
-				t.Fatal(err)
-			}
-			for slices.Contains(c.Interfaces(), want) {
-				if time.Now().After(deadline.Add(5 * time.Second)) {
-					t.Fatalf("deleted %s still listed", want)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		})
-	}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }
 
 func countOurs(progs []string) int { return tctest.CountOurs(progs) }
@@ -354,74 +358,71 @@ func capture(t *testing.T, p *tctest.Pair, side int) *tctest.Capture {
 // works, and after Close the foreign program is all that is left, still
 // counting.
 func TestChainsWithForeignProgram(t *testing.T) {
-	for i, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			p := tctest.PairFor(t, "tcf", 60+i)
-			if err := rlimit.RemoveMemlock(); err != nil {
+	eachBackend(t, "tcf", 60, func(t *testing.T, backend string, p *tctest.Pair) {
+		if err := rlimit.RemoveMemlock(); err != nil {
+			t.Fatal(err)
+		}
+		f, err := tctest.NewForeign()
+		if err != nil {
+			t.Fatalf("%+v", err)
+		}
+		defer f.Close()
+		for j := range 2 {
+			if backend == BackendTCX {
+				err = f.AttachTCX(p.Paths[j], p.Ifaces[j])
+			} else {
+				err = f.AttachTC(p.Paths[j], p.Ifaces[j])
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
-			f, err := tctest.NewForeign()
+		}
+		c := startCarrier(t, p, backend)
+		progs, _ := ProgramsOn(p.Paths[1], p.Ifaces[1])
+		if countOurs(progs) != 2 || len(progs) != 4 {
+			t.Fatalf("programs on %s: %v, want the foreign one and ours on each hook", p.Ifaces[1], progs)
+		}
+		before := f.Packets()
+		pe := newPeer(t, c, p)
+		for seq := uint16(1); seq <= 5; seq++ {
+			pe.post(seq, 65536, true)
+			if got, ok := pe.received(); !ok || got != ctxFor(seq) {
+				t.Fatalf("request %d: carrier_in %+v (found %v)", seq, got, ok)
+			}
+		}
+		during := f.Packets() - before
+		// 5 × 64 KiB each way: at least the ~90 segments of one
+		// direction, seen by both ends (GSO packets count once).
+		if during < 20 {
+			t.Fatalf("foreign program counted %d packets during the traffic", during)
+		}
+		pe.client.CloseIdleConnections()
+		if err := c.Close(); err != nil {
+			t.Fatalf("close: %v", err)
+		}
+		for j := range 2 {
+			progs, err := ProgramsOn(p.Paths[j], p.Ifaces[j])
 			if err != nil {
-				t.Fatalf("%+v", err)
+				t.Fatal(err)
 			}
-			defer f.Close()
-			for j := range 2 {
-				if backend == BackendTCX {
-					err = f.AttachTCX(p.Paths[j], p.Ifaces[j])
-				} else {
-					err = f.AttachTC(p.Paths[j], p.Ifaces[j])
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
+			if countOurs(progs) != 0 || len(progs) != 2 {
+				t.Fatalf("after Close, programs on %s: %v, want only the foreign one on each hook", p.Ifaces[j], progs)
 			}
-			c := startCarrier(t, p, backend)
-			progs, _ := ProgramsOn(p.Paths[1], p.Ifaces[1])
-			if countOurs(progs) != 2 || len(progs) != 4 {
-				t.Fatalf("programs on %s: %v, want the foreign one and ours on each hook", p.Ifaces[1], progs)
+		}
+		after := f.Packets()
+		if err := tctest.In(p.Paths[0], func() error {
+			return exec.Command("ping", "-c", "3", "-i", "0.2", "-W", "1", p.Addrs[1]).Run()
+		}); err != nil {
+			// ping may be missing: a TCP connect (SYN, RST) then.
+			if conn, err := tctest.Dial(p.Paths[0], p.Addrs[1]+":9"); err == nil {
+				conn.Close()
 			}
-			before := f.Packets()
-			pe := newPeer(t, c, p)
-			for seq := uint16(1); seq <= 5; seq++ {
-				pe.post(seq, 65536, true)
-				if got, ok := pe.received(); !ok || got != ctxFor(seq) {
-					t.Fatalf("request %d: carrier_in %+v (found %v)", seq, got, ok)
-				}
-			}
-			during := f.Packets() - before
-			// 5 × 64 KiB each way: at least the ~90 segments of one
-			// direction, seen by both ends (GSO packets count once).
-			if during < 20 {
-				t.Fatalf("foreign program counted %d packets during the traffic", during)
-			}
-			pe.client.CloseIdleConnections()
-			if err := c.Close(); err != nil {
-				t.Fatalf("close: %v", err)
-			}
-			for j := range 2 {
-				progs, err := ProgramsOn(p.Paths[j], p.Ifaces[j])
-				if err != nil {
-					t.Fatal(err)
-				}
-				if countOurs(progs) != 0 || len(progs) != 2 {
-					t.Fatalf("after Close, programs on %s: %v, want only the foreign one on each hook", p.Ifaces[j], progs)
-				}
-			}
-			after := f.Packets()
-			if err := tctest.In(p.Paths[0], func() error {
-				return exec.Command("ping", "-c", "3", "-i", "0.2", "-W", "1", p.Addrs[1]).Run()
-			}); err != nil {
-				// ping may be missing: a TCP connect (SYN, RST) then.
-				if conn, err := tctest.Dial(p.Paths[0], p.Addrs[1]+":9"); err == nil {
-					conn.Close()
-				}
-			}
-			if f.Packets() == after {
-				t.Fatalf("foreign program stopped counting after our Close")
-			}
-			t.Logf("foreign program counted %d packets with ours attached", during)
-		})
-	}
+		}
+		if f.Packets() == after {
+			t.Fatalf("foreign program stopped counting after our Close")
+		}
+		t.Logf("foreign program counted %d packets with ours attached", during)
+	})
 }
 
 // TestNoRoomCounted: a connection whose packets already carry IP options
