@@ -67,7 +67,7 @@ testdeps:
 test: mounts testdeps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (privileged eBPF tests)"; exit 1; fi
 	@missing=""; \
-	for c in curl:curl wrk:wrk bpftool:bpftool ip:iproute2 docker-compose:docker-compose; do \
+	for c in curl:curl wrk:wrk bpftool:bpftool ip:iproute2 tcpdump:tcpdump docker-compose:docker-compose; do \
 		command -v "$${c%%:*}" >/dev/null || missing="$$missing $${c#*:}"; \
 	done; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \

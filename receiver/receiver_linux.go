@@ -24,6 +24,7 @@ import (
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/tcpopt"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
@@ -58,6 +59,7 @@ type tracesReceiver struct {
 	tracer    *httptrace.Tracer
 	prop      *ctxprop.Propagator
 	tcpOpt    *tcpopt.Carrier    // the TCP option carrier of TLS contexts
+	ipopt     *tc.Carrier        // IPv4-option carrier (tcp + ip_option)
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
@@ -132,12 +134,9 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		return fmt.Errorf("ebpf_tracing: routes: %w", err)
 	}
 	// The packet-level carrier takes the context of TLS requests; plaintext
-	// requests get headers (headers or all), never the carrier.
-	carrier := propagation.TCP && r.cfg.EBPF.PacketCarrier == CarrierTCPOption
-	if propagation.TCP && !carrier {
-		logger.Warn("ebpf.packet_carrier: only tcp_option is available in this version; TLS requests carry no context",
-			zap.String("packet_carrier", r.cfg.EBPF.PacketCarrier))
-	}
+	// requests get headers (headers or all), never the carrier. httptrace
+	// fills and takes the carrier maps for either carrier.
+	carrier := propagation.TCP
 
 	// Everything opened from here on is closed again if Start fails.
 	defer func() {
@@ -187,13 +186,27 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 			return fmt.Errorf("ebpf_tracing: ebpf.context_propagation %q: %w", r.cfg.EBPF.ContextPropagation, err)
 		}
 	}
-	if carrier {
+	if carrier && r.cfg.EBPF.PacketCarrier == CarrierTCPOption {
 		if r.tcpOpt, err = tcpopt.Load(r.tracer.Shared()); err != nil {
 			return fmt.Errorf("ebpf_tracing: ebpf.packet_carrier tcp_option: %w", err)
 		}
 		if err = r.tcpOpt.Attach(report.CgroupV2); err != nil {
 			return fmt.Errorf("ebpf_tracing: ebpf.packet_carrier tcp_option: %w (or set ebpf.context_propagation to headers)", err)
 		}
+	}
+	if propagation.TCP && r.cfg.EBPF.PacketCarrier == CarrierIPOption {
+		shared := r.tracer.Shared()
+		r.ipopt, err = tc.Load(tc.Maps{CarrierOut: shared.CarrierOut, CarrierIn: shared.CarrierIn},
+			tc.Options{Backend: r.cfg.EBPF.TrafficControlBackend, Logger: logger})
+		if err != nil {
+			return fmt.Errorf("ebpf_tracing: %w", err)
+		}
+		if err = r.ipopt.Start(); err != nil {
+			return fmt.Errorf("ebpf_tracing: ebpf.packet_carrier ip_option (ebpf.traffic_control_backend %s): %w; "+
+				"CAP_NET_ADMIN and the host network namespace are needed", r.cfg.EBPF.TrafficControlBackend, err)
+		}
+		logger.Info("IPv4-option carrier attached to every interface of the network namespace, and to new ones",
+			zap.String("backend", r.ipopt.Backend()), zap.Strings("interfaces", r.ipopt.Interfaces()))
 	}
 	// Go moves goroutines between threads: follow them in Go processes, so
 	// outgoing calls get the context of the request they serve, never the
@@ -321,6 +334,12 @@ func (r *tracesReceiver) release() error {
 			errs = append(errs, err)
 		}
 		r.tcpOpt = nil
+	}
+	if r.ipopt != nil {
+		if err := r.ipopt.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.ipopt = nil
 	}
 	if r.prop != nil {
 		if err := r.prop.Close(); err != nil {
@@ -615,6 +634,7 @@ type kernelCounters struct {
 	trace  httptrace.Counters
 	prop   ctxprop.Counters
 	tcpOpt tcpopt.Counters
+	ipopt  tc.Counters
 }
 
 func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
@@ -638,6 +658,16 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 			add(ctx, tb.ReceiverEbpfTracingTCPOptionsNoRoom, c.NoRoom, &k.tcpOpt.NoRoom)
 		}
 	}
+	if r.ipopt != nil {
+		if c, err := r.ipopt.ReadCounters(); err == nil {
+			add(ctx, tb.ReceiverEbpfTracingIPOptionsWritten, c.Written, &k.ipopt.Written)
+			add(ctx, tb.ReceiverEbpfTracingIPOptionsParsed, c.Parsed, &k.ipopt.Parsed)
+			if n := c.NoRoom + c.StripFailed; n > k.ipopt.NoRoom+k.ipopt.StripFailed {
+				tb.ReceiverEbpfTracingIPOptionsNoRoom.Add(ctx, int64(n-k.ipopt.NoRoom-k.ipopt.StripFailed))
+			}
+			k.ipopt.NoRoom, k.ipopt.StripFailed = c.NoRoom, c.StripFailed
+		}
+	}
 	if r.prop == nil {
 		return
 	}
@@ -655,8 +685,11 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 
 // carrierVariant names the packet-level carrier of TLS contexts in use.
 func (r *tracesReceiver) carrierVariant() string {
-	if r.tcpOpt != nil {
+	switch {
+	case r.tcpOpt != nil:
 		return "tcp_option (sockops)"
+	case r.ipopt != nil:
+		return "ip_option (" + r.ipopt.Backend() + ")"
 	}
 	return "none"
 }

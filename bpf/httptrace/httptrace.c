@@ -588,7 +588,9 @@ static __noinline bool carrier_take(struct conn_state *c, struct req_info *r)
 	struct carrier_ctx *v = bpf_map_lookup_elem(&carrier_in, &k);
 	if (!v)
 		return false;
-	if ((__s16)(v->seq - c->carrier_taken) <= 0)
+	// Equality, not order: the IPv4-option carrier's seq wraps at 2^14.
+	// A taken entry is deleted, so any other seq is a new request's.
+	if (v->seq == c->carrier_taken)
 		return false;
 	c->carrier_taken = v->seq;
 	__builtin_memcpy(r->trace_id, v->trace_id, sizeof(r->trace_id));

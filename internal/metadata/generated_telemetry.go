@@ -32,6 +32,9 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingHeadersAppOwned         metric.Int64Counter
 	ReceiverEbpfTracingHeadersInjected         metric.Int64Counter
 	ReceiverEbpfTracingHeadersSkipped          metric.Int64Counter
+	ReceiverEbpfTracingIPOptionsNoRoom         metric.Int64Counter
+	ReceiverEbpfTracingIPOptionsParsed         metric.Int64Counter
+	ReceiverEbpfTracingIPOptionsWritten        metric.Int64Counter
 	ReceiverEbpfTracingProcessesInstrumented   metric.Int64Gauge
 	ReceiverEbpfTracingRequestsDropped         metric.Int64Counter
 	ReceiverEbpfTracingRequestsSampled         metric.Int64Counter
@@ -108,6 +111,24 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_receiver_ebpf_tracing_headers_skipped",
 		metric.WithDescription("Number of outgoing requests under a traced request that were not injected because their header block was longer than the 16 KiB searched, the kernel could not grow the message, or they followed another request in the same write beyond what the tracer parses (its first 1023 bytes, four requests, or a block going on in the next write). [Development]"),
 		metric.WithUnit("{request}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingIPOptionsNoRoom, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_ip_options_no_room",
+		metric.WithDescription("Number of packets that should have carried the trace-context IPv4 option but went out unchanged (IP options already present, over the MTU, BIG TCP, or the kernel refused to grow the packet), plus received options that could not be removed. [Development]"),
+		metric.WithUnit("{packet}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingIPOptionsParsed, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_ip_options_parsed",
+		metric.WithDescription("Number of received packets whose trace-context IPv4 option was read into the connection's incoming context, on TC ingress. [Development]"),
+		metric.WithUnit("{packet}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingIPOptionsWritten, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_ip_options_written",
+		metric.WithDescription("Number of packets given the IPv4 option that carries a TLS request's trace context (ebpf.packet_carrier ip_option), on TC egress. [Development]"),
+		metric.WithUnit("{packet}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.ReceiverEbpfTracingProcessesInstrumented, err = builder.meter.Int64Gauge(

@@ -25,6 +25,9 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingHeadersAppOwned.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingHeadersInjected.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingHeadersSkipped.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingIPOptionsNoRoom.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingIPOptionsParsed.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingIPOptionsWritten.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingProcessesInstrumented.Record(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsDropped.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingRequestsSampled.Add(context.Background(), 1)
@@ -52,6 +55,15 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingHeadersSkipped(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingIPOptionsNoRoom(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingIPOptionsParsed(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingIPOptionsWritten(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingProcessesInstrumented(t, testTel,
