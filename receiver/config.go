@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -313,6 +314,11 @@ type EBPFConfig struct {
 	// (default: tcx where supported, kernel 6.6+, else tc), "tc" or "tcx".
 	// Env: BEYLA_BPF_TC_BACKEND.
 	TrafficControlBackend string `mapstructure:"traffic_control_backend"`
+	// TrafficControlNamespaces are network namespaces, by path
+	// (/proc/<pid>/ns/net, /run/netns/<name>), whose interfaces get the
+	// ip_option carrier's TC programs besides the collector's own (the
+	// host's, for a hostNetwork collector). Default none.
+	TrafficControlNamespaces []string `mapstructure:"traffic_control_namespaces"`
 	// PacketCarrier selects where the trace context of a TLS request
 	// travels when context_propagation includes tcp: "tcp_option"
 	// (default: a TCP header option from sockops) or "ip_option" (an IPv4
@@ -409,6 +415,11 @@ func (cfg *Config) Validate() error {
 	e := cfg.EBPF
 	add("ebpf.context_propagation", checkPropagation(e.ContextPropagation))
 	add("ebpf.traffic_control_backend", checkTCBackend(e.TrafficControlBackend))
+	for i, ns := range e.TrafficControlNamespaces {
+		if !filepath.IsAbs(ns) {
+			add(fmt.Sprintf("ebpf.traffic_control_namespaces[%d]", i), fmt.Errorf("%q is not an absolute path", ns))
+		}
+	}
 	add("ebpf.packet_carrier", checkCarrier(e.PacketCarrier))
 	add("ebpf.io_hook", checkIOHook(e.IOHook))
 	add("ebpf.ring_buffer_size", checkRingBufferSize(e.RingBufferSize))

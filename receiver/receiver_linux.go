@@ -197,7 +197,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if propagation.TCP && r.cfg.EBPF.PacketCarrier == CarrierIPOption {
 		shared := r.tracer.Shared()
 		r.ipopt, err = tc.Load(tc.Maps{CarrierOut: shared.CarrierOut, CarrierIn: shared.CarrierIn},
-			tc.Options{Backend: r.cfg.EBPF.TrafficControlBackend, Logger: logger})
+			tc.Options{Backend: r.cfg.EBPF.TrafficControlBackend, Netns: r.cfg.EBPF.TrafficControlNamespaces, Logger: logger})
 		if err != nil {
 			return fmt.Errorf("ebpf_tracing: %w", err)
 		}

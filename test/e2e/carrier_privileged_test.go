@@ -32,6 +32,8 @@ type carrierCase struct {
 
 var carrierCases = []carrierCase{
 	{carrier: "tcp_option"},
+	{carrier: "ip_option", tcBackend: "tcx"},
+	{carrier: "ip_option", tcBackend: "tc"},
 }
 
 func (c carrierCase) name() string {
@@ -41,12 +43,23 @@ func (c carrierCase) name() string {
 	return c.carrier + "/" + c.tcBackend
 }
 
-func (c carrierCase) ebpf(propagation string) map[string]string {
+// ebpf is the receiver's ebpf section for propagation; the TC programs of
+// ip_option go on the interfaces of the namespaces ns (the veth pair's).
+func (c carrierCase) ebpf(propagation string, ns [2]string) map[string]string {
 	m := map[string]string{"context_propagation": propagation, "packet_carrier": c.carrier}
 	if c.tcBackend != "" {
 		m["traffic_control_backend"] = c.tcBackend
+		m["traffic_control_namespaces"] = fmt.Sprintf("[%q, %q]", "/run/netns/"+ns[0], "/run/netns/"+ns[1])
 	}
 	return m
+}
+
+// startLog is what the collector's start line says of the carrier.
+func (c carrierCase) startLog() string {
+	if c.carrier == "tcp_option" {
+		return `"tls_carrier": "tcp_option (sockops)"`
+	}
+	return `"tls_carrier": "ip_option (` + c.tcBackend + `)"`
 }
 
 // netnsPair is two network namespaces joined by a veth pair.
@@ -157,7 +170,8 @@ func capture(t *testing.T, ns, dev, dir string) func() (segments, ours int) {
 }
 
 // countOption walks a pcap of Ethernet frames: TCP segments over IPv4, and
-// those with our option.
+// those with one of our options (the TCP option of tcp_option, or the IPv4
+// option of ip_option).
 func countOption(t *testing.T, b []byte) (segments, ours int) {
 	t.Helper()
 	require.GreaterOrEqual(t, len(b), 24, "pcap header")
@@ -175,12 +189,17 @@ func countOption(t *testing.T, b []byte) (segments, ours int) {
 		if ip[9] != 6 || len(ip) < ihl+20 {
 			continue
 		}
+		ipOpt := ihl >= 20+28 && ip[20] == 0x9e && ip[21] == 28
 		tcp := ip[ihl:]
 		doff := int(tcp[12]>>4) * 4
 		if doff < 20 || len(tcp) < doff {
 			continue
 		}
 		segments++
+		if ipOpt {
+			ours++
+			continue
+		}
 		for o := tcp[20:doff]; len(o) > 0; {
 			if o[0] == 0 {
 				break
@@ -315,13 +334,13 @@ func testTLSCarrier(t *testing.T, cc carrierCase) {
 			col := StartCollector(t, CollectorConfig{
 				Instrument:   f.selectors(),
 				SinkEndpoint: sink.Endpoint(),
-				EBPF:         cc.ebpf(mode),
+				EBPF:         cc.ebpf(mode, f.pair.ns),
 			})
 			defer col.Stop()
 			f.waitServing(t, sink)
 			carried := mode == "all" || mode == "tcp"
 			if carried {
-				assert.Contains(t, col.Output(), `"tls_carrier": "tcp_option (sockops)"`, "start log names the carrier")
+				assert.Contains(t, col.Output(), cc.startLog(), "start log names the carrier")
 			}
 
 			stop := capture(t, ns1, f.pair.veth[0], f.dir)
