@@ -39,6 +39,8 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingRequestsUnsampled       metric.Int64Counter
 	ReceiverEbpfTracingRoutesUnmatched         metric.Int64Counter
 	ReceiverEbpfTracingSpansEmitted            metric.Int64Counter
+	ReceiverEbpfTracingTLSGoUnresolved         metric.Int64Counter
+	ReceiverEbpfTracingTLSHTTP2                metric.Int64Counter
 }
 
 // TelemetryBuilderOption applies changes to default builder.
@@ -146,6 +148,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_receiver_ebpf_tracing_spans_emitted",
 		metric.WithDescription("Number of spans passed to the next consumer. [Development]"),
 		metric.WithUnit("{span}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTLSGoUnresolved, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tls_go_unresolved",
+		metric.WithDescription("Number of Go crypto/tls Read and Write calls not traced because their connection was not a TCP socket reached through a *net.TCPConn (a wrapped or non-TCP net.Conn). Counted in the kernel. [Development]"),
+		metric.WithUnit("{call}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTLSHTTP2, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tls_http2",
+		metric.WithDescription("Number of HTTP/2 connection prefaces seen in TLS plaintext (ALPN h2, Go's default over TLS); HTTP/2 is not parsed, so such connections give no span. Counted in the kernel, once by each side that is traced. [Development]"),
+		metric.WithUnit("{connection}"),
 	)
 	errs = errors.Join(errs, err)
 	return &builder, errs
