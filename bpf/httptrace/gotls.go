@@ -48,19 +48,21 @@ type goTLSSites struct {
 // for a program that is not Go or has no crypto/tls.
 func inspectGoTLS(path string) (*goTLSSites, error) {
 	info, err := goexe.Inspect(path, symGoTLSWrite, symGoTLSRead)
-	if errors.Is(err, goexe.ErrNotGo) {
+	switch {
+	case errors.Is(err, goexe.ErrNotGo):
 		return nil, nil
+	case errors.Is(err, goexe.ErrUnsupportedGo):
+		return nil, fmt.Errorf("%w: %v", ErrGoTLSUnknown, err)
+	case err != nil:
+		return nil, err
 	}
 	wr, okW := info.Funcs[symGoTLSWrite]
 	rd, okR := info.Funcs[symGoTLSRead]
-	if errors.Is(err, goexe.ErrUnsupportedGo) || (err == nil && okW && okR && info.TLS == nil) {
-		return nil, fmt.Errorf("%w (%v)", ErrGoTLSUnknown, err)
-	}
-	if err != nil {
-		return nil, err
-	}
 	if !okW || !okR {
 		return nil, nil
+	}
+	if info.TLS == nil {
+		return nil, fmt.Errorf("%w: %s", ErrGoTLSUnknown, info.GoVersion)
 	}
 	f, err := elf.Open(path)
 	if err != nil {
