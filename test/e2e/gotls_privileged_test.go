@@ -17,13 +17,14 @@ import (
 // built collector. curl with a traceparent calls a Go HTTPS server that calls
 // a Go HTTPS downstream: SERVER span child of curl's span, CLIENT span child
 // of the SERVER span, url.scheme https everywhere. A stripped build is
-// traced too (offsets from the table), and an HTTP/2 (ALPN h2) request gives
+// traced too (offsets from the table), so is a Go HTTPS server started after
+// the collector (discovery attaches it), and an HTTP/2 (ALPN h2) request gives
 // no span while HTTP/1.1 on the same server does.
 func TestHTTPSGo(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := selfSigned(t, dir)
 	tlsEnv := []string{"TLS_CERT=" + cert, "TLS_KEY=" + key}
-	ports := FreePorts(t, 4)
+	ports := FreePorts(t, 5)
 	a := StartAppEnv(t, Go, ports[0], "gotls-a", tlsEnv...)
 	b := StartAppEnv(t, Go, ports[1], "gotls-b", tlsEnv...)
 	s := StartAppEnv(t, GoStripped, ports[2], "gotls-stripped", tlsEnv...)
@@ -61,6 +62,14 @@ func TestHTTPSGo(t *testing.T) {
 		// No context in TLS writes (no packet-level carrier yet): the
 		// downstream starts its own trace.
 		assert.NotEqual(t, w3cTrace, leaf.TraceID, "%s", leaf)
+	})
+
+	t.Run("started-after-collector", func(t *testing.T) {
+		late := StartAppEnv(t, Go, ports[4], "gotls-late", tlsEnv...)
+		waitHTTPS(t, sink, late)
+		assert.Equal(t, 200, curlStatus(t, httpsURL(late, "/hello?late=1"), "-k"))
+		sp := onlySpans(t, sink, All(ServerOf("gotls-late"), WithPath("/hello"), https), 1)[0]
+		assertServerSpan(t, late, sp, "GET", "/hello", 200)
 	})
 
 	t.Run("stripped", func(t *testing.T) {
