@@ -650,6 +650,8 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 		add(ctx, tb.ReceiverEbpfTracingRequestsSampled, c.Sampled, &k.trace.Sampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUnsampled, c.Unsampled, &k.trace.Unsampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUncertainParent, c.AssocUncertain, &k.trace.AssocUncertain)
+		add(ctx, tb.ReceiverEbpfTracingTLSHTTP2, c.TLSHTTP2, &k.trace.TLSHTTP2)
+		add(ctx, tb.ReceiverEbpfTracingTLSGoUnresolved, c.GoTLSNoFD, &k.trace.GoTLSNoFD)
 	}
 	if r.tcpOpt != nil {
 		if c, err := r.tcpOpt.ReadCounters(); err == nil {

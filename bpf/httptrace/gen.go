@@ -5,4 +5,4 @@
 // processes: HTTPS plaintext through the same connection state.
 package httptrace
 
-//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type http_event -type counter -type tracestate_event -type tls_call httptrace httptrace.c -- -I../include
+//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type http_event -type counter -type tracestate_event -type tls_call -type go_tls_proc httptrace httptrace.c -- -I../include

@@ -233,6 +233,14 @@ static __always_inline bool is_response(const __u8 *b)
 	       b[10] >= '0' && b[10] <= '9' && b[11] >= '0' && b[11] <= '9';
 }
 
+// True if b starts the HTTP/2 client connection preface "PRI * HTTP/2.0".
+static __always_inline bool is_h2_preface(const __u8 *b)
+{
+	return b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' && b[4] == '*' &&
+	       b[5] == ' ' && b[6] == 'H' && b[7] == 'T' && b[8] == 'T' && b[9] == 'P' &&
+	       b[10] == '/' && b[11] == '2';
+}
+
 static __always_inline __u16 status_at(const __u8 *buf, __u64 off)
 {
 	return (at(buf, off + 9) - '0') * 100 + (at(buf, off + 10) - '0') * 10 +
@@ -1128,6 +1136,11 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 	__u8 prefix = 0;
 	__u64 shift = 0;
 	if (!mlen && !resp) {
+		if (tls && is_h2_preface(head)) {
+			// HTTP/2 (ALPN h2, Go's default over TLS): frames, not parsed.
+			count(COUNTER_TLS_HTTP2);
+			return 0;
+		}
 		if (!is_read)
 			return 0;
 		struct conn_state *c = conn_peek(&key, hint);
@@ -1381,6 +1394,171 @@ static __always_inline struct pt_regs *socket_syscall(bool is_read, __u64 *nr)
 	*nr = n;
 	return regs;
 }
+
+// Go's crypto/tls: Go does not use OpenSSL, and its plaintext is seen at
+// crypto/tls.(*Conn).Write (entry: the buffer given) and (*Conn).Read
+// (entry: the buffer, kept per goroutine; each RET: the bytes read, n in
+// the result register). Never a uretprobe: it crashes Go programs. The
+// socket comes from the *tls.Conn itself, through its net.Conn (checked to
+// be a *net.TCPConn when the symbol table tells its itab) down to
+// internal/poll.FD.Sysfd, and must name a TCP socket of the process.
+#if defined(__TARGET_ARCH_x86)
+// Go's register ABI (ABIInternal): the first integer arguments and results,
+// and the current goroutine's g.
+#define GO_ARG1(r) ((r)->ax)
+#define GO_ARG2(r) ((r)->bx)
+#define GO_ARG3(r) ((r)->cx)
+#define GO_G(r) ((r)->r14)
+#elif defined(__TARGET_ARCH_arm64)
+#define GO_ARG1(r) ((r)->regs[0])
+#define GO_ARG2(r) ((r)->regs[1])
+#define GO_ARG3(r) ((r)->regs[2])
+#define GO_G(r) ((r)->regs[28])
+#endif
+
+// Go processes whose crypto/tls is probed, tgid -> offsets.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct go_tls_proc);
+} go_tls_procs SEC(".maps");
+
+// Reads in progress, (tgid, goid) -> buffer and socket. LRU: a Read that
+// never returns (its goroutine panics) leaves its entry behind.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct go_key);
+	__type(value, struct go_tls_read);
+} go_tls_reads SEC(".maps");
+
+// The socket of the *tls.Conn c, 0 if it is not a TCP socket of the process.
+static __noinline __u64 go_tls_sock(struct go_tls_proc *p, __u64 c, __u32 *fd)
+{
+	__u64 iface[2] = {};
+	if (!p || !c || bpf_probe_read_user(iface, sizeof(iface), (void *)(c + p->conn_off)))
+		return 0;
+	if (p->tcpconn_itab && iface[0] != p->tcpconn_itab)
+		return 0;
+	__u64 nfd = read_u64(iface[1] + p->fd_off);
+	if (!nfd)
+		return 0;
+	__s64 sysfd = (__s64)read_u64(nfd + p->pfd_off + p->sysfd_off);
+	if (sysfd < 0 || sysfd > 0x7fffffff)
+		return 0;
+	*fd = (__u32)sysfd;
+	return (__u64)fd_to_sock((__u32)sysfd);
+}
+
+static __always_inline struct go_tls_proc *go_tls_traced(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+	return bpf_map_lookup_elem(&go_tls_procs, &tgid);
+}
+
+// (*Conn).Write(c, b []byte): the plaintext goes the way of a socket write.
+static __always_inline int go_tls_write(struct pt_regs *ctx)
+{
+	if (return_at_once)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_tls_proc *p = go_tls_traced(pid_tgid);
+	if (!p)
+		return 0;
+	__s64 len = (__s64)GO_ARG3(ctx);
+	if (len <= 0)
+		return 0;
+	__u32 fd = 0;
+	struct sock *sk = (struct sock *)go_tls_sock(p, GO_ARG1(ctx), &fd);
+	if (!sk) {
+		count(COUNTER_GO_TLS_NO_FD);
+		return 0;
+	}
+	long n = len < BUF_SIZE ? (long)len : BUF_SIZE;
+	return on_io(pid_tgid, NR_WRITE, n, fd, GO_ARG2(ctx), sk, true);
+}
+
+// (*Conn).Read(c, b []byte) entry: the buffer and socket, for the RET.
+static __always_inline int go_tls_read(struct pt_regs *ctx)
+{
+	if (return_at_once)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_tls_proc *p = go_tls_traced(pid_tgid);
+	if (!p)
+		return 0;
+	__u64 g = GO_G(ctx);
+	if (!g || (__s64)GO_ARG3(ctx) <= 0)
+		return 0;
+	struct go_tls_read v = {.buf = GO_ARG2(ctx)};
+	v.sk = go_tls_sock(p, GO_ARG1(ctx), &v.fd);
+	if (!v.sk) {
+		count(COUNTER_GO_TLS_NO_FD);
+		return 0;
+	}
+	struct go_key k = {.tgid = pid_tgid >> 32, .g = p->goid_off ? read_u64(g + p->goid_off) : g};
+	bpf_map_update_elem(&go_tls_reads, &k, &v, BPF_ANY);
+	return 0;
+}
+
+// The Read a RET ends, handed from go_tls_take to go_tls_read_ret.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct go_tls_read);
+} go_tls_ret SEC(".maps");
+
+// Takes the Read in progress of the current goroutine, at a RET of
+// (*Conn).Read, into go_tls_ret with n, the bytes read (the first result)
+// in _pad's place: true when there is one to handle. Out of line: its stack
+// is not on the deepest call chain (through on_io).
+static __noinline bool go_tls_take(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_tls_proc *p = go_tls_traced(pid_tgid);
+	if (!p)
+		return false;
+	__u64 g = GO_G(ctx);
+	struct go_key k = {.tgid = pid_tgid >> 32, .g = p->goid_off ? read_u64(g + p->goid_off) : g};
+	struct go_tls_read *r = bpf_map_lookup_elem(&go_tls_reads, &k);
+	if (!r)
+		return false;
+	__u32 zero = 0;
+	struct go_tls_read *out = bpf_map_lookup_elem(&go_tls_ret, &zero);
+	if (!out)
+		return false;
+	*out = *r;
+	bpf_map_delete_elem(&go_tls_reads, &k);
+	__s64 n = (__s64)GO_ARG1(ctx);
+	if (n <= 0)
+		return false;
+	out->n = n < BUF_SIZE ? (__u32)n : BUF_SIZE;
+	return true;
+}
+
+// A RET of (*Conn).Read: n plaintext bytes are in the buffer recorded at
+// entry.
+static __always_inline int go_tls_read_ret(struct pt_regs *ctx)
+{
+	if (return_at_once || !go_tls_take(ctx))
+		return 0;
+	__u32 zero = 0;
+	struct go_tls_read *v = bpf_map_lookup_elem(&go_tls_ret, &zero);
+	if (!v)
+		return 0;
+	return on_io(bpf_get_current_pid_tgid(), NR_READ, v->n, v->fd, v->buf, (struct sock *)v->sk, true);
+}
+
+SEC("uprobe.multi")
+int httptrace_go_tls_write(struct pt_regs *ctx) { return go_tls_write(ctx); }
+SEC("uprobe.multi")
+int httptrace_go_tls_read(struct pt_regs *ctx) { return go_tls_read(ctx); }
+SEC("uprobe.multi")
+int httptrace_go_tls_read_ret(struct pt_regs *ctx) { return go_tls_read_ret(ctx); }
 
 // Default variant: the socket tracepoints, (sk, ret, flags), which run only
 // when a socket read or write returns. The payload is in the user buffer the

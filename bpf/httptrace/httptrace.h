@@ -25,7 +25,9 @@ enum counter {
 	COUNTER_HEADERS_TOO_LARGE = 5, // header block over HDR_BLOCK_MAX: rest not scanned
 	COUNTER_ASSOC_UNCERTAIN = 6, // outgoing request on a thread serving several requests
 	                             // at once: no parent guessed, its own trace
-	COUNTER_MAX = 7,
+	COUNTER_TLS_HTTP2 = 7,       // HTTP/2 connection preface in TLS plaintext: not parsed
+	COUNTER_GO_TLS_NO_FD = 8,    // Go crypto/tls call whose connection is not a *net.TCPConn socket
+	COUNTER_MAX = 9,
 };
 
 // One finished request, as sent to user space. No implicit padding.
@@ -142,4 +144,25 @@ struct tls_fd {
 	__u64 sk; // checked against the fd at use: a stale entry is ignored
 	__u32 fd;
 	__u32 _pad;
+};
+
+// A Go process whose crypto/tls.(*Conn).Read/Write are probed: how to get
+// from the *tls.Conn to the socket's fd, and the goroutine's id.
+struct go_tls_proc {
+	__u64 tcpconn_itab; // run-time address of *net.TCPConn's net.Conn itab, 0: not checked
+	__u32 conn_off;     // crypto/tls.Conn.conn (a net.Conn interface)
+	__u32 fd_off;       // net.conn.fd (*net.netFD), net.TCPConn embeds net.conn
+	__u32 pfd_off;      // net.netFD.pfd (internal/poll.FD)
+	__u32 sysfd_off;    // internal/poll.FD.Sysfd
+	__u32 goid_off;     // runtime.g.goid
+	__u32 _pad;
+};
+
+// A crypto/tls.(*Conn).Read in progress, (tgid, goid) -> its buffer and
+// socket, until one of its RET instructions.
+struct go_tls_read {
+	__u64 buf;
+	__u64 sk;
+	__u32 fd;
+	__u32 n; // at the RET (go_tls_ret): the bytes read, at most BUF_SIZE
 };

@@ -125,7 +125,9 @@ const (
 	httptraceCounterCOUNTER_UNSAMPLED         httptraceCounter = 4
 	httptraceCounterCOUNTER_HEADERS_TOO_LARGE httptraceCounter = 5
 	httptraceCounterCOUNTER_ASSOC_UNCERTAIN   httptraceCounter = 6
-	httptraceCounterCOUNTER_MAX               httptraceCounter = 7
+	httptraceCounterCOUNTER_TLS_HTTP2         httptraceCounter = 7
+	httptraceCounterCOUNTER_GO_TLS_NO_FD      httptraceCounter = 8
+	httptraceCounterCOUNTER_MAX               httptraceCounter = 9
 )
 
 type httptraceGoKey struct {
@@ -145,6 +147,25 @@ type httptraceGoProc struct {
 	WritechOff uint32
 	RecvqOff   uint32
 	Pad        uint32
+}
+
+type httptraceGoTlsProc struct {
+	_           structs.HostLayout
+	TcpconnItab uint64
+	ConnOff     uint32
+	FdOff       uint32
+	PfdOff      uint32
+	SysfdOff    uint32
+	GoidOff     uint32
+	Pad         uint32
+}
+
+type httptraceGoTlsRead struct {
+	_   structs.HostLayout
+	Buf uint64
+	Sk  uint64
+	Fd  uint32
+	N   uint32
 }
 
 type httptraceGoWalk struct {
@@ -329,6 +350,9 @@ const (
 	httptraceMapGoCtxs                       = "go_ctxs"
 	httptraceMapGoParents                    = "go_parents"
 	httptraceMapGoProcs                      = "go_procs"
+	httptraceMapGoTlsProcs                   = "go_tls_procs"
+	httptraceMapGoTlsReads                   = "go_tls_reads"
+	httptraceMapGoTlsRet                     = "go_tls_ret"
 	httptraceMapGoWalkState                  = "go_walk_state"
 	httptraceMapScratchMap                   = "scratch_map"
 	httptraceMapThreadCtxs                   = "thread_ctxs"
@@ -343,6 +367,9 @@ const (
 	httptraceProgHttptraceExitBtf            = "httptrace_exit_btf"
 	httptraceProgHttptraceFork               = "httptrace_fork"
 	httptraceProgHttptraceForkBtf            = "httptrace_fork_btf"
+	httptraceProgHttptraceGoTlsRead          = "httptrace_go_tls_read"
+	httptraceProgHttptraceGoTlsReadRet       = "httptrace_go_tls_read_ret"
+	httptraceProgHttptraceGoTlsWrite         = "httptrace_go_tls_write"
 	httptraceProgHttptraceSockRecv           = "httptrace_sock_recv"
 	httptraceProgHttptraceSockSend           = "httptrace_sock_send"
 	httptraceProgHttptraceSslRead            = "httptrace_ssl_read"
@@ -417,6 +444,9 @@ type httptraceProgramSpecs struct {
 	HttptraceExitBtf            *ebpf.ProgramSpec `ebpf:"httptrace_exit_btf"`
 	HttptraceFork               *ebpf.ProgramSpec `ebpf:"httptrace_fork"`
 	HttptraceForkBtf            *ebpf.ProgramSpec `ebpf:"httptrace_fork_btf"`
+	HttptraceGoTlsRead          *ebpf.ProgramSpec `ebpf:"httptrace_go_tls_read"`
+	HttptraceGoTlsReadRet       *ebpf.ProgramSpec `ebpf:"httptrace_go_tls_read_ret"`
+	HttptraceGoTlsWrite         *ebpf.ProgramSpec `ebpf:"httptrace_go_tls_write"`
 	HttptraceSockRecv           *ebpf.ProgramSpec `ebpf:"httptrace_sock_recv"`
 	HttptraceSockSend           *ebpf.ProgramSpec `ebpf:"httptrace_sock_send"`
 	HttptraceSslRead            *ebpf.ProgramSpec `ebpf:"httptrace_ssl_read"`
@@ -448,6 +478,9 @@ type httptraceMapSpecs struct {
 	GoCtxs      *ebpf.MapSpec `ebpf:"go_ctxs"`
 	GoParents   *ebpf.MapSpec `ebpf:"go_parents"`
 	GoProcs     *ebpf.MapSpec `ebpf:"go_procs"`
+	GoTlsProcs  *ebpf.MapSpec `ebpf:"go_tls_procs"`
+	GoTlsReads  *ebpf.MapSpec `ebpf:"go_tls_reads"`
+	GoTlsRet    *ebpf.MapSpec `ebpf:"go_tls_ret"`
 	GoWalkState *ebpf.MapSpec `ebpf:"go_walk_state"`
 	ScratchMap  *ebpf.MapSpec `ebpf:"scratch_map"`
 	ThreadCtxs  *ebpf.MapSpec `ebpf:"thread_ctxs"`
@@ -507,6 +540,9 @@ type httptraceMaps struct {
 	GoCtxs      *ebpf.Map `ebpf:"go_ctxs"`
 	GoParents   *ebpf.Map `ebpf:"go_parents"`
 	GoProcs     *ebpf.Map `ebpf:"go_procs"`
+	GoTlsProcs  *ebpf.Map `ebpf:"go_tls_procs"`
+	GoTlsReads  *ebpf.Map `ebpf:"go_tls_reads"`
+	GoTlsRet    *ebpf.Map `ebpf:"go_tls_ret"`
 	GoWalkState *ebpf.Map `ebpf:"go_walk_state"`
 	ScratchMap  *ebpf.Map `ebpf:"scratch_map"`
 	ThreadCtxs  *ebpf.Map `ebpf:"thread_ctxs"`
@@ -531,6 +567,9 @@ func (m *httptraceMaps) Close() error {
 		m.GoCtxs,
 		m.GoParents,
 		m.GoProcs,
+		m.GoTlsProcs,
+		m.GoTlsReads,
+		m.GoTlsRet,
 		m.GoWalkState,
 		m.ScratchMap,
 		m.ThreadCtxs,
@@ -569,6 +608,9 @@ type httptracePrograms struct {
 	HttptraceExitBtf            *ebpf.Program `ebpf:"httptrace_exit_btf"`
 	HttptraceFork               *ebpf.Program `ebpf:"httptrace_fork"`
 	HttptraceForkBtf            *ebpf.Program `ebpf:"httptrace_fork_btf"`
+	HttptraceGoTlsRead          *ebpf.Program `ebpf:"httptrace_go_tls_read"`
+	HttptraceGoTlsReadRet       *ebpf.Program `ebpf:"httptrace_go_tls_read_ret"`
+	HttptraceGoTlsWrite         *ebpf.Program `ebpf:"httptrace_go_tls_write"`
 	HttptraceSockRecv           *ebpf.Program `ebpf:"httptrace_sock_recv"`
 	HttptraceSockSend           *ebpf.Program `ebpf:"httptrace_sock_send"`
 	HttptraceSslRead            *ebpf.Program `ebpf:"httptrace_ssl_read"`
@@ -592,6 +634,9 @@ func (p *httptracePrograms) Close() error {
 		p.HttptraceExitBtf,
 		p.HttptraceFork,
 		p.HttptraceForkBtf,
+		p.HttptraceGoTlsRead,
+		p.HttptraceGoTlsReadRet,
+		p.HttptraceGoTlsWrite,
 		p.HttptraceSockRecv,
 		p.HttptraceSockSend,
 		p.HttptraceSslRead,

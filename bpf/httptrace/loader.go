@@ -355,6 +355,12 @@ type Counters struct {
 	// serving several requests at once (an event loop): no parent was
 	// guessed, the request started its own trace.
 	AssocUncertain uint64
+	// TLSHTTP2 counts HTTP/2 connection prefaces seen in TLS plaintext
+	// (ALPN h2, Go's default over TLS): such connections are not parsed.
+	TLSHTTP2 uint64
+	// GoTLSNoFD counts Go crypto/tls calls whose connection was not a TCP
+	// socket reached through a *net.TCPConn: not traced.
+	GoTLSNoFD uint64
 }
 
 // ReadCounters sums the per-CPU counters.
@@ -391,6 +397,12 @@ func (t *Tracer) ReadCounters() (Counters, error) {
 		return c, err
 	}
 	if c.AssocUncertain, err = read(httptraceCounterCOUNTER_ASSOC_UNCERTAIN); err != nil {
+		return c, err
+	}
+	if c.TLSHTTP2, err = read(httptraceCounterCOUNTER_TLS_HTTP2); err != nil {
+		return c, err
+	}
+	if c.GoTLSNoFD, err = read(httptraceCounterCOUNTER_GO_TLS_NO_FD); err != nil {
 		return c, err
 	}
 	return c, nil

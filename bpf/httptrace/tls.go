@@ -51,13 +51,14 @@ const tlsReturnProg = "httptrace_ssl_read_return"
 // statically). The plaintext goes through the same per-connection state as
 // the socket path, so HTTPS spans carry the same attributes.
 type TLS struct {
-	mu     sync.Mutex
-	multi  bool
-	progs  map[string]*ebpf.Program
-	procs  map[int]map[fileKey]*tlsAttach // per process: the files probed
-	shared map[fileKey]*tlsAttach         // TLSUprobe: per file, shared
-	membio *ebpf.Map                      // tls_membio: OpenSSL linked into the executable
-	closed bool
+	mu      sync.Mutex
+	multi   bool
+	progs   map[string]*ebpf.Program
+	procs   map[int]map[fileKey]*tlsAttach // per process: the files probed
+	shared  map[fileKey]*tlsAttach         // TLSUprobe: per file, shared
+	membio  *ebpf.Map                      // tls_membio: OpenSSL linked into the executable
+	goProcs *ebpf.Map                      // go_tls_procs: Go processes whose crypto/tls is probed
+	closed  bool
 }
 
 type fileKey struct{ dev, ino uint64 }
@@ -65,6 +66,7 @@ type fileKey struct{ dev, ino uint64 }
 type tlsAttach struct {
 	links []link.Link
 	refs  int
+	goTLS bool // Go's crypto/tls in the executable (gotls.go)
 }
 
 // LoadTLS loads the TLS programs, sharing t's maps. UprobeMulti selects
@@ -93,6 +95,13 @@ func (t *Tracer) LoadTLS(multi bool) (*TLS, error) {
 			return nil, fmt.Errorf("load tls programs: no program %s", n+suffix)
 		}
 	}
+	if multi {
+		// Go's crypto/tls: uprobe_multi only (gotls.go).
+		for _, n := range goTLSProgs {
+			coll.Programs[n] = t.spec.Programs[n]
+			names = append(names, n)
+		}
+	}
 	c, err := ebpf.NewCollectionWithOptions(coll, ebpf.CollectionOptions{MapReplacements: t.mapReplacements()})
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -101,7 +110,7 @@ func (t *Tracer) LoadTLS(multi bool) (*TLS, error) {
 		}
 		return nil, fmt.Errorf("load tls programs: %w", err)
 	}
-	x := &TLS{membio: t.objs.TlsMembio, multi: multi, progs: map[string]*ebpf.Program{}, procs: map[int]map[fileKey]*tlsAttach{}, shared: map[fileKey]*tlsAttach{}}
+	x := &TLS{membio: t.objs.TlsMembio, goProcs: t.objs.GoTlsProcs, multi: multi, progs: map[string]*ebpf.Program{}, procs: map[int]map[fileKey]*tlsAttach{}, shared: map[fileKey]*tlsAttach{}}
 	for _, n := range names {
 		x.progs[n] = c.DetachProgram(n)
 	}
@@ -145,12 +154,11 @@ func (x *TLS) AttachProcess(pid int) (int, error) {
 		a, err := x.attachFile(pid, key, path)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("tls probes for pid %d on %s: %w", pid, path, err))
-			continue
 		}
 		if a != nil {
 			have[key] = a
 			added++
-			if strings.HasSuffix(path, "/exe") {
+			if strings.HasSuffix(path, "/exe") && !a.goTLS {
 				// OpenSSL inside the executable (Node.js): it reads the
 				// ciphertext into a memory BIO before SSL_read.
 				if err := x.membio.Put(uint32(pid), uint32(1)); err != nil {
@@ -194,8 +202,14 @@ func (x *TLS) attachFile(pid int, key fileKey, path string) (*tlsAttach, error) 
 		}
 	}
 	syms, err := exportedTLSSymbols(path)
-	if err != nil || len(syms) == 0 {
+	if err != nil {
 		return nil, err
+	}
+	if len(syms) == 0 {
+		if strings.HasSuffix(path, "/exe") {
+			return x.attachGo(pid, path)
+		}
+		return nil, nil
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
@@ -264,6 +278,9 @@ func (x *TLS) detachLocked(pid int) error {
 	delete(x.procs, pid)
 	var errs []error
 	if err := x.membio.Delete(uint32(pid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	if err := x.goProcs.Delete(uint32(pid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
 	for key, a := range have {

@@ -55,7 +55,7 @@ func dwarfOf(t *testing.T, bin string) Offsets {
 	if err != nil {
 		t.Fatal(err)
 	}
-	off, err := dwarfOffsets(d)
+	off, _, err := dwarfOffsets(d)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,11 +51,34 @@ type Offsets struct {
 	Writech, Recvq            uint64
 }
 
+// TLSOffsets lead from a *crypto/tls.Conn to the socket's file descriptor:
+// Conn.conn (a net.Conn interface) holds a *net.TCPConn, which embeds
+// net.conn, whose fd is a *net.netFD, whose pfd (an internal/poll.FD) has
+// Sysfd.
+type TLSOffsets struct {
+	Conn  uint64 // crypto/tls.Conn.conn
+	FD    uint64 // net.conn.fd
+	PFD   uint64 // net.netFD.pfd
+	Sysfd uint64 // internal/poll.FD.Sysfd
+}
+
+// tlsOffsets are TLSOffsets for stripped executables of the releases in the
+// offset table: these fields have not moved since Go 1.9 (TestTLSOffsets
+// checks the installed release's DWARF against it).
+var tlsOffsets = TLSOffsets{Conn: 0, FD: 0, PFD: 0, Sysfd: 16}
+
 // Info is what Inspect found.
 type Info struct {
-	GoVersion string // from the build info, e.g. "go1.26.8"
-	HasDWARF  bool
-	G         Offsets
+	// TLS is set when the program has crypto/tls.Conn and the offsets
+	// leading to its socket are known (DWARF, else tlsOffsets).
+	TLS *TLSOffsets
+	// TCPConnItab is the link-time address of the itab of *net.TCPConn as
+	// a net.Conn (symbol table only; 0 when stripped): what Conn.conn's
+	// first word holds for a TCP connection.
+	TCPConnItab uint64
+	GoVersion   string // from the build info, e.g. "go1.26.8"
+	HasDWARF    bool
+	G           Offsets
 	// AllGs is the link-time address of runtime.allgs, 0 if not found.
 	AllGs uint64
 	// Funcs holds the functions asked for that the program has.
@@ -67,7 +90,21 @@ type Info struct {
 	Starts map[string]uint64
 }
 
-const symAllGs = "runtime.allgs"
+const (
+	symAllGs       = "runtime.allgs"
+	symTCPConnItab = "go:itab.*net.TCPConn,net.Conn"
+)
+
+// hasFunc reports whether a function asked for (in funcs) of the package
+// prefix pkg was found.
+func hasFunc(all map[string]Func, funcs []string, pkg string) bool {
+	for _, n := range funcs {
+		if _, ok := all[n]; ok && strings.HasPrefix(n, pkg) {
+			return true
+		}
+	}
+	return false
+}
 
 // Inspect reads path. funcs names functions to look up (absent ones are
 // left out of Info.Funcs).
@@ -89,9 +126,10 @@ func Inspect(path string, funcs ...string) (*Info, error) {
 	info := &Info{GoVersion: bi.GoVersion, Funcs: map[string]Func{}}
 
 	if d, err := f.DWARF(); err == nil {
-		if off, err := dwarfOffsets(d); err == nil {
+		if off, tlsOff, err := dwarfOffsets(d); err == nil {
 			info.HasDWARF = true
 			info.G = off
+			info.TLS = tlsOff
 		}
 	}
 	if !info.HasDWARF {
@@ -108,11 +146,17 @@ func Inspect(path string, funcs ...string) (*Info, error) {
 		want[n] = true
 		pkgs[funcPackage(n)] = true
 	}
-	all, allgs, err := functions(f, func(name string) bool {
+	all, objs, err := functions(f, func(name string) bool {
 		return want[name] || (pkgs[funcPackage(name)] && isWrapper(name))
 	})
 	if err != nil {
 		return nil, err
+	}
+	allgs := objs[symAllGs]
+	info.TCPConnItab = objs[symTCPConnItab]
+	if !info.HasDWARF && hasFunc(all, funcs, "crypto/tls.") {
+		off := tlsOffsets
+		info.TLS = &off
 	}
 	info.Starts = map[string]uint64{}
 	for _, n := range funcs {
@@ -141,9 +185,11 @@ func Inspect(path string, funcs ...string) (*Info, error) {
 }
 
 // dwarfOffsets finds the fields of Offsets in DWARF: runtime.g's are
-// required, the others taken if present.
-func dwarfOffsets(d *dwarf.Data) (Offsets, error) {
-	want := map[string]map[string]uint64{"runtime.g": nil, "runtime.hchan": nil, "net/http.persistConn": nil}
+// required, the others taken if present; TLSOffsets when the program has
+// crypto/tls.Conn (nil otherwise).
+func dwarfOffsets(d *dwarf.Data) (Offsets, *TLSOffsets, error) {
+	want := map[string]map[string]uint64{"runtime.g": nil, "runtime.hchan": nil, "net/http.persistConn": nil,
+		"crypto/tls.Conn": nil, "net.conn": nil, "net.netFD": nil, "internal/poll.FD": nil}
 	left := len(want)
 	r := d.Reader()
 	for left > 0 {
@@ -177,17 +223,38 @@ func dwarfOffsets(d *dwarf.Data) (Offsets, error) {
 	}
 	g := want["runtime.g"]
 	if g == nil {
-		return Offsets{}, errors.New("runtime.g not in DWARF")
+		return Offsets{}, nil, errors.New("runtime.g not in DWARF")
 	}
 	off := Offsets{Goid: g["goid"], ParentGoid: g["parentGoid"], StartPC: g["startpc"]}
 	if off.Goid == 0 || off.ParentGoid == 0 || off.StartPC == 0 {
-		return Offsets{}, fmt.Errorf("runtime.g without goid, parentGoid or startpc: %v", g)
+		return Offsets{}, nil, fmt.Errorf("runtime.g without goid, parentGoid or startpc: %v", g)
 	}
 	pc, ch := want["net/http.persistConn"], want["runtime.hchan"]
 	if pc["writech"] != 0 && ch["recvq"] != 0 {
 		off.Writech, off.Recvq = pc["writech"], ch["recvq"]
 	}
-	return off, nil
+	return off, dwarfTLS(want), nil
+}
+
+// dwarfTLS is TLSOffsets from the structs' fields, nil if one is missing.
+func dwarfTLS(structs map[string]map[string]uint64) *TLSOffsets {
+	var o TLSOffsets
+	for _, f := range []struct {
+		st, field string
+		to        *uint64
+	}{
+		{"crypto/tls.Conn", "conn", &o.Conn},
+		{"net.conn", "fd", &o.FD},
+		{"net.netFD", "pfd", &o.PFD},
+		{"internal/poll.FD", "Sysfd", &o.Sysfd},
+	} {
+		v, ok := structs[f.st][f.field]
+		if !ok {
+			return nil
+		}
+		*f.to = v
+	}
+	return &o
 }
 
 // tableRelease is version's release: "go1.26" of "go1.26.8" or of
@@ -264,45 +331,45 @@ func eachInst(f *elf.File, fn Func, visit func(inst x86asm.Inst, next uint64)) e
 }
 
 // functions returns the functions named in want, from the symbol table if
-// there is one, else from .gopclntab, and runtime.allgs from the symbol
-// table (0 without one).
-func functions(f *elf.File, want func(name string) bool) (map[string]Func, uint64, error) {
+// there is one, else from .gopclntab, and the addresses of runtime.allgs and
+// the *net.TCPConn itab from the symbol table (none without one).
+func functions(f *elf.File, want func(name string) bool) (map[string]Func, map[string]uint64, error) {
 	out := map[string]Func{}
 	syms, err := f.Symbols()
 	if err == nil {
-		var allgs uint64
+		objs := map[string]uint64{}
 		for _, s := range syms {
 			switch {
-			case s.Name == symAllGs && elf.ST_TYPE(s.Info) == elf.STT_OBJECT:
-				allgs = s.Value
+			case (s.Name == symAllGs || s.Name == symTCPConnItab) && elf.ST_TYPE(s.Info) == elf.STT_OBJECT:
+				objs[s.Name] = s.Value
 			case elf.ST_TYPE(s.Info) == elf.STT_FUNC && want(s.Name):
 				out[s.Name] = Func{Entry: s.Value, End: s.Value + s.Size}
 			}
 		}
-		return out, allgs, nil
+		return out, objs, nil
 	}
 	if !errors.Is(err, elf.ErrNoSymbols) {
-		return nil, 0, fmt.Errorf("read symbol table: %w", err)
+		return nil, nil, fmt.Errorf("read symbol table: %w", err)
 	}
 	pcln := f.Section(".gopclntab")
 	text := f.Section(".text")
 	if pcln == nil || text == nil {
-		return nil, 0, errors.New("stripped Go executable without .gopclntab")
+		return nil, nil, errors.New("stripped Go executable without .gopclntab")
 	}
 	data, err := pcln.Data()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read .gopclntab: %w", err)
+		return nil, nil, fmt.Errorf("read .gopclntab: %w", err)
 	}
 	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
 	if err != nil {
-		return nil, 0, fmt.Errorf("parse .gopclntab: %w", err)
+		return nil, nil, fmt.Errorf("parse .gopclntab: %w", err)
 	}
 	for _, fn := range tab.Funcs {
 		if want(fn.Name) {
 			out[fn.Name] = Func{Entry: fn.Entry, End: fn.End}
 		}
 	}
-	return out, 0, nil
+	return out, nil, nil
 }
 
 // allgsFromCode finds runtime.allgs in the code of runtime.forEachG: the

@@ -2,6 +2,7 @@ package goexe
 
 import (
 	"bufio"
+	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -136,4 +137,45 @@ func TestRelease(t *testing.T) {
 	if _, ok := tableOffsets("devel +abc"); ok {
 		t.Error("a development build is not a release")
 	}
+}
+
+// TestTLSOffsets: the crypto/tls.Conn → fd offsets of the installed release
+// (DWARF) are the table's, a stripped build gets them from the table, and
+// the RET sites of (*Conn).Read are RET instructions, the same in both.
+func TestTLSOffsets(t *testing.T) {
+	const read, write = "crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"
+	rets := map[string][]uint64{}
+	for _, ldflags := range []string{"", "-s -w"} {
+		bin := build(t, "", ldflags)
+		info, err := Inspect(bin, read, write)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.TLS == nil || *info.TLS != tlsOffsets {
+			t.Fatalf("ldflags %q: TLS offsets %+v, want %+v", ldflags, info.TLS, tlsOffsets)
+		}
+		if (info.TCPConnItab != 0) != (ldflags == "") {
+			t.Errorf("ldflags %q: *net.TCPConn itab %#x", ldflags, info.TCPConnItab)
+		}
+		f, err := elf.Open(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := RetSites(f, read, info.Funcs[read])
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := os.ReadFile(bin)
+		for _, off := range r {
+			if raw[off] != 0xc3 {
+				t.Errorf("ldflags %q: RET site %#x holds %#x", ldflags, off, raw[off])
+			}
+		}
+		f.Close()
+		rets[ldflags] = r
+	}
+	if !reflect.DeepEqual(rets[""], rets["-s -w"]) {
+		t.Errorf("RET sites differ: %x with symbols, %x stripped", rets[""], rets["-s -w"])
+	}
+	t.Logf("%d RET sites in %s", len(rets[""]), read)
 }

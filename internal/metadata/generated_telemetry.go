@@ -46,6 +46,8 @@ type TelemetryBuilder struct {
 	ReceiverEbpfTracingTCPOptionsNoRoom        metric.Int64Counter
 	ReceiverEbpfTracingTCPOptionsParsed        metric.Int64Counter
 	ReceiverEbpfTracingTCPOptionsWritten       metric.Int64Counter
+	ReceiverEbpfTracingTLSGoUnresolved         metric.Int64Counter
+	ReceiverEbpfTracingTLSHTTP2                metric.Int64Counter
 }
 
 // TelemetryBuilderOption applies changes to default builder.
@@ -195,6 +197,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_receiver_ebpf_tracing_tcp_options_written",
 		metric.WithDescription("Number of outgoing TCP segments that carried the trace context of a TLS request as a TCP option (packet_carrier tcp_option). [Development]"),
 		metric.WithUnit("{segment}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTLSGoUnresolved, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tls_go_unresolved",
+		metric.WithDescription("Number of Go crypto/tls Read and Write calls not traced because their connection was not a TCP socket reached through a *net.TCPConn (a wrapped or non-TCP net.Conn). Counted in the kernel. [Development]"),
+		metric.WithUnit("{call}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.ReceiverEbpfTracingTLSHTTP2, err = builder.meter.Int64Counter(
+		"otelcol_receiver_ebpf_tracing_tls_http2",
+		metric.WithDescription("Number of HTTP/2 connection prefaces seen in TLS plaintext (ALPN h2, Go's default over TLS); HTTP/2 is not parsed, so such connections give no span. Counted in the kernel, once by each side that is traced. [Development]"),
+		metric.WithUnit("{connection}"),
 	)
 	errs = errors.Join(errs, err)
 	return &builder, errs

@@ -338,3 +338,35 @@ func AssertEqualReceiverEbpfTracingTCPOptionsWritten(t *testing.T, tt *component
 	require.NoError(t, err)
 	metricdatatest.AssertEqual(t, want, got, opts...)
 }
+
+func AssertEqualReceiverEbpfTracingTLSGoUnresolved(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
+	want := metricdata.Metrics{
+		Name:        "otelcol_receiver_ebpf_tracing_tls_go_unresolved",
+		Description: "Number of Go crypto/tls Read and Write calls not traced because their connection was not a TCP socket reached through a *net.TCPConn (a wrapped or non-TCP net.Conn). Counted in the kernel. [Development]",
+		Unit:        "{call}",
+		Data: metricdata.Sum[int64]{
+			Temporality: metricdata.CumulativeTemporality,
+			IsMonotonic: true,
+			DataPoints:  dps,
+		},
+	}
+	got, err := tt.GetMetric("otelcol_receiver_ebpf_tracing_tls_go_unresolved")
+	require.NoError(t, err)
+	metricdatatest.AssertEqual(t, want, got, opts...)
+}
+
+func AssertEqualReceiverEbpfTracingTLSHTTP2(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
+	want := metricdata.Metrics{
+		Name:        "otelcol_receiver_ebpf_tracing_tls_http2",
+		Description: "Number of HTTP/2 connection prefaces seen in TLS plaintext (ALPN h2, Go's default over TLS); HTTP/2 is not parsed, so such connections give no span. Counted in the kernel, once by each side that is traced. [Development]",
+		Unit:        "{connection}",
+		Data: metricdata.Sum[int64]{
+			Temporality: metricdata.CumulativeTemporality,
+			IsMonotonic: true,
+			DataPoints:  dps,
+		},
+	}
+	got, err := tt.GetMetric("otelcol_receiver_ebpf_tracing_tls_http2")
+	require.NoError(t, err)
+	metricdatatest.AssertEqual(t, want, got, opts...)
+}

@@ -39,6 +39,8 @@ func TestSetupTelemetry(t *testing.T) {
 	tb.ReceiverEbpfTracingTCPOptionsNoRoom.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingTCPOptionsParsed.Add(context.Background(), 1)
 	tb.ReceiverEbpfTracingTCPOptionsWritten.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingTLSGoUnresolved.Add(context.Background(), 1)
+	tb.ReceiverEbpfTracingTLSHTTP2.Add(context.Background(), 1)
 	AssertEqualReceiverEbpfTracingConsumerErrors(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
@@ -97,6 +99,12 @@ func TestSetupTelemetry(t *testing.T) {
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 	AssertEqualReceiverEbpfTracingTCPOptionsWritten(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingTLSGoUnresolved(t, testTel,
+		[]metricdata.DataPoint[int64]{{Value: 1}},
+		metricdatatest.IgnoreTimestamp())
+	AssertEqualReceiverEbpfTracingTLSHTTP2(t, testTel,
 		[]metricdata.DataPoint[int64]{{Value: 1}},
 		metricdatatest.IgnoreTimestamp())
 

@@ -13,7 +13,7 @@ import (
 )
 
 // workloadNames are the -workload values, in run order.
-var workloadNames = []string{"server", "proxy", "proxy-new", "neighbour", "neighbour-pinned"}
+var workloadNames = []string{"server", "server-https", "proxy", "proxy-new", "neighbour", "neighbour-pinned"}
 
 // workload is one client → service(s) setup the bench measures.
 type workload struct {
@@ -76,6 +76,9 @@ func newWorkload(name string) *workload {
 	case "server":
 		return &workload{name: name, title: "wrk → Go net/http hello server", appLabel: "server",
 			targetTput: 0.95, targetP99: 1.10}
+	case "server-https":
+		return &workload{name: name, title: "wrk → Go net/http hello server over HTTPS (crypto/tls, HTTP/1.1)", appLabel: "server",
+			targetTput: 0.95, targetP99: 1.10}
 	case "proxy":
 		return &workload{name: name, title: "wrk → Go net/http proxy (keep-alive) → Go hello backend", appLabel: "proxy+backend",
 			targetTput: 0.90, targetP99: 1.15}
@@ -93,7 +96,7 @@ func newWorkload(name string) *workload {
 
 // portsNeeded is how many free ports start takes.
 func (wl *workload) portsNeeded() int {
-	if wl.name == "server" {
+	if wl.name == "server" || wl.name == "server-https" {
 		return 1
 	}
 	return 2
@@ -124,6 +127,9 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 	switch wl.name {
 	case "server":
 		_, err := startApp("server", ports[0], 1, bins["server"], nil)
+		return err
+	case "server-https":
+		_, err := startApp("server", ports[0], 1, bins["server"], []string{"-tls"})
 		return err
 	case "proxy", "proxy-new":
 		proxyPort, backendPort := ports[0], ports[1]
@@ -174,6 +180,9 @@ func (wl *workload) alive() error {
 
 // url is what the main wrk requests: the first traced process.
 func (wl *workload) url() string {
+	if wl.name == "server-https" {
+		return fmt.Sprintf("https://127.0.0.1:%d/hello", wl.traced[0].port)
+	}
 	return fmt.Sprintf("http://127.0.0.1:%d/hello", wl.traced[0].port)
 }
 

@@ -1,13 +1,15 @@
 // Command server is the benchmark's HTTP server: plain net/http, keep-alive,
 // one route.
 //
-// Usage: server [-stats] <port>
+// Usage: server [-stats] [-tls] <port>
 //
 //	GET /hello  200 "hello\n" (text/plain, Content-Length set)
 //	GET /stats  with -stats only: 200 {"requests": N, "with_traceparent": M}
 //	anything else 404
 //
 // It listens on 127.0.0.1:<port> and prints "ready" on stdout once listening.
+// With -tls it serves HTTPS (crypto/tls, HTTP/1.1 only) with
+// net/http/httptest's built-in certificate.
 // It is kept smaller than test/e2e/apps/go (no header echo, no body read) so
 // the baseline measures net/http itself and does not change when the
 // end-to-end app does.
@@ -24,6 +26,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -34,6 +37,7 @@ var hello = []byte("hello\n")
 
 func main() {
 	stats := flag.Bool("stats", false, "count requests and traceparent headers, served on GET /stats")
+	useTLS := flag.Bool("tls", false, "serve HTTPS (HTTP/1.1) with httptest's certificate")
 	flag.Usage = func() { fmt.Fprintln(os.Stderr, "usage: server [-stats] <port>") }
 	flag.Parse()
 	if flag.NArg() != 1 {
@@ -75,6 +79,15 @@ func main() {
 		})
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if *useTLS {
+		ts := httptest.NewUnstartedServer(h)
+		ts.Listener.Close()
+		ts.Listener = ln
+		ts.Config = srv
+		ts.StartTLS() // EnableHTTP2 unset: ALPN offers http/1.1 only
+		fmt.Println("ready")
+		select {}
+	}
 	fmt.Println("ready")
 	if err := srv.Serve(ln); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)

@@ -2,6 +2,10 @@
 //
 // Usage: goapp <port>   (or PORT in the environment)
 //
+// With TLS_CERT and TLS_KEY (PEM files) it serves HTTPS, HTTP/1.1 only
+// unless TLS_H2=1 (then HTTP/2 by ALPN, Go's default). Outbound https calls
+// accept any certificate and speak HTTP/1.1.
+//
 // A goroutine per connection, keep-alive on, outbound calls with a net/http
 // client, each on a new connection (DisableKeepAlives), or on pooled
 // keep-alive connections with pooled=1, from the last of a chain of nest=<n>
@@ -13,6 +17,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -38,19 +43,31 @@ func main() {
 		os.Exit(1)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(handle), ReadHeaderTimeout: 30 * time.Second}
+	cert, key := os.Getenv("TLS_CERT"), os.Getenv("TLS_KEY")
+	if cert != "" && os.Getenv("TLS_H2") != "1" {
+		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	}
 	fmt.Println("ready")
-	if err := srv.Serve(ln); err != nil {
+	serve := func() error { return srv.Serve(ln) }
+	if cert != "" {
+		serve = func() error { return srv.ServeTLS(ln, cert, key) }
+	}
+	if err := serve(); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		os.Exit(1)
 	}
 }
 
 // client opens a new connection per call: no pooled keep-alive connection.
-var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: insecure}}
 
 // pooledClient keeps connections alive: calls reuse them (pooled=1), so the
 // transport's writeLoop goroutine writes requests of many callers.
-var pooledClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+var pooledClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, TLSClientConfig: insecure}}
+
+// insecure accepts the tests' self-signed certificates for https targets;
+// with a TLSClientConfig of its own a Transport speaks HTTP/1.1 over TLS.
+var insecure = &tls.Config{InsecureSkipVerify: true}
 
 // nested runs f in the depth-th goroutine of a chain started by the caller:
 // the goroutines in between do no I/O and wait for their child, except the
