@@ -15,7 +15,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/ebpftracing/ebpftracingreceiver/internal/goexe"
 )
@@ -529,75 +528,17 @@ func analyzeELF(path string) (*exeInfo, error) {
 		if start := gi.Starts[symWriteLoop]; start != 0 {
 			info.proc.WriteLoop = start
 		}
-		if info.roundTrip, err = probeSite(f, symRoundTrip, rt); err != nil {
+		if info.roundTrip, err = goexe.EntrySite(f, symRoundTrip, rt); err != nil {
 			return nil, err
 		}
-		if info.writeLoop, err = probeSite(f, symWriteLoop, wl); err != nil {
+		if info.writeLoop, err = goexe.EntrySite(f, symWriteLoop, wl); err != nil {
 			return nil, err
 		}
 		if qd, ok := gi.Funcs[symQueueForDial]; ok {
-			if info.dial, err = probeSite(f, symQueueForDial, qd); err != nil {
+			if info.dial, err = goexe.EntrySite(f, symQueueForDial, qd); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return info, nil
-}
-
-// probeSite is the file offset where to probe fn's entry (entryOffset).
-func probeSite(f *elf.File, name string, fn goexe.Func) (uint64, error) {
-	off, code, err := fileOffset(f, name, fn.Entry, fn.End-fn.Entry)
-	if err != nil {
-		return 0, err
-	}
-	return off + entryOffset(code), nil
-}
-
-// fileOffset converts a function's address to its offset in the file (what
-// uprobes take), and reads its code.
-func fileOffset(f *elf.File, name string, addr, size uint64) (uint64, []byte, error) {
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X == 0 || addr < p.Vaddr || addr >= p.Vaddr+p.Filesz {
-			continue
-		}
-		off := addr - p.Vaddr
-		if size == 0 || off+size > p.Filesz {
-			return 0, nil, fmt.Errorf("function %s: size %d outside its segment", name, size)
-		}
-		code := make([]byte, size)
-		if _, err := p.ReadAt(code, int64(off)); err != nil {
-			return 0, nil, fmt.Errorf("read code of %s: %w", name, err)
-		}
-		return p.Off + off, code, nil
-	}
-	return 0, nil, fmt.Errorf("function %s: address %#x in no executable segment", name, addr)
-}
-
-// entryOffset is where to probe a function's entry. Go functions start with
-// a stack check, "CMPQ SP, 16(R14); JBE morestack" (with "LEAQ -n(SP), R12"
-// first for large frames). x86 uprobes emulate a conditional jump but
-// single-step a CMP out of line, a second trap: probing the JBE costs one
-// trap instead of two. Arguments are still in their registers there (R12 is
-// a scratch register, not an argument one). Any other prologue is probed at
-// its first instruction. If the stack must grow, the function restarts and
-// the probe fires twice with the same arguments: the programs are
-// idempotent.
-func entryOffset(code []byte) uint64 {
-	var off uint64
-	for range 3 {
-		inst, err := x86asm.Decode(code[off:], 64)
-		if err != nil {
-			return 0
-		}
-		switch {
-		case inst.Op == x86asm.JBE || inst.Op == x86asm.JB || inst.Op == x86asm.JA || inst.Op == x86asm.JAE:
-			return off
-		case inst.Op == x86asm.CMP:
-		case inst.Op == x86asm.LEA && inst.Args[0] == x86asm.R12:
-		default:
-			return 0
-		}
-		off += uint64(inst.Len)
-	}
-	return 0
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/goexe"
 )
 
 // TestAnalyze checks the probe sites found in a Go executable, with and
@@ -39,7 +41,7 @@ func TestAnalyze(t *testing.T) {
 			continue
 		}
 		delete(sites, s.Name)
-		start, _, err := fileOffset(f, s.Name, s.Value, s.Size)
+		start, _, err := goexe.FileOffset(f, s.Name, s.Value, s.Size)
 		if err != nil {
 			t.Fatal(err)
 		}
