@@ -26,6 +26,9 @@ const (
 	// The itab of *internal/status.Error as an error: how the RET of
 	// Invoke tells a gRPC status error from another error.
 	grpcStatusErrorItab = "go:itab.*google.golang.org/grpc/internal/status.Error,error"
+	// The itab of *http2Server as a ServerTransport: handleStream's
+	// transport is one (not ServeHTTP's handler transport).
+	grpcServerTransportItab = "go:itab.*google.golang.org/grpc/internal/transport.http2Server,google.golang.org/grpc/internal/transport.ServerTransport"
 )
 
 // ErrNoGRPC is returned by InspectGRPC for a Go program without the probed
@@ -61,6 +64,8 @@ type GRPCInfo struct {
 	WriteStatus         uint64   // entry
 	Offsets             GRPCOffsets
 	StatusErrorItab     uint64
+	ServerTransportItab uint64 // link-time *http2Server ServerTransport itab, 0 if unknown
+	PIE                 bool   // itab addresses move by the load bias
 	HasClient, HasServe bool
 }
 
@@ -150,12 +155,15 @@ func InspectGRPC(path string) (*GRPCInfo, error) {
 		if info.NewStream, err = RetSites(f, GRPCNewStream, ns); err != nil {
 			return nil, err
 		}
-		if syms, err := f.Symbols(); err == nil {
-			for _, s := range syms {
-				if s.Name == grpcStatusErrorItab {
-					info.StatusErrorItab = s.Value
-					break
-				}
+	}
+	info.PIE = f.Type == elf.ET_DYN
+	if syms, err := f.Symbols(); err == nil {
+		for _, s := range syms {
+			switch s.Name {
+			case grpcStatusErrorItab:
+				info.StatusErrorItab = s.Value
+			case grpcServerTransportItab:
+				info.ServerTransportItab = s.Value
 			}
 		}
 	}

@@ -31,7 +31,7 @@ func TestInspectGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !info.HasClient || !info.HasServe || info.HandleStream == 0 || info.WriteStatus == 0 || info.StatusErrorItab == 0 {
+	if !info.HasClient || !info.HasServe || info.HandleStream == 0 || info.WriteStatus == 0 || info.StatusErrorItab == 0 || info.ServerTransportItab == 0 {
 		t.Fatalf("%+v", info)
 	}
 	raw, err := os.ReadFile(bin)
