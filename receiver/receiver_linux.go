@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/gogrpc"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/internal/discovery"
@@ -58,6 +59,7 @@ type tracesReceiver struct {
 	prop      *ctxprop.Propagator
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
+	grpc      *gogrpc.Tracer     // Go gRPC library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
 	watcher   *discovery.Watcher
 	telemetry *metadata.TelemetryBuilder
@@ -195,6 +197,19 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
+	// gRPC (HTTP/2) in Go programs: library uprobes. Without them the
+	// rest goes on.
+	if r.grpc, err = gogrpc.Load(gogrpc.Maps{
+		TracedPids: shared.TracedPids,
+		ThreadCtxs: shared.ThreadCtxs,
+		GoProcs:    shared.GoProcs,
+		GoCtxs:     shared.GoCtxs,
+		GoParents:  shared.GoParents,
+		Events:     r.tracer.Events(),
+	}, gogrpc.Options{WakeupRecords: r.cfg.EBPF.WakeupLen, ReturnAtOnce: benchFloor()}); err != nil {
+		logger.Warn("Go gRPC probes unavailable: no gRPC spans", zap.Error(err))
+		r.grpc, err = nil, nil
+	}
 	r.reader, err = ringbuf.NewReader(r.tracer.Events())
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: open ring buffer reader: %w", err)
@@ -215,6 +230,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		zap.Bool("inject_headers", r.prop != nil),
 		zap.String("go_hand_over", r.goTracker.Variant()),
 		zap.String("tls", r.tlsVariant()),
+		zap.Bool("go_grpc", r.grpc != nil),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
@@ -295,6 +311,12 @@ func (r *tracesReceiver) release() error {
 		}
 		r.goTracker = nil
 	}
+	if r.grpc != nil {
+		if err := r.grpc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.grpc = nil
+	}
 	if r.tls != nil {
 		if err := r.tls.Close(); err != nil {
 			errs = append(errs, err)
@@ -337,6 +359,12 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
 		}
 	}
+	if r.grpc != nil {
+		if _, err := r.grpc.AttachProcess(p.PID, p.ExePath); err != nil {
+			r.set.Logger.Warn("Go gRPC probes not attached: no gRPC spans for this process",
+				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
+		}
+	}
 	if r.tls != nil {
 		if _, err := r.tls.AttachProcess(p.PID); err != nil {
 			r.set.Logger.Warn("TLS library probes not attached: no HTTPS spans for this process",
@@ -357,6 +385,9 @@ func (r *tracesReceiver) onRemove(pid int) {
 	}
 	if r.tls != nil {
 		_ = r.tls.DetachProcess(pid)
+	}
+	if r.grpc != nil {
+		_ = r.grpc.DetachProcess(pid)
 	}
 	r.mu.Lock()
 	if e, ok := r.procs[uint32(pid)]; ok {
@@ -449,7 +480,9 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 	var (
 		rec  ringbuf.Record
 		req  spans.Request
+		rpc  spans.RPC
 		dec  httptrace.Decoder
+		rdec gogrpc.Decoder
 		read int64
 		kc   kernelCounters
 		ts   = httptrace.NewTraceStates()
@@ -507,6 +540,13 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			if httptrace.IsTraceState(rec.RawSample) {
 				// The tracestate of the span whose record follows.
 				_ = ts.Add(rec.RawSample)
+			} else if gogrpc.IsEvent(rec.RawSample) {
+				if rdec.Decode(rec.RawSample, clock, &rpc) == nil {
+					if !haveLast || lastPID != rpc.PID {
+						lastPID, lastProc, haveLast = rpc.PID, r.process(rpc.PID), true
+					}
+					builder.AppendRPC(&rpc, lastProc)
+				}
 			} else if derr := dec.Decode(rec.RawSample, clock, &req); derr == nil {
 				ts.Apply(&req)
 				if !haveLast || lastPID != req.PID {
@@ -590,6 +630,7 @@ func (d DiscoveryConfig) criteria() ([]discovery.Criteria, error) {
 type kernelCounters struct {
 	trace httptrace.Counters
 	prop  ctxprop.Counters
+	grpc  gogrpc.Counters
 }
 
 func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
@@ -605,6 +646,11 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 		add(ctx, tb.ReceiverEbpfTracingRequestsSampled, c.Sampled, &k.trace.Sampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUnsampled, c.Unsampled, &k.trace.Unsampled)
 		add(ctx, tb.ReceiverEbpfTracingRequestsUncertainParent, c.AssocUncertain, &k.trace.AssocUncertain)
+	}
+	if r.grpc != nil {
+		if c, err := r.grpc.ReadCounters(); err == nil {
+			add(ctx, tb.ReceiverEbpfTracingEventsLost, c.EventsLost, &k.grpc.EventsLost)
+		}
 	}
 	if r.prop == nil {
 		return
