@@ -11,8 +11,12 @@
 //	    an HTTP/1.1 server whose GET /call?service=NAME makes one unary
 //	    Health/Check call to target over one shared, plaintext (h2c)
 //	    connection, from the handler's goroutine, and answers with the
-//	    gRPC status code's name ("OK", "NOT_FOUND") and status 200.
+//	    gRPC status code's name ("OK", "NotFound") and status 200.
+//	gogrpc <port>
+//	    as the test apps start it: GOGRPC_MODE (server or client) and
+//	    GOGRPC_TARGET (the client's) from the environment.
 //
+// Each prints "ready" once it listens.
 // It lives in its own module so the receiver's go.mod does not depend on
 // grpc directly.
 package main
@@ -44,6 +48,12 @@ func main() {
 func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if len(args) == 1 {
+		args = append([]string{os.Getenv("GOGRPC_MODE"), args[0]}, os.Getenv("GOGRPC_TARGET"))
+		if args[0] == "server" {
+			args = args[:2]
+		}
+	}
 	switch {
 	case len(args) == 2 && args[0] == "server":
 		return serve(ctx, args[1])
@@ -66,7 +76,7 @@ func serve(ctx context.Context, port string) error {
 		<-ctx.Done()
 		s.Stop()
 	}()
-	fmt.Println("listening on", ln.Addr())
+	fmt.Println("ready")
 	return s.Serve(ln)
 }
 
@@ -84,13 +94,17 @@ func client(ctx context.Context, port, target string) error {
 		_, err := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: r.URL.Query().Get("service")})
 		fmt.Fprintln(w, status.Code(err))
 	})
-	srv := &http.Server{Addr: "127.0.0.1:" + port, Handler: mux}
+	ln, err := net.Listen("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	fmt.Println("listening on", srv.Addr)
-	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+	fmt.Println("ready")
+	if err := srv.Serve(ln); err != http.ErrServerClosed {
 		return err
 	}
 	return nil
