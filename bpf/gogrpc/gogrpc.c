@@ -4,13 +4,14 @@
 //
 // gogrpc: SERVER and CLIENT spans of Go programs using google.golang.org/grpc,
 // from uprobes on the library (gRPC runs over HTTP/2, which the socket-level
-// parser does not read). Only entry probes and probes on RET instructions
-// (found by disassembling, internal/goexe): uretprobes crash Go programs.
+// parser does not read). Only entry probes, on the stack check's JBE (the
+// kernel emulates it: one trap per hit): uretprobes crash Go programs, and a
+// probe on a RET instruction is single-stepped out of line (two traps).
 //
-//   client: (*http2Client).NewStream RETs  -> span starts (stream id, method,
+//   client: (*http2Client).write entry     -> span starts (stream id, method,
 //                                             connection addresses), parent =
 //                                             the goroutine's context (go.h)
-//           (*ClientConn).Invoke RETs      -> span ends, code from the error
+//           (*clientStream).finish entry   -> span ends, code from the error
 //   server: (*Server).handleStream entry   -> span starts; parent = the client
 //                                             span recorded for the same
 //                                             connection and stream id
@@ -58,6 +59,7 @@ volatile const __u8 return_at_once = 0;
 // What the programs read in one process's grpc structs (internal/goexe,
 // from DWARF): tgid -> offsets.
 struct grpc_proc {
+	__u64 io_eof; // run-time address of the variable io.EOF, 0: unknown
 	__u64 status_error_itab; // run-time *status.Error itab, 0: unknown
 	__u64 server_transport_itab; // run-time *http2Server ServerTransport itab, 0: unknown
 	__u32 stream_method;
@@ -113,6 +115,7 @@ struct {
 // A call in progress.
 struct grpc_call {
 	__u64 start_ns;
+	__u64 stream; // client: the *ClientStream
 	__u64 goid; // server: the goroutine whose context the span set
 	__u8 trace_id[16];
 	__u8 span_id[8];
@@ -322,26 +325,32 @@ static __always_inline __s32 status_code(struct grpc_proc *p, __u64 st)
 	return proto ? (__s32)read_u32(proto + p->proto_code) : 0;
 }
 
-// (*http2Client).NewStream RET, on the caller's goroutine: results
-// (*ClientStream, error) in RAX, RBX:RCX.
-static __always_inline int on_new_stream(struct pt_regs *ctx)
+// (*http2Client).write(t, s *ClientStream, hdr, data, opts) entry, on the
+// caller's goroutine: RBX s, whose id is set. A stream's later writes
+// (streaming calls) find their call recorded and return.
+static __always_inline int on_client_write(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct grpc_proc *p = proc_of(pid_tgid);
 	if (!p)
 		return 0;
-	__u64 cs = GO_ARG1(ctx);
-	if (!cs || GO_ARG2(ctx))
+	__u64 cs = GO_ARG2(ctx);
+	if (!cs)
 		return 0;
 	bool is_go;
-	__u64 goid;
-	struct thread_ctx *parent = current_ctx(pid_tgid, &goid);
+	__u64 goid = current_go_id(pid_tgid >> 32, &is_go);
 	if (!goid)
 		return 0;
+	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = goid};
+	struct grpc_call *old = bpf_map_lookup_elem(&grpc_client_calls, &k);
+	if (old && old->stream == cs)
+		return 0;
+	struct thread_ctx *parent = current_ctx(pid_tgid, &goid);
 	struct grpc_call *c = scratch();
 	if (!c)
 		return 0;
 	c->start_ns = bpf_ktime_get_ns();
+	c->stream = cs;
 	read_stream(p, cs + p->client_stream, c);
 	__u64 ct = read_u64(cs + p->client_ct);
 	if (ct) {
@@ -364,14 +373,13 @@ static __always_inline int on_new_stream(struct pt_regs *ctx)
 	__builtin_memcpy(jp.trace_id, c->trace_id, 16);
 	__builtin_memcpy(jp.span_id, c->span_id, 8);
 	bpf_map_update_elem(&grpc_joins, &jk, &jp, BPF_ANY);
-	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = goid};
 	bpf_map_update_elem(&grpc_client_calls, &k, c, BPF_ANY);
-	(void)is_go;
 	return 0;
 }
 
-// (*ClientConn).Invoke RET: the error in RAX:RBX (itab, data).
-static __always_inline int on_invoke_ret(struct pt_regs *ctx)
+// (*clientStream).finish(cs, err error) entry: RAX cs, RBX:RCX err (itab,
+// data).
+static __always_inline int on_finish(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct grpc_proc *p = proc_of(pid_tgid);
@@ -383,12 +391,13 @@ static __always_inline int on_invoke_ret(struct pt_regs *ctx)
 	struct grpc_call *c = bpf_map_lookup_elem(&grpc_client_calls, &k);
 	if (!goid || !c)
 		return 0;
-	__u64 itab = GO_ARG1(ctx);
+	__u64 itab = GO_ARG2(ctx), data = GO_ARG3(ctx);
 	__s32 code = 0;
-	if (itab) {
+	// io.EOF is an error interface: its data word is the second.
+	if (itab && !(p->io_eof && data == read_u64(p->io_eof + 8))) {
 		code = 2; // UNKNOWN: not a status error, or its type unknown
 		if (p->status_error_itab && itab == p->status_error_itab) {
-			__u64 st = read_u64(GO_ARG2(ctx) + p->error_status);
+			__u64 st = read_u64(data + p->error_status);
 			if (st)
 				code = status_code(p, st);
 		}
@@ -463,6 +472,21 @@ static __always_inline int on_write_status(struct pt_regs *ctx)
 		return 0;
 	__u8 joined = c->parent_id[0] | c->parent_id[1] | c->parent_id[2] | c->parent_id[3] |
 		      c->parent_id[4] | c->parent_id[5] | c->parent_id[6] | c->parent_id[7];
+	if (!joined) {
+		// The client's record may have come after handleStream (its
+		// write probe runs just after the headers were queued): the span
+		// still joins; what the handler did meanwhile keeps its trace.
+		struct grpc_join_key jk = {.stream_id = c->stream_id, .client_port = c->peer_port, .server_port = c->local_port};
+		__builtin_memcpy(jk.client_ip, c->peer_ip, 16);
+		__builtin_memcpy(jk.server_ip, c->local_ip, 16);
+		struct grpc_parent *jp = bpf_map_lookup_elem(&grpc_joins, &jk);
+		if (jp) {
+			__builtin_memcpy(c->trace_id, jp->trace_id, 16);
+			__builtin_memcpy(c->parent_id, jp->span_id, 8);
+			c->trace_flags = jp->trace_flags;
+			joined = 1;
+		}
+	}
 	count(joined ? GRPC_JOINED : GRPC_UNJOINED);
 	emit(c, KIND_SERVER, status_code(p, GO_ARG3(ctx)), joined != 0, pid_tgid);
 	if (c->goid) {
@@ -474,10 +498,10 @@ static __always_inline int on_write_status(struct pt_regs *ctx)
 }
 
 SEC("uprobe.multi")
-int gogrpc_new_stream(struct pt_regs *ctx) { return on_new_stream(ctx); }
+int gogrpc_client_write(struct pt_regs *ctx) { return on_client_write(ctx); }
 
 SEC("uprobe.multi")
-int gogrpc_invoke_ret(struct pt_regs *ctx) { return on_invoke_ret(ctx); }
+int gogrpc_finish(struct pt_regs *ctx) { return on_finish(ctx); }
 
 SEC("uprobe.multi")
 int gogrpc_handle_stream(struct pt_regs *ctx) { return on_handle_stream(ctx); }

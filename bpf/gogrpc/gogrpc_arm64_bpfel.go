@@ -49,6 +49,7 @@ type gogrpcGoWalk struct {
 type gogrpcGrpcCall struct {
 	_          structs.HostLayout
 	StartNs    uint64
+	Stream     uint64
 	Goid       uint64
 	TraceId    [16]uint8
 	SpanId     [8]uint8
@@ -113,6 +114,7 @@ type gogrpcGrpcParent struct {
 
 type gogrpcGrpcProc struct {
 	_                   structs.HostLayout
+	IoEof               uint64
 	StatusErrorItab     uint64
 	ServerTransportItab uint64
 	StreamMethod        uint32
@@ -163,9 +165,9 @@ const (
 	gogrpcMapGrpcServerCalls     = "grpc_server_calls"
 	gogrpcMapThreadCtxs          = "thread_ctxs"
 	gogrpcMapTracedPids          = "traced_pids"
+	gogrpcProgGogrpcClientWrite  = "gogrpc_client_write"
+	gogrpcProgGogrpcFinish       = "gogrpc_finish"
 	gogrpcProgGogrpcHandleStream = "gogrpc_handle_stream"
-	gogrpcProgGogrpcInvokeRet    = "gogrpc_invoke_ret"
-	gogrpcProgGogrpcNewStream    = "gogrpc_new_stream"
 	gogrpcProgGogrpcWriteStatus  = "gogrpc_write_status"
 	gogrpcVarReturnAtOnce        = "return_at_once"
 	gogrpcVarUnusedGrpcEvent     = "unused_grpc_event"
@@ -215,9 +217,9 @@ type gogrpcSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gogrpcProgramSpecs struct {
+	GogrpcClientWrite  *ebpf.ProgramSpec `ebpf:"gogrpc_client_write"`
+	GogrpcFinish       *ebpf.ProgramSpec `ebpf:"gogrpc_finish"`
 	GogrpcHandleStream *ebpf.ProgramSpec `ebpf:"gogrpc_handle_stream"`
-	GogrpcInvokeRet    *ebpf.ProgramSpec `ebpf:"gogrpc_invoke_ret"`
-	GogrpcNewStream    *ebpf.ProgramSpec `ebpf:"gogrpc_new_stream"`
 	GogrpcWriteStatus  *ebpf.ProgramSpec `ebpf:"gogrpc_write_status"`
 }
 
@@ -317,17 +319,17 @@ type gogrpcVariables struct {
 //
 // It can be passed to loadGogrpcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gogrpcPrograms struct {
+	GogrpcClientWrite  *ebpf.Program `ebpf:"gogrpc_client_write"`
+	GogrpcFinish       *ebpf.Program `ebpf:"gogrpc_finish"`
 	GogrpcHandleStream *ebpf.Program `ebpf:"gogrpc_handle_stream"`
-	GogrpcInvokeRet    *ebpf.Program `ebpf:"gogrpc_invoke_ret"`
-	GogrpcNewStream    *ebpf.Program `ebpf:"gogrpc_new_stream"`
 	GogrpcWriteStatus  *ebpf.Program `ebpf:"gogrpc_write_status"`
 }
 
 func (p *gogrpcPrograms) Close() error {
 	return _GogrpcClose(
+		p.GogrpcClientWrite,
+		p.GogrpcFinish,
 		p.GogrpcHandleStream,
-		p.GogrpcInvokeRet,
-		p.GogrpcNewStream,
 		p.GogrpcWriteStatus,
 	)
 }

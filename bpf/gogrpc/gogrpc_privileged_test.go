@@ -145,7 +145,7 @@ func TestGRPCPair(t *testing.T) {
 		service string
 		code    int
 	}{{"ok.Service", 0}, {"missing", 5}, {"ok.Service", 0}, {"missing", 5}}
-	progs := []*ebpf.Program{g.objs.GogrpcNewStream, g.objs.GogrpcInvokeRet, g.objs.GogrpcHandleStream, g.objs.GogrpcWriteStatus}
+	progs := []*ebpf.Program{g.objs.GogrpcClientWrite, g.objs.GogrpcFinish, g.objs.GogrpcHandleStream, g.objs.GogrpcWriteStatus}
 	before := runStats(t, progs)
 	for _, c := range calls {
 		want := "OK"
@@ -157,6 +157,7 @@ func TestGRPCPair(t *testing.T) {
 		}
 	}
 	after := runStats(t, progs)
+	hits := logCost(t, progs, before, after, len(calls))
 
 	clock := httptrace.NewClock(monoNow())
 	var dec Decoder
@@ -216,7 +217,7 @@ func TestGRPCPair(t *testing.T) {
 	if err != nil || c.Joined < uint64(len(calls)) || c.EventsLost != 0 {
 		t.Errorf("counters %+v %v", c, err)
 	}
-	if hits := logCost(t, progs, before, after, len(calls)); hits != 4*uint64(len(calls)) {
+	if hits != 4*uint64(len(calls)) {
 		t.Errorf("%d hits for %d calls, want 4 per call", hits, len(calls))
 	}
 	// Warm: the cost per call of many.

@@ -185,6 +185,9 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 		TcpIp: uint32(o.TCPAddrIP), TcpPort: uint32(o.TCPAddrPort),
 		StatusProto: uint32(o.StatusProto), ErrorStatus: uint32(o.ErrorStatus), ProtoCode: uint32(o.ProtoCode),
 	}
+	if info.IOEOF != 0 {
+		proc.IoEof = info.IOEOF + bias
+	}
 	if info.StatusErrorItab != 0 {
 		proc.StatusErrorItab = info.StatusErrorItab + bias
 	}
@@ -206,8 +209,8 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 	}
 	var sites []site
 	if info.HasClient {
-		sites = append(sites, site{t.objs.GogrpcNewStream, goexe.GRPCNewStream, info.NewStream},
-			site{t.objs.GogrpcInvokeRet, goexe.GRPCInvoke, info.Invoke})
+		sites = append(sites, site{t.objs.GogrpcClientWrite, goexe.GRPCClientWrite, []uint64{info.ClientWrite}},
+			site{t.objs.GogrpcFinish, goexe.GRPCFinish, []uint64{info.Finish}})
 	}
 	if info.HasServe {
 		sites = append(sites, site{t.objs.GogrpcHandleStream, goexe.GRPCHandleStream, []uint64{info.HandleStream}},

@@ -9,14 +9,18 @@ import (
 
 // Functions of google.golang.org/grpc probed for gRPC spans.
 const (
-	// (*ClientConn).Invoke(ctx, method string, args, reply any, opts
-	// ...CallOption) error: a unary call; its RET instructions end the
-	// CLIENT span with the error's status code.
-	GRPCInvoke = "google.golang.org/grpc.(*ClientConn).Invoke"
-	// (*http2Client).NewStream(ctx, callHdr, handler) (*ClientStream,
-	// error): its RET instructions start the CLIENT span, with the
-	// stream's id and method, on the caller's goroutine.
-	GRPCNewStream = "google.golang.org/grpc/internal/transport.(*http2Client).NewStream"
+	// (*http2Client).write(s *ClientStream, hdr, data, opts) entry, on the
+	// caller's goroutine (ClientStream.Write, inlined, calls it): the
+	// request message goes to a stream whose id is set; the CLIENT span
+	// starts. Entry probes only (on the stack check's JBE, which
+	// the kernel emulates: one trap); a RET instruction is single-stepped
+	// out of line (two traps), so no RET is probed.
+	GRPCClientWrite = "google.golang.org/grpc/internal/transport.(*http2Client).write"
+	// (*clientStream).finish(err error) entry: the call ends with err's
+	// status code (nil or io.EOF: OK).
+	GRPCFinish = "google.golang.org/grpc.(*clientStream).finish"
+	// io.EOF, the variable: finish treats it as success.
+	symIOEOF = "io.EOF"
 	// (*Server).handleStream(t ServerTransport, stream *ServerStream),
 	// entry: a SERVER span starts, on the stream's own goroutine.
 	GRPCHandleStream = "google.golang.org/grpc.(*Server).handleStream"
@@ -59,9 +63,10 @@ type GRPCOffsets struct {
 // nil: that side is absent), the offsets and the link-time address of the
 // *status.Error itab (0 if unknown).
 type GRPCInfo struct {
-	Invoke, NewStream   []uint64 // RET instructions
-	HandleStream        uint64   // entry
-	WriteStatus         uint64   // entry
+	ClientWrite, Finish uint64 // entries
+	HandleStream        uint64 // entry
+	WriteStatus         uint64 // entry
+	IOEOF               uint64 // link-time address of the variable io.EOF, 0 if unknown
 	Offsets             GRPCOffsets
 	StatusErrorItab     uint64
 	ServerTransportItab uint64 // link-time *http2Server ServerTransport itab, 0 if unknown
@@ -88,7 +93,7 @@ var grpcStructs = map[string][]string{
 // ErrNoGRPCOffsets (no per-release table: grpc's structs change between
 // its releases independently of Go's).
 func InspectGRPC(path string) (*GRPCInfo, error) {
-	gi, err := Inspect(path, GRPCInvoke, GRPCNewStream, GRPCHandleStream, GRPCWriteStatus)
+	gi, err := Inspect(path, GRPCClientWrite, GRPCFinish, GRPCHandleStream, GRPCWriteStatus)
 	if err != nil {
 		return nil, err
 	}
@@ -101,11 +106,11 @@ func InspectGRPC(path string) (*GRPCInfo, error) {
 		return nil, fmt.Errorf("grpc probes on %s: amd64 only", f.Machine)
 	}
 	info := &GRPCInfo{}
-	inv, okInv := gi.Funcs[GRPCInvoke]
-	ns, okNS := gi.Funcs[GRPCNewStream]
+	cw, okCW := gi.Funcs[GRPCClientWrite]
+	fin, okFin := gi.Funcs[GRPCFinish]
 	hs, okHS := gi.Funcs[GRPCHandleStream]
 	ws, okWS := gi.Funcs[GRPCWriteStatus]
-	info.HasClient = okInv && okNS
+	info.HasClient = okCW && okFin
 	info.HasServe = okHS && okWS
 	if !info.HasClient && !info.HasServe {
 		return nil, ErrNoGRPC
@@ -149,10 +154,10 @@ func InspectGRPC(path string) (*GRPCInfo, error) {
 		return nil, fmt.Errorf("grpc struct fields not in DWARF: %w", err)
 	}
 	if info.HasClient {
-		if info.Invoke, err = RetSites(f, GRPCInvoke, inv); err != nil {
+		if info.ClientWrite, err = EntrySite(f, GRPCClientWrite, cw); err != nil {
 			return nil, err
 		}
-		if info.NewStream, err = RetSites(f, GRPCNewStream, ns); err != nil {
+		if info.Finish, err = EntrySite(f, GRPCFinish, fin); err != nil {
 			return nil, err
 		}
 	}
@@ -164,6 +169,8 @@ func InspectGRPC(path string) (*GRPCInfo, error) {
 				info.StatusErrorItab = s.Value
 			case grpcServerTransportItab:
 				info.ServerTransportItab = s.Value
+			case symIOEOF:
+				info.IOEOF = s.Value
 			}
 		}
 	}
