@@ -17,29 +17,6 @@ func EntrySite(f *elf.File, name string, fn Func) (uint64, error) {
 	return off + EntryOffset(code), nil
 }
 
-// RetSites are the file offsets of fn's RET instructions (amd64): where a
-// return is probed without a uretprobe, which rewrites the return address
-// on the goroutine stack and crashes the Go runtime when the stack moves.
-func RetSites(f *elf.File, name string, fn Func) ([]uint64, error) {
-	off, _, err := FileOffset(f, name, fn.Entry, fn.End-fn.Entry)
-	if err != nil {
-		return nil, err
-	}
-	var rets []uint64
-	err = eachInst(f, fn, func(inst x86asm.Inst, next uint64) {
-		if inst.Op == x86asm.RET {
-			rets = append(rets, off+(next-uint64(inst.Len)-fn.Entry))
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("disassemble %s: %w", name, err)
-	}
-	if len(rets) == 0 {
-		return nil, fmt.Errorf("%s: no RET instruction", name)
-	}
-	return rets, nil
-}
-
 // FileOffset converts a function's address to its offset in the file (what
 // uprobes take), and reads its code.
 func FileOffset(f *elf.File, name string, addr, size uint64) (uint64, []byte, error) {
