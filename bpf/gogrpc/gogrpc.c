@@ -407,6 +407,23 @@ static __always_inline int on_finish(struct pt_regs *ctx)
 	return 0;
 }
 
+// Server side: makes c, a stream read by a server, the child of the CLIENT
+// span a traced client recorded for it (the reversed tuple, the same stream
+// id). Returns whether there was one.
+static __always_inline bool join(struct grpc_call *c)
+{
+	struct grpc_join_key jk = {.stream_id = c->stream_id, .client_port = c->peer_port, .server_port = c->local_port};
+	__builtin_memcpy(jk.client_ip, c->peer_ip, 16);
+	__builtin_memcpy(jk.server_ip, c->local_ip, 16);
+	struct grpc_parent *jp = bpf_map_lookup_elem(&grpc_joins, &jk);
+	if (!jp)
+		return false;
+	__builtin_memcpy(c->trace_id, jp->trace_id, 16);
+	__builtin_memcpy(c->parent_id, jp->span_id, 8);
+	c->trace_flags = jp->trace_flags;
+	return true;
+}
+
 // (*Server).handleStream(s, t ServerTransport, stream *ServerStream) entry,
 // on the stream's goroutine: RAX s, RBX:RCX t, RDI stream.
 static __always_inline int on_handle_stream(struct pt_regs *ctx)
@@ -431,15 +448,7 @@ static __always_inline int on_handle_stream(struct pt_regs *ctx)
 	read_stream(p, stream + p->server_stream, c);
 	read_addr(p, t + p->server_peer + p->peer_local, c->local_ip, &c->local_port);
 	read_addr(p, t + p->server_peer + p->peer_addr, c->peer_ip, &c->peer_port);
-	struct grpc_join_key jk = {.stream_id = c->stream_id, .client_port = c->peer_port, .server_port = c->local_port};
-	__builtin_memcpy(jk.client_ip, c->peer_ip, 16);
-	__builtin_memcpy(jk.server_ip, c->local_ip, 16);
-	struct grpc_parent *jp = bpf_map_lookup_elem(&grpc_joins, &jk);
-	if (jp) {
-		__builtin_memcpy(c->trace_id, jp->trace_id, 16);
-		__builtin_memcpy(c->parent_id, jp->span_id, 8);
-		c->trace_flags = jp->trace_flags;
-	} else {
+	if (!join(c)) {
 		random_id(c->trace_id, 4);
 		c->trace_flags = 0x03;
 	}
@@ -476,16 +485,7 @@ static __always_inline int on_write_status(struct pt_regs *ctx)
 		// The client's record may have come after handleStream (its
 		// write probe runs just after the headers were queued): the span
 		// still joins; what the handler did meanwhile keeps its trace.
-		struct grpc_join_key jk = {.stream_id = c->stream_id, .client_port = c->peer_port, .server_port = c->local_port};
-		__builtin_memcpy(jk.client_ip, c->peer_ip, 16);
-		__builtin_memcpy(jk.server_ip, c->local_ip, 16);
-		struct grpc_parent *jp = bpf_map_lookup_elem(&grpc_joins, &jk);
-		if (jp) {
-			__builtin_memcpy(c->trace_id, jp->trace_id, 16);
-			__builtin_memcpy(c->parent_id, jp->span_id, 8);
-			c->trace_flags = jp->trace_flags;
-			joined = 1;
-		}
+		joined = join(c);
 	}
 	count(joined ? GRPC_JOINED : GRPC_UNJOINED);
 	emit(c, KIND_SERVER, status_code(p, GO_ARG3(ctx)), joined != 0, pid_tgid);

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -171,7 +169,7 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 	info := ei.info
 	var bias uint64
 	if info.PIE {
-		if bias, err = loadBias(pid, path); err != nil {
+		if bias, err = goexe.LoadBias(pid, path); err != nil {
 			return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, err)
 		}
 	}
@@ -228,28 +226,6 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 	}
 	t.links[pid] = links
 	return true, nil
-}
-
-// loadBias is how far a position-independent executable was loaded from
-// its link addresses: the start of its mapping at file offset 0.
-func loadBias(pid int, exe string) (uint64, error) {
-	target, err := os.Readlink(exe)
-	if err != nil {
-		return 0, fmt.Errorf("load bias: %w", err)
-	}
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0, fmt.Errorf("load bias: %w", err)
-	}
-	for line := range strings.SplitSeq(string(raw), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 6 || f[2] != "00000000" || strings.Join(f[5:], " ") != target {
-			continue
-		}
-		start, _, _ := strings.Cut(f[0], "-")
-		return strconv.ParseUint(start, 16, 64)
-	}
-	return 0, fmt.Errorf("load bias: %s not mapped in pid %d", target, pid)
 }
 
 func closeLinks(links []link.Link) error {

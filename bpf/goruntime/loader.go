@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -271,7 +269,7 @@ func (t *Tracker) AttachProcess(pid int, exePath string) error {
 	}
 	proc := info.proc
 	if info.pie {
-		bias, err := loadBias(pid, path)
+		bias, err := goexe.LoadBias(pid, path)
 		if err != nil {
 			return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
 		}
@@ -311,33 +309,6 @@ func (t *Tracker) AttachProcess(pid int, exePath string) error {
 		return fmt.Errorf("attach go runtime probes to pid %d (%s): %w", pid, exePath, err)
 	}
 	return nil
-}
-
-// loadBias is how far a position-independent executable was loaded from
-// its link addresses: the start of its first mapping (file offset 0) in
-// /proc/<pid>/maps, as its first PT_LOAD segment is linked at 0.
-func loadBias(pid int, exe string) (uint64, error) {
-	target, err := os.Readlink(exe)
-	if err != nil {
-		return 0, fmt.Errorf("load bias: %w", err)
-	}
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0, fmt.Errorf("load bias: %w", err)
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 6 || f[2] != "00000000" || strings.Join(f[5:], " ") != target {
-			continue
-		}
-		start, _, _ := strings.Cut(f[0], "-")
-		v, err := strconv.ParseUint(start, 16, 64)
-		if err != nil {
-			return 0, fmt.Errorf("load bias: %q: %w", line, err)
-		}
-		return v, nil
-	}
-	return 0, fmt.Errorf("load bias: %s not mapped in pid %d", target, pid)
 }
 
 // progs are the programs of the variant in use.

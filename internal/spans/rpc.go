@@ -71,13 +71,7 @@ func grpcServerError(c int) bool {
 
 // AppendRPC adds r as a span under the resource of proc (see Append).
 func (b *Builder) AppendRPC(r *RPC, proc Process) {
-	spans, ok := b.byPID[proc.PID]
-	if !ok {
-		spans = b.newResource(proc)
-		b.byPID[proc.PID] = spans
-	}
-	b.fillRPC(spans.AppendEmpty(), r)
-	b.n++
+	b.fillRPC(b.newSpan(proc), r)
 }
 
 func (b *Builder) fillRPC(span ptrace.Span, r *RPC) {

@@ -223,13 +223,18 @@ func (b *Builder) Flush() ptrace.Traces {
 // is created by its first Append in a batch; later calls for the same PID
 // reuse it and do not update its attributes.
 func (b *Builder) Append(r *Request, proc Process) {
+	b.fill(b.newSpan(proc), r)
+}
+
+// newSpan appends an empty span under the resource of proc.
+func (b *Builder) newSpan(proc Process) ptrace.Span {
 	spans, ok := b.byPID[proc.PID]
 	if !ok {
 		spans = b.newResource(proc)
 		b.byPID[proc.PID] = spans
 	}
-	b.fill(spans.AppendEmpty(), r)
 	b.n++
+	return spans.AppendEmpty()
 }
 
 func (b *Builder) newResource(proc Process) ptrace.SpanSlice {
