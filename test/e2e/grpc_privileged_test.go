@@ -22,14 +22,16 @@ import (
 // Each call gives a CLIENT span (child of the front's HTTP SERVER span) and
 // a SERVER span whose parent is that CLIENT span (joined by connection and
 // stream id, no header written), in one trace, with the RPC attributes and
-// codes; NOT_FOUND is an error on the CLIENT span only.
+// codes; NOT_FOUND is an error on the CLIENT span only. Stopping the
+// collector removes its gRPC uprobe_multi links.
 func TestGRPCGo(t *testing.T) {
+	before := map[string]map[int]string{"prog": bpfObjects(t, "prog"), "link": bpfObjects(t, "link")}
 	sink := StartSink(t)
 	ports := FreePorts(t, 2)
 	server := StartAppEnv(t, GoGRPC, ports[0], "grpc-server", "GOGRPC_MODE=server")
 	client := StartAppEnv(t, GoGRPC, ports[1], "grpc-client", "GOGRPC_MODE=client",
 		fmt.Sprintf("GOGRPC_TARGET=127.0.0.1:%d", ports[0]))
-	StartCollector(t, CollectorConfig{Instrument: []Selector{PortsSelector(ports...)}, SinkEndpoint: sink.Endpoint()})
+	col := StartCollector(t, CollectorConfig{Instrument: []Selector{PortsSelector(ports...)}, SinkEndpoint: sink.Endpoint()})
 
 	hc := &http.Client{Timeout: 10 * time.Second}
 	call := func(query string) string {
@@ -105,4 +107,25 @@ func TestGRPCGo(t *testing.T) {
 			assert.Equal(t, ptrace.StatusCodeUnset, sv.Status, "%s", sv)
 		}
 	}
+
+	ours := collectorObjects(t, col.PID, before)
+	grpcProgs := 0
+	for _, name := range ours["prog"] {
+		if strings.HasPrefix(name, "gogrpc_") {
+			grpcProgs++
+		}
+	}
+	assert.Equal(t, 4, grpcProgs, "gogrpc programs held by the collector: %v", ours["prog"])
+	// Both processes run the same binary, with grpc's client and server:
+	// 4 uprobe_multi links each (bpftool names the type 12 or uprobe_multi);
+	// the other links are tracepoints (no TLS library here).
+	multi := 0
+	for _, name := range ours["link"] {
+		if name == "12" || name == "uprobe_multi" {
+			multi++
+		}
+	}
+	assert.Equal(t, 8, multi, "uprobe_multi links: %v", ours["link"])
+	assert.Equal(t, 0, col.Stop(), "exit code after SIGTERM")
+	waitObjectsGone(t, ours)
 }
