@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/ctxprop"
+	"github.com/ebpftracing/ebpftracingreceiver/bpf/gogrpc"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/goruntime"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/httptrace"
 	"github.com/ebpftracing/ebpftracingreceiver/bpf/tc"
@@ -62,6 +63,7 @@ type tracesReceiver struct {
 	ipopt     *tc.Carrier        // IPv4-option carrier (tcp + ip_option)
 	goTracker *goruntime.Tracker // goroutine tracking, with header injection
 	tls       *httptrace.TLS     // TLS library uprobes; nil if the kernel refused them
+	grpc      *gogrpc.Tracer     // Go gRPC library uprobes; nil if the kernel refused them
 	reader    *ringbuf.Reader
 	watcher   *discovery.Watcher
 	telemetry *metadata.TelemetryBuilder
@@ -222,6 +224,19 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}
+	// gRPC (HTTP/2) in Go programs: library uprobes. Without them the
+	// rest goes on.
+	if r.grpc, err = gogrpc.Load(gogrpc.Maps{
+		TracedPids: shared.TracedPids,
+		ThreadCtxs: shared.ThreadCtxs,
+		GoProcs:    shared.GoProcs,
+		GoCtxs:     shared.GoCtxs,
+		GoParents:  shared.GoParents,
+		Events:     r.tracer.Events(),
+	}, gogrpc.Options{WakeupRecords: r.cfg.EBPF.WakeupLen, ReturnAtOnce: benchFloor()}); err != nil {
+		logger.Warn("Go gRPC probes unavailable: no gRPC spans", zap.Error(err))
+		r.grpc, err = nil, nil
+	}
 	r.reader, err = ringbuf.NewReader(r.tracer.Events())
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: open ring buffer reader: %w", err)
@@ -243,6 +258,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		zap.String("tls_carrier", r.carrierVariant()),
 		zap.String("go_hand_over", r.goTracker.Variant()),
 		zap.String("tls", r.tlsVariant()),
+		zap.Bool("go_grpc", r.grpc != nil),
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
@@ -323,6 +339,12 @@ func (r *tracesReceiver) release() error {
 		}
 		r.goTracker = nil
 	}
+	if r.grpc != nil {
+		if err := r.grpc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		r.grpc = nil
+	}
 	if r.tls != nil {
 		if err := r.tls.Close(); err != nil {
 			errs = append(errs, err)
@@ -377,6 +399,12 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
 		}
 	}
+	if r.grpc != nil {
+		if _, err := r.grpc.AttachProcess(p.PID, p.ExePath); err != nil {
+			r.set.Logger.Warn("Go gRPC probes not attached: no gRPC spans for this process",
+				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
+		}
+	}
 	if r.tls != nil {
 		if _, err := r.tls.AttachProcess(p.PID); err != nil {
 			r.set.Logger.Warn("TLS library probes not attached: no HTTPS spans for this process",
@@ -397,6 +425,9 @@ func (r *tracesReceiver) onRemove(pid int) {
 	}
 	if r.tls != nil {
 		_ = r.tls.DetachProcess(pid)
+	}
+	if r.grpc != nil {
+		_ = r.grpc.DetachProcess(pid)
 	}
 	r.mu.Lock()
 	if e, ok := r.procs[uint32(pid)]; ok {
@@ -489,7 +520,9 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 	var (
 		rec  ringbuf.Record
 		req  spans.Request
+		rpc  spans.RPC
 		dec  httptrace.Decoder
+		rdec gogrpc.Decoder
 		read int64
 		kc   kernelCounters
 		ts   = httptrace.NewTraceStates()
@@ -550,6 +583,13 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			if httptrace.IsTraceState(rec.RawSample) {
 				// The tracestate of the span whose record follows.
 				_ = ts.Add(rec.RawSample)
+			} else if gogrpc.IsEvent(rec.RawSample) {
+				if rdec.Decode(rec.RawSample, clock, &rpc) == nil {
+					if !haveLast || lastPID != rpc.PID {
+						lastPID, lastProc, haveLast = rpc.PID, r.process(rpc.PID), true
+					}
+					builder.AppendRPC(&rpc, lastProc)
+				}
 			} else if derr := dec.Decode(rec.RawSample, clock, &req); derr == nil {
 				ts.Apply(&req)
 				if !haveLast || lastPID != req.PID {
@@ -635,6 +675,7 @@ type kernelCounters struct {
 	prop   ctxprop.Counters
 	tcpOpt tcpopt.Counters
 	ipopt  tc.Counters
+	grpc   gogrpc.Counters
 }
 
 func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
@@ -668,6 +709,11 @@ func (k *kernelCounters) report(ctx context.Context, r *tracesReceiver) {
 				tb.ReceiverEbpfTracingIPOptionsNoRoom.Add(ctx, int64(n-k.ipopt.NoRoom-k.ipopt.StripFailed))
 			}
 			k.ipopt.NoRoom, k.ipopt.StripFailed = c.NoRoom, c.StripFailed
+		}
+	}
+	if r.grpc != nil {
+		if c, err := r.grpc.ReadCounters(); err == nil {
+			add(ctx, tb.ReceiverEbpfTracingEventsLost, c.EventsLost, &k.grpc.EventsLost)
 		}
 	}
 	if r.prop == nil {

@@ -240,13 +240,18 @@ func (b *Builder) Append(r *Request, proc Process) {
 			return
 		}
 	}
+	b.fill(b.newSpan(proc), r)
+}
+
+// newSpan appends an empty span under the resource of proc.
+func (b *Builder) newSpan(proc Process) ptrace.Span {
 	spans, ok := b.byPID[proc.PID]
 	if !ok {
 		spans = b.newResource(proc)
 		b.byPID[proc.PID] = spans
 	}
-	b.fill(spans.AppendEmpty(), r)
 	b.n++
+	return spans.AppendEmpty()
 }
 
 func (b *Builder) newResource(proc Process) ptrace.SpanSlice {

@@ -37,6 +37,10 @@
 //     the neighbour with its wrk on CPU 1 (taskset, in every run, the one
 //     without collector too): the neighbour's row is then what its own
 //     hooks cost it, without the CPU the traced side's work takes from it.
+//   - grpc: wrk → the gRPC client of test/e2e/apps/gogrpc (an HTTP front
+//     whose `GET /call` makes one unary Health/Check over one shared h2c
+//     connection) → its gRPC server; three spans per request (front HTTP
+//     SERVER, gRPC CLIENT, gRPC SERVER), four uprobe hits per gRPC call.
 //
 // The proxy backends count the requests that arrived with a traceparent
 // header (GET /stats, read before and after each run, outside any
@@ -305,6 +309,17 @@ func run(ctx context.Context, o options) (err error) {
 		build.Dir = root
 		if out, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build ./test/bench/%s: %w\n%s", name, err, out)
+		}
+	}
+	if slices.Contains(o.workloads, "grpc") {
+		// A module of its own (the module proxy's grpc).
+		bins["gogrpc"] = filepath.Join(tmp, "bench-gogrpc")
+		logf("building test/e2e/apps/gogrpc")
+		build := exec.CommandContext(ctx, "go", "build", "-o", bins["gogrpc"], ".")
+		build.Dir = filepath.Join(root, "test", "e2e", "apps", "gogrpc")
+		build.Env = append(os.Environ(), "GOWORK=off")
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build test/e2e/apps/gogrpc: %w\n%s", err, out)
 		}
 	}
 

@@ -13,7 +13,7 @@ import (
 )
 
 // workloadNames are the -workload values, in run order.
-var workloadNames = []string{"server", "server-https", "proxy", "proxy-new", "neighbour", "neighbour-pinned"}
+var workloadNames = []string{"server", "server-https", "proxy", "proxy-new", "neighbour", "neighbour-pinned", "grpc"}
 
 // workload is one client → service(s) setup the bench measures.
 type workload struct {
@@ -36,6 +36,8 @@ type workload struct {
 	// CPU 1, so the neighbour's row shows what its own hooks cost it, not
 	// the CPU the traced side's work takes from it.
 	pinned bool
+	// path is what wrk requests; "/hello" when empty.
+	path string
 }
 
 // CPU lists (taskset -c) of the pinned workload's two sides.
@@ -87,6 +89,9 @@ func newWorkload(name string) *workload {
 			targetTput: 0.90, targetP99: 1.15}
 	case "neighbour":
 		return &workload{name: name, title: "wrk → traced Go hello server, and a second wrk → untraced Go hello neighbour", appLabel: "traced server"}
+	case "grpc":
+		return &workload{name: name, title: "wrk → Go HTTP front making one unary gRPC call per request → Go gRPC server (grpc v1.85.0, test/e2e/apps/gogrpc)",
+			appLabel: "front+server", targetTput: 0.85, path: "/call?service=ok.Service"}
 	case "neighbour-pinned":
 		return &workload{name: name, title: "neighbour with the traced side (server, wrk, collector, sink) on CPU " + tracedCPUs +
 			" and the untraced neighbour with its wrk on CPU " + neighbourCPUs, appLabel: "traced server", pinned: true}
@@ -146,6 +151,14 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 		wl.stats = fmt.Sprintf("http://127.0.0.1:%d/stats", backendPort)
 		_, err := startApp("backend", backendPort, 1, bins["server"], []string{"-stats"})
 		return err
+	case "grpc":
+		frontPort, serverPort := ports[0], ports[1]
+		// The front's HTTP SERVER span and its gRPC CLIENT span.
+		if _, err := startApp("front", frontPort, 2, bins["gogrpc"], []string{"client"}, fmt.Sprintf("127.0.0.1:%d", serverPort)); err != nil {
+			return err
+		}
+		_, err := startApp("grpc-server", serverPort, 1, bins["gogrpc"], []string{"server"})
+		return err
 	case "neighbour", "neighbour-pinned":
 		if _, err := startApp("server", ports[0], 1, bins["server"], nil); err != nil {
 			return err
@@ -180,10 +193,15 @@ func (wl *workload) alive() error {
 
 // url is what the main wrk requests: the first traced process.
 func (wl *workload) url() string {
-	if wl.name == "server-https" {
-		return fmt.Sprintf("https://127.0.0.1:%d/hello", wl.traced[0].port)
+	path := wl.path
+	if path == "" {
+		path = "/hello"
 	}
-	return fmt.Sprintf("http://127.0.0.1:%d/hello", wl.traced[0].port)
+	scheme := "http"
+	if wl.name == "server-https" {
+		scheme = "https"
+	}
+	return fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, wl.traced[0].port, path)
 }
 
 // ports are the ports the collector selects (discovery.instrument

@@ -40,6 +40,11 @@ const (
 	// GoSDK is apps/gosdk, a Go app instrumented with the OpenTelemetry SDK
 	// (otelhttp) that exports its own spans over OTLP/HTTP; not in AllLangs.
 	GoSDK Lang = "gosdk"
+	// GoGRPC is apps/gogrpc (a module of its own: the module proxy's
+	// google.golang.org/grpc): a gRPC health server, or with
+	// GOGRPC_MODE=client an HTTP front calling GOGRPC_TARGET over gRPC; not
+	// in AllLangs.
+	GoGRPC Lang = "gogrpc"
 	// PyAsync is apps/pyasync, a Python asyncio (aiohttp) server: one event
 	// loop thread; not in AllLangs.
 	PyAsync Lang = "pyasync"
@@ -246,8 +251,8 @@ func StartAppWith(t testing.TB, lang Lang, port int, service string, o AppOption
 	case GoStripped:
 		dir = filepath.Join(root, "test", "e2e", "apps", string(Go))
 		cmd = exec.Command(buildGoApp(t, root, dir, "-s -w"), portArg)
-	case GoSDK:
-		cmd = exec.Command(buildGoSDKApp(t, dir), portArg)
+	case GoSDK, GoGRPC:
+		cmd = exec.Command(buildGoModuleApp(t, dir, string(lang)), portArg)
 	default:
 		t.Fatalf("unknown test app language %q", lang)
 	}
@@ -351,15 +356,16 @@ func buildGoApp(t testing.TB, root, dir, ldflags string) string {
 	return bin
 }
 
-// buildGoSDKApp builds apps/gosdk, a module of its own (so the receiver's
-// go.mod does not require the OpenTelemetry SDK), once into a cache directory
-// keyed by its source, go.mod, go.sum and the Go version, and returns the
-// binary's path. The first build downloads the SDK's modules through the
-// module proxy; the committed go.sum pins them.
-func buildGoSDKApp(t testing.TB, dir string) string {
+// buildGoModuleApp builds an app that is a module of its own (apps/gosdk,
+// apps/gogrpc: so the receiver's go.mod does not require the OpenTelemetry
+// SDK or grpc), once into a cache directory keyed by its source, go.mod,
+// go.sum and the Go version, and returns the binary's path. The first build
+// downloads the modules through the module proxy; the committed go.sum pins
+// them.
+func buildGoModuleApp(t testing.TB, dir, name string) string {
 	t.Helper()
-	out := cacheDir(t, "gosdk", filepath.Join(dir, "main.go"), filepath.Join(dir, "go.mod"), filepath.Join(dir, "go.sum"))
-	bin := filepath.Join(out, "gosdk")
+	out := cacheDir(t, name, filepath.Join(dir, "main.go"), filepath.Join(dir, "go.mod"), filepath.Join(dir, "go.sum"))
+	bin := filepath.Join(out, name)
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
@@ -368,7 +374,7 @@ func buildGoSDKApp(t testing.TB, dir string) string {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(tmp)
-	cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, "gosdk"), ".")
+	cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, name), ".")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	if b, err := cmd.CombinedOutput(); err != nil {

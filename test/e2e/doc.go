@@ -115,6 +115,15 @@
 // It serves the same endpoints, except that /call takes only url=: otelhttp
 // writes the traceparent.
 //
+// apps/gogrpc (Lang GoGRPC, not in AllLangs) is a module of its own too,
+// built against the module proxy's google.golang.org/grpc and cached the
+// same way; GOGRPC_MODE=server serves grpc's health service (Check of an
+// unknown service name: NOT_FOUND), GOGRPC_MODE=client with GOGRPC_TARGET
+// serves GET /call?service=<name>, one unary Check from the handler's
+// goroutine, answering with the code's name. grpc_privileged_test.go
+// (TestGRPCGo) traces the pair: front HTTP SERVER → gRPC CLIENT → gRPC
+// SERVER in one trace.
+//
 // Every response carries X-Received-Traceparent with the incoming traceparent
 // header (the first one; empty when there was none); "traceparent" in the
 // JSON bodies is the same value and "traceparent_count" the number of

@@ -295,12 +295,31 @@ func testShutdownLeavesNothing(t *testing.T, ebpf map[string]string) {
 	require.Equal(t, 200, curlStatus(t, app.URL("/hello")))
 	f.sink.WaitForSpans(t, All(ServerOf(app.Service), WithPath("/hello")), 1, spanTimeout)
 
-	// The collector's objects: those it holds a descriptor to, and that
-	// bpftool did not list before it started.
-	held := heldBPFObjects(t, f.col.PID)
+	ours := collectorObjects(t, f.col.PID, before)
+	require.NotEmpty(t, ours["prog"], "no new BPF program while the collector runs")
+
+	start := time.Now()
+	code := f.col.Stop()
+	assert.Equal(t, 0, code, "exit code after SIGTERM")
+	assert.Less(t, time.Since(start), 15*time.Second)
+
+	waitObjectsGone(t, ours)
+	if ebpf != nil {
+		out, err := exec.Command("bpftool", "cgroup", "tree").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.NotContains(t, string(out), "ctxprop", "sockops still attached to a cgroup:\n%s", out)
+	}
+}
+
+// collectorObjects are the BPF objects (by kind, id -> name) the collector
+// pid holds a descriptor to and that bpftool did not list before it
+// started (before, by kind).
+func collectorObjects(t *testing.T, pid int, before map[string]map[int]string) map[string]map[int]string {
+	t.Helper()
+	held := heldBPFObjects(t, pid)
 	require.NotEmpty(t, held["prog"], "the running collector holds no BPF program")
 	ours := map[string]map[int]string{}
-	for _, k := range kinds {
+	for k := range before {
 		listed := bpfObjects(t, k)
 		ours[k] = map[int]string{}
 		for _, id := range held[k] {
@@ -313,37 +332,31 @@ func testShutdownLeavesNothing(t *testing.T, ebpf map[string]string) {
 		}
 		t.Logf("collector %ss: %v", k, ours[k])
 	}
-	require.NotEmpty(t, ours["prog"], "no new BPF program while the collector runs")
+	return ours
+}
 
-	start := time.Now()
-	code := f.col.Stop()
-	assert.Equal(t, 0, code, "exit code after SIGTERM")
-	assert.Less(t, time.Since(start), 15*time.Second)
-
-	// Maps and links are freed asynchronously after the last reference.
+// waitObjectsGone fails unless every object of ours is gone within 5 s
+// (maps and links are freed asynchronously after the last reference).
+func waitObjectsGone(t *testing.T, ours map[string]map[int]string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		left := map[string][]string{}
-		for _, k := range kinds {
+		for k, objs := range ours {
 			now := bpfObjects(t, k)
-			for id, name := range ours[k] {
+			for id, name := range objs {
 				if _, ok := now[id]; ok {
 					left[k] = append(left[k], fmt.Sprintf("%d(%s)", id, name))
 				}
 			}
 		}
 		if len(left) == 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("BPF objects left 5s after the collector exited: %v", left)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	if ebpf != nil {
-		out, err := exec.Command("bpftool", "cgroup", "tree").CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		assert.NotContains(t, string(out), "ctxprop", "sockops still attached to a cgroup:\n%s", out)
 	}
 }
 
