@@ -44,7 +44,9 @@ func gateInputs(t *testing.T, capEff, lockdown string, probe func() error) kerne
 // TestLogGoLibraryWrites: off gives exactly one warning naming the reason and
 // the fallback; on gives none.
 func TestLogGoLibraryWrites(t *testing.T) {
-	refused := func() error { return errors.New("verifier: program of this type cannot use helper bpf_probe_write_user#36") }
+	refused := func() error {
+		return errors.New("verifier: program of this type cannot use helper bpf_probe_write_user#36")
+	}
 	accepted := func() error { return nil }
 	cases := []struct {
 		name, mode, capEff, lockdown string

@@ -12,8 +12,8 @@ import (
 
 // Capability sets as /proc/<pid>/status shows them.
 const (
-	capEffRoot  = "000001ffffffffff"                                     // all, CAP_SYS_ADMIN included
-	capEffNoSys = "000001ffffdfffff"                                     // all but CAP_SYS_ADMIN (bit 21)
+	capEffRoot  = "000001ffffffffff"                                    // all, CAP_SYS_ADMIN included
+	capEffNoSys = "000001ffffdfffff"                                    // all but CAP_SYS_ADMIN (bit 21)
 	mountsSecFS = "securityfs /sys/kernel/security securityfs rw 0 0\n" // securityfs mounted
 	mountsNone  = "proc /proc proc rw 0 0\n"
 )
