@@ -22,21 +22,23 @@ import (
 func gateInputs(t *testing.T, capEff, lockdown string, probe func() error) kernelprobe.UserWriteInputs {
 	t.Helper()
 	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	in := kernelprobe.UserWriteInputs{
-		StatusPath:   write("status", "CapEff:\t"+capEff+"\n"),
-		LockdownPath: filepath.Join(dir, "lockdown"),
-		MountsPath:   write("mounts", "securityfs /sys/kernel/security securityfs rw 0 0\n"),
-		Probe:        probe,
+	files := map[string]string{
+		"status": "CapEff:\t" + capEff + "\n",
+		"mounts": "securityfs /sys/kernel/security securityfs rw 0 0\n",
 	}
 	if lockdown != "" {
-		write("lockdown", lockdown)
+		files["lockdown"] = lockdown
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := kernelprobe.UserWriteInputs{
+		StatusPath:   filepath.Join(dir, "status"),
+		LockdownPath: filepath.Join(dir, "lockdown"),
+		MountsPath:   filepath.Join(dir, "mounts"),
+		Probe:        probe,
 	}
 	return in
 }

@@ -95,7 +95,7 @@ func UserWrites(in UserWriteInputs) UserWriteGate {
 	default:
 		capOK = true
 	}
-	mode, present := lockdownMode(in.LockdownPath)
+	mode, present := ReadLockdown(in.LockdownPath)
 	g.Lockdown = mode
 	if !present && !mounted(in.MountsPath, "securityfs") {
 		g.Note = fmt.Sprintf("securityfs not mounted: lockdown mode unknown (mount -t securityfs securityfs %s to read it)", dirOf(in.LockdownPath))
@@ -178,9 +178,11 @@ func statusCapEff(path string) (uint64, error) {
 	return 0, fmt.Errorf("%s: no CapEff line", path)
 }
 
-// lockdownMode is lockdown's reading with whether the file exists. A file
-// that exists but does not show a mode in brackets reads as "unknown".
-func lockdownMode(path string) (string, bool) {
+// ReadLockdown reads the active lockdown mode, the one in brackets in
+// "none [integrity] confidentiality", and whether the file exists: a
+// missing file reads as "none"; one that cannot be read or shows no mode in
+// brackets as "unknown".
+func ReadLockdown(path string) (string, bool) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "none", false

@@ -20,7 +20,7 @@ func TestProbeWriteUserReal(t *testing.T) {
 	err := ProbeWriteUser()
 	g := UserWrites(UserWriteInputs{})
 	t.Logf("probe: %v; gate: %s (lockdown %s, note %q)", err, g, g.Lockdown, g.Note)
-	mode, _ := lockdownMode(LockdownPath)
+	mode, _ := ReadLockdown(LockdownPath)
 	if mode == "none" {
 		if g.On != (err == nil) {
 			t.Fatalf("no lockdown: gate %s, probe %v", g, err)

@@ -4,12 +4,13 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/kernelprobe"
 )
 
 // Tests of the library-level write gate and of how executables the Go
@@ -18,21 +19,6 @@ import (
 // gateWarning starts the collector's one warning when library-level writes
 // are off.
 const gateWarning = "Go library-level header writes off"
-
-// lockdownMode is the active mode in securityfs's lockdown file, "" if it
-// cannot be read.
-func lockdownMode(t *testing.T) string {
-	b, err := os.ReadFile("/sys/kernel/security/lockdown")
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']')
-	if i < 0 || j < i {
-		return ""
-	}
-	return s[i+1 : j]
-}
 
 // TestGoHTTP1GateFallback: on this kernel (lockdown integrity) the gate turns
 // library-level writes off; a Go gateway's call to a Go backend still
@@ -58,7 +44,7 @@ func TestGoHTTP1GateFallback(t *testing.T) {
 		}
 	}
 	assert.Contains(t, line, "network level (sockops/sk_msg)", "the warning says what Go HTTP/1 falls back to")
-	if mode := lockdownMode(t); mode != "" && mode != "none" {
+	if mode, _ := kernelprobe.ReadLockdown(kernelprobe.LockdownPath); mode != "none" {
 		assert.Contains(t, line, "kernel lockdown "+mode, "the warning names the lockdown")
 		assert.Contains(t, line, "bpf_probe_write_user refused: verifier: ", "the warning quotes the verifier")
 	}
