@@ -95,3 +95,20 @@ func TestLogGoLibraryWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestLogGoLibraryWritesNote: with the gate on but the lockdown mode unread
+// (securityfs not mounted), one info line carries the note.
+func TestLogGoLibraryWritesNote(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	in := gateInputs(t, "000001ffffffffff", "", func() error { return nil })
+	in.MountsPath = filepath.Join(t.TempDir(), "mounts-without-securityfs")
+	g := goLibraryWrites(GoLibraryWritesAuto, in)
+	logGoLibraryWrites(zap.New(core), g, true)
+	entries := logs.All()
+	if !g.On || len(entries) != 1 || entries[0].Level != zapcore.InfoLevel {
+		t.Fatalf("gate %s, logs %v", g, entries)
+	}
+	if note, _ := entries[0].ContextMap()["note"].(string); !strings.Contains(note, "securityfs not mounted") {
+		t.Fatalf("note %q", note)
+	}
+}

@@ -559,6 +559,9 @@ func goLibraryWrites(mode string, in kernelprobe.UserWriteInputs) kernelprobe.Us
 // version: with the gate on, Go HTTP/1 still uses the network level.
 func logGoLibraryWrites(logger *zap.Logger, g kernelprobe.UserWriteGate, headers bool) {
 	if g.On {
+		if g.Note != "" {
+			logger.Info("Go library-level header writes possible", zap.String("note", g.Note))
+		}
 		return
 	}
 	fallback := "Go HTTP/1 requests get their traceparent at the network level (sockops/sk_msg); HTTP/2 and gRPC metadata are not propagated"
