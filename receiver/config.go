@@ -45,6 +45,17 @@ const (
 	IOHookSysExit = "sys_exit"
 )
 
+// Values of EBPFConfig.GoLibraryWrites.
+const (
+	// GoLibraryWritesAuto checks at Start whether BPF programs may write
+	// user memory (CAP_SYS_ADMIN, no kernel lockdown, the verifier accepts
+	// bpf_probe_write_user) and writes headers at the Go library level
+	// only then.
+	GoLibraryWritesAuto = "auto"
+	// GoLibraryWritesOff never writes at the Go library level.
+	GoLibraryWritesOff = "off"
+)
+
 // Values of EBPFConfig.ContextPropagation; several may be joined with commas.
 const (
 	PropagationDisabled = "disabled"
@@ -329,6 +340,15 @@ type EBPFConfig struct {
 	// which only socket I/O runs, else sys_exit), "socket" or "sys_exit"
 	// (every system call of the host runs it: measurably slower).
 	IOHook string `mapstructure:"io_hook"`
+	// GoLibraryWrites selects whether headers may be written at the Go
+	// library level (net/http, HTTP/2, gRPC metadata) with
+	// bpf_probe_write_user: "auto" (default: where CAP_SYS_ADMIN is held,
+	// the kernel is not locked down and the verifier accepts the helper,
+	// checked at Start) or "off". Where it is off, Go HTTP/1 requests get
+	// their traceparent at the network level (sockops/sk_msg) when
+	// context_propagation includes headers. Start never fails because of
+	// it: the reason it is off is logged once.
+	GoLibraryWrites string `mapstructure:"go_library_writes"`
 	// RingBufferSize is the size of the event ring buffer in bytes: a power
 	// of two from 4096 to 1 GiB. Default 4194304 (4 MiB).
 	RingBufferSize int `mapstructure:"ring_buffer_size"`
@@ -366,6 +386,7 @@ func createDefaultConfig() *Config {
 			TrafficControlBackend: TCBackendAuto,
 			PacketCarrier:         CarrierTCPOption,
 			IOHook:                IOHookAuto,
+			GoLibraryWrites:       GoLibraryWritesAuto,
 			RingBufferSize:        defaultRingBufferSize,
 			WakeupLen:             defaultWakeupLen,
 			BatchTimeout:          defaultBatchTimeout,
@@ -422,6 +443,7 @@ func (cfg *Config) Validate() error {
 	}
 	add("ebpf.packet_carrier", checkCarrier(e.PacketCarrier))
 	add("ebpf.io_hook", checkIOHook(e.IOHook))
+	add("ebpf.go_library_writes", checkGoLibraryWrites(e.GoLibraryWrites))
 	add("ebpf.ring_buffer_size", checkRingBufferSize(e.RingBufferSize))
 	add("ebpf.wakeup_len", checkWakeupLen(e.WakeupLen))
 	add("ebpf.batch_timeout", checkBatchTimeout(e.BatchTimeout))
@@ -459,6 +481,14 @@ func checkIOHook(s string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown value %q; want %s, %s or %s", s, IOHookAuto, IOHookSocket, IOHookSysExit)
+}
+
+func checkGoLibraryWrites(s string) error {
+	switch s {
+	case GoLibraryWritesAuto, GoLibraryWritesOff:
+		return nil
+	}
+	return fmt.Errorf("unknown value %q; want %s or %s", s, GoLibraryWritesAuto, GoLibraryWritesOff)
 }
 
 func checkTCBackend(s string) error {

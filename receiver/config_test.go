@@ -53,6 +53,7 @@ func TestLoadConfig(t *testing.T) {
 					TrafficControlBackend:  TCBackendTCX,
 					PacketCarrier:          CarrierIPOption,
 					IOHook:                 IOHookSysExit,
+					GoLibraryWrites:        GoLibraryWritesOff,
 					RingBufferSize:         16 << 20,
 					WakeupLen:              0,
 					BatchTimeout:           time.Second,
@@ -150,6 +151,10 @@ func TestLoadConfig(t *testing.T) {
 		{
 			name:    "bad_io_hook",
 			wantErr: []string{`ebpf.io_hook: unknown value "kprobe"; want auto, socket or sys_exit`},
+		},
+		{
+			name:    "bad_go_library_writes",
+			wantErr: []string{`ebpf.go_library_writes: unknown value "on"; want auto or off`},
 		},
 		{
 			name:    "bad_tc_backend",
@@ -352,6 +357,7 @@ func TestApplyEnvWins(t *testing.T) {
 			TrafficControlBackend:  TCBackendTC,
 			PacketCarrier:          CarrierTCPOption,
 			IOHook:                 IOHookAuto,
+			GoLibraryWrites:        GoLibraryWritesAuto,
 			RingBufferSize:         1 << 20,
 			WakeupLen:              10,
 			BatchTimeout:           time.Second,
@@ -385,6 +391,7 @@ func TestApplyEnvWins(t *testing.T) {
 		TrafficControlBackend:  TCBackendTCX,
 		PacketCarrier:          CarrierTCPOption,
 		IOHook:                 IOHookAuto,
+		GoLibraryWrites:        GoLibraryWritesAuto,
 		RingBufferSize:         1 << 20, // no variable
 		WakeupLen:              0,
 		BatchTimeout:           50 * time.Millisecond,

@@ -53,6 +53,9 @@ type tracesReceiver struct {
 	cfg          *Config
 	envOverrides []string
 	next         consumer.Traces
+	// userWrites are the inputs of the user-memory write gate; zero takes
+	// the real ones (tests inject files and a probe result).
+	userWrites kernelprobe.UserWriteInputs
 
 	// Set by Start, released by Shutdown.
 	cancel    context.CancelFunc
@@ -128,6 +131,10 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	if !useLoop {
 		propagation.Headers = false
 	}
+	// Library-level (Go) header writes need bpf_probe_write_user: decided
+	// once here, never a reason to fail.
+	writes := goLibraryWrites(r.cfg.EBPF.GoLibraryWrites, r.userWrites)
+	logGoLibraryWrites(logger, writes, propagation.Headers)
 	sampler, err := r.cfg.Sampler.Parsed()
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
@@ -262,6 +269,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		zap.Bool("bpf_loop", report.BPFLoop),
 		zap.String("cgroup_v2", report.CgroupV2),
 		zap.String("lockdown", report.Lockdown),
+		zap.String("go_library_writes", writes.String()),
 		zap.String("sampler", sampler.String()),
 		zap.Int("processes", len(added)))
 
@@ -618,6 +626,36 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 		sinceClock = 0
 		r.reader.SetDeadline(deadline)
 	}
+}
+
+// goLibraryWrites is the gate of library-level writes: off when configured
+// so, else what the kernel and the process's capabilities allow.
+func goLibraryWrites(mode string, in kernelprobe.UserWriteInputs) kernelprobe.UserWriteGate {
+	if mode == GoLibraryWritesOff {
+		return kernelprobe.UserWriteGate{Reasons: []string{"ebpf.go_library_writes: off"}}
+	}
+	return kernelprobe.UserWrites(in)
+}
+
+// logGoLibraryWrites says once why library-level writes are off and what
+// Go requests get instead. There is no library-level writer in this
+// version: with the gate on, Go HTTP/1 still uses the network level.
+func logGoLibraryWrites(logger *zap.Logger, g kernelprobe.UserWriteGate, headers bool) {
+	if g.On {
+		if g.Note != "" {
+			logger.Info("Go library-level header writes possible", zap.String("note", g.Note))
+		}
+		return
+	}
+	fallback := "Go HTTP/1 requests get their traceparent at the network level (sockops/sk_msg); HTTP/2 and gRPC metadata are not propagated"
+	if !headers {
+		fallback = "ebpf.context_propagation does not include headers: Go requests get no traceparent"
+	}
+	fields := []zap.Field{zap.String("reason", g.Reason())}
+	if g.Note != "" {
+		fields = append(fields, zap.String("note", g.Note))
+	}
+	logger.Warn("Go library-level header writes off: "+fallback, fields...)
 }
 
 // kernelSampler maps the sampler to the tracer's.

@@ -108,7 +108,19 @@ func hasFunc(all map[string]Func, funcs []string, pkg string) bool {
 
 // Inspect reads path. funcs names functions to look up (absent ones are
 // left out of Info.Funcs).
-func Inspect(path string, funcs ...string) (*Info, error) {
+func Inspect(path string, funcs ...string) (info *Info, err error) {
+	// The standard library's ELF, DWARF and pclntab readers are meant to
+	// return errors on bad input, but an executable on the host is input
+	// nobody checked: a panic in them is one more reason to skip it.
+	defer func() {
+		if r := recover(); r != nil {
+			info, err = nil, fmt.Errorf("parse executable: unreadable (%v)", r)
+		}
+	}()
+	return inspect(path, funcs)
+}
+
+func inspect(path string, funcs []string) (*Info, error) {
 	f, err := elf.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("parse executable: %w", err)

@@ -12,4 +12,5 @@ var gOffsets = map[string]Offsets{
 	"go1.24": {Goid: 160, ParentGoid: 280, StartPC: 304, Writech: 136, Recvq: 64},
 	"go1.25": {Goid: 152, ParentGoid: 272, StartPC: 296, Writech: 136, Recvq: 64},
 	"go1.26": {Goid: 152, ParentGoid: 280, StartPC: 304, Writech: 136, Recvq: 64},
+	"go1.27": {Goid: 152, ParentGoid: 280, StartPC: 304, Writech: 136, Recvq: 64},
 }

@@ -139,15 +139,6 @@ func cgroupV2Mount(mountinfo string) string {
 
 // lockdown reads the active mode, shown in brackets: "none [integrity] confidentiality".
 func lockdown(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "none"
-	}
-	s := string(b)
-	i := strings.IndexByte(s, '[')
-	j := strings.IndexByte(s, ']')
-	if i < 0 || j < i {
-		return "none"
-	}
-	return s[i+1 : j]
+	mode, _ := ReadLockdown(path)
+	return mode
 }

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ebpftracing/ebpftracingreceiver/internal/goexe"
 )
 
 // Lang names one of the test apps under apps/.
@@ -37,6 +39,10 @@ const (
 	// GoStripped is apps/go built with -ldflags "-s -w": no symbol table,
 	// no DWARF; not in AllLangs.
 	GoStripped Lang = "go-stripped"
+	// GoUnknownRelease is GoStripped with its build info rewritten to name
+	// release go1.99, which the runtime.g offset table does not hold; not
+	// in AllLangs.
+	GoUnknownRelease Lang = "go-unknown-release"
 	// GoSDK is apps/gosdk, a Go app instrumented with the OpenTelemetry SDK
 	// (otelhttp) that exports its own spans over OTLP/HTTP; not in AllLangs.
 	GoSDK Lang = "gosdk"
@@ -251,6 +257,9 @@ func StartAppWith(t testing.TB, lang Lang, port int, service string, o AppOption
 	case GoStripped:
 		dir = filepath.Join(root, "test", "e2e", "apps", string(Go))
 		cmd = exec.Command(buildGoApp(t, root, dir, "-s -w"), portArg)
+	case GoUnknownRelease:
+		dir = filepath.Join(root, "test", "e2e", "apps", string(Go))
+		cmd = exec.Command(unknownReleaseCopy(t, buildGoApp(t, root, dir, "-s -w")), portArg)
 	case GoSDK, GoGRPC:
 		cmd = exec.Command(buildGoModuleApp(t, dir, string(lang)), portArg)
 	default:
@@ -354,6 +363,26 @@ func buildGoApp(t testing.TB, root, dir, ldflags string) string {
 	}
 	publish(t, tmp, out)
 	return bin
+}
+
+// unknownReleaseCopy copies the Go binary bin into a temporary directory with
+// the Go version in its build info rewritten to go1.99 (same length), and
+// returns the copy's path.
+func unknownReleaseCopy(t testing.TB, bin string) string {
+	t.Helper()
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "goapp-go199")
+	if err := os.WriteFile(out, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	v := runtime.Version()
+	if err := goexe.SetGoVersion(out, "go1.99"+v[len("go1.99"):]); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // buildGoModuleApp builds an app that is a module of its own (apps/gosdk,
