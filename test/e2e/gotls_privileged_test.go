@@ -46,7 +46,7 @@ func TestHTTPSGo(t *testing.T) {
 		inTrace := func(s Span) bool { return s.TraceID == w3cTrace }
 		srv := onlySpans(t, sink, All(ServerOf("gotls-a"), WithPath("/call"), inTrace), 1)[0]
 		cli := onlySpans(t, sink, All(ClientOf("gotls-a"), inTrace), 1)[0]
-		leaf := onlySpans(t, sink, All(ServerOf("gotls-b"), WithPath("/hello")), 1)[0]
+		leaf := onlySpans(t, sink, All(ServerOf("gotls-b"), WithPath("/hello"), WithAttr("url.query", "y=2")), 1)[0]
 		t.Logf("spans within %v", time.Since(start))
 		assertServerSpan(t, a, srv, "GET", "/call", 200)
 		assert.Equal(t, "https", srv.Str("url.scheme"), "%s", srv)
@@ -59,9 +59,11 @@ func TestHTTPSGo(t *testing.T) {
 		assert.True(t, ok && code == 200, "%s", cli)
 		assertServerSpan(t, b, leaf, "GET", "/hello", 200)
 		assert.Equal(t, "https", leaf.Str("url.scheme"), "%s", leaf)
-		// No context in TLS writes (no packet-level carrier yet): the
-		// downstream starts its own trace.
-		assert.NotEqual(t, w3cTrace, leaf.TraceID, "%s", leaf)
+		// The TLS write's context went in the packets (context_propagation
+		// all: the TCP option carrier, over loopback): the downstream's
+		// SERVER span is the child of the CLIENT span.
+		assert.Equal(t, w3cTrace, leaf.TraceID, "%s", leaf)
+		assert.Equal(t, cli.SpanID, leaf.ParentSpanID, "%s", leaf)
 	})
 
 	t.Run("started-after-collector", func(t *testing.T) {
