@@ -293,6 +293,14 @@ static __always_inline void fill_addrs(struct conn_state *c, struct sock *sk)
 	}
 }
 
+// The local and peer ports of sk, one number: with the struct sock's
+// address, what tells a connection from a later one reusing its memory.
+static __always_inline __u32 sk_ports(struct sock *sk)
+{
+	return (__u32)BPF_CORE_READ(sk, __sk_common.skc_num) << 16 |
+	       bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
 // True if the state c was made for the socket sk, not for an earlier
 // connection whose struct sock had the same address and whose fd had the
 // same number (the socket hooks do not see close).
@@ -1032,7 +1040,7 @@ static __noinline bool tls_socket(struct tls_call *tc, __u64 pid_tgid, __u32 fd,
 		tc->sk = (__u64)sk;
 		tc->has_fd = 1;
 		struct tls_key k = {.ssl = tc->ssl, .tgid = pid_tgid >> 32};
-		struct tls_fd v = {.sk = (__u64)sk, .fd = fd};
+		struct tls_fd v = {.sk = (__u64)sk, .fd = fd, .ports = sk_ports(sk)};
 		bpf_map_update_elem(&tls_fds, &k, &v, BPF_ANY);
 	}
 	return !tc->is_read && !is_read;
@@ -1047,9 +1055,11 @@ static __noinline int tls_note_read(__u64 pid_tgid, __u32 fd, struct sock *hint)
 	__u32 tgid = pid_tgid >> 32;
 	if (!bpf_map_lookup_elem(&tls_membio, &tgid))
 		return 0;
-	struct tls_fd v = {.sk = (__u64)(hint ? hint : fd_to_sock(fd)), .fd = fd};
-	if (v.sk)
-		bpf_map_update_elem(&tls_last_read, &pid_tgid, &v, BPF_ANY);
+	struct sock *sk = hint ? hint : fd_to_sock(fd);
+	if (!sk)
+		return 0;
+	struct tls_fd v = {.sk = (__u64)sk, .fd = fd, .ports = sk_ports(sk)};
+	bpf_map_update_elem(&tls_last_read, &pid_tgid, &v, BPF_ANY);
 	return 0;
 }
 
@@ -1251,7 +1261,10 @@ static __always_inline struct sock *tls_known_sock(__u64 pid_tgid, __u64 ssl, __
 	if (!v)
 		return 0;
 	struct sock *sk = fd_to_sock(v->fd);
-	if (!sk || (__u64)sk != v->sk)
+	// A closed connection's entry: its fd and struct sock may now be
+	// another connection's (an accepted one), its SSL object's address
+	// another SSL object's.
+	if (!sk || (__u64)sk != v->sk || sk_ports(sk) != v->ports)
 		return 0;
 	*fd = v->fd;
 	return sk;
@@ -1312,7 +1325,7 @@ __noinline int tls_membio_fd(__u64 pid_tgid, __u64 ssl)
 		return -1;
 	struct tls_fd v = *last;
 	struct sock *sk = fd_to_sock(v.fd);
-	if (!sk || (__u64)sk != v.sk)
+	if (!sk || (__u64)sk != v.sk || sk_ports(sk) != v.ports)
 		return -1;
 	struct tls_key k = {.ssl = ssl, .tgid = tgid};
 	bpf_map_update_elem(&tls_fds, &k, &v, BPF_ANY);

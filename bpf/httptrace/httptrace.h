@@ -141,9 +141,12 @@ struct tls_key {
 };
 
 struct tls_fd {
-	__u64 sk; // checked against the fd at use: a stale entry is ignored
+	// Checked against the fd at use: a stale entry is ignored. The fd
+	// number, the struct sock (slab) and the SSL object (malloc) are all
+	// reused after a close: the ports tell a new connection from the old.
+	__u64 sk;
 	__u32 fd;
-	__u32 _pad;
+	__u32 ports; // sk_ports(sk) when recorded
 };
 
 // A Go process whose crypto/tls.(*Conn).Read/Write are probed: how to get

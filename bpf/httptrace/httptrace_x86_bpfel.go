@@ -276,10 +276,10 @@ type httptraceTlsCall struct {
 }
 
 type httptraceTlsFd struct {
-	_   structs.HostLayout
-	Sk  uint64
-	Fd  uint32
-	Pad uint32
+	_     structs.HostLayout
+	Sk    uint64
+	Fd    uint32
+	Ports uint32
 }
 
 type httptraceTlsKey struct {
