@@ -105,7 +105,8 @@ type Config struct {
 	// Sampler is the head sampler, decided in the kernel when a request's
 	// trace context is made.
 	Sampler SamplerConfig `mapstructure:"sampler"`
-	// Routes sets http.route, and the name, of SERVER spans.
+	// Routes sets http.route of SERVER spans, url.template of CLIENT spans
+	// (user patterns only), and their names.
 	Routes RoutesConfig `mapstructure:"routes"`
 
 	// prevent unkeyed literal initialization

@@ -137,6 +137,7 @@ var (
 	keyClientAddress  = string(semconv.ClientAddressKey)
 	keyErrorType      = string(semconv.ErrorTypeKey)
 	keyRoute          = string(semconv.HTTPRouteKey)
+	keyURLTemplate    = string(semconv.URLTemplateKey)
 
 	keyServiceName = string(semconv.ServiceNameKey)
 	keyProcessPID  = string(semconv.ProcessPIDKey)
@@ -330,7 +331,8 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	}
 
 	t := parseTarget(r.Path)
-	if b.routes != nil && r.Kind == KindServer && t.origin {
+	switch {
+	case b.routes != nil && r.Kind == KindServer && t.origin:
 		route := b.routes.Match(t.path)
 		if !route.Matched {
 			b.unmatched++
@@ -339,7 +341,18 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 		if route.Route != "" {
 			attrs.str(keyRoute, route.Route)
 		}
-	} else {
+	case b.routes != nil && r.Kind == KindClient && t.origin:
+		// A CLIENT span takes url.template, and the name "METHOD
+		// template", only from a pattern the user wrote: the heuristic
+		// and the path fallbacks are for the paths a service serves, and
+		// a client's targets are other services' paths.
+		if route := b.routes.Match(t.path); route.Matched {
+			span.SetName(route.Name(mi))
+			attrs.str(keyURLTemplate, route.Route)
+		} else {
+			span.SetName(routes.Methods[mi])
+		}
+	default:
 		span.SetName(routes.Methods[mi])
 	}
 	if r.TLS && t.origin {

@@ -743,13 +743,15 @@ func TestRoutes(t *testing.T) {
 		with(server(), func(r *Request) { r.Path = "/orders/123?x=1" }),
 		with(server(), func(r *Request) { r.Path = "/users/8"; r.Method = "FOO" }),
 		with(server(), func(r *Request) { r.Path = "*"; r.Method = "OPTIONS" }),
-		client(),
+		client(), // /users/7
+		with(client(), func(r *Request) { r.Path = "/orders/123" }),
+		with(client(), func(r *Request) { r.Path = "http://10.0.0.1:8080/users/9?q=1"; r.Method = "DELETE" }),
 	}
 	for i := range reqs {
 		b.Append(&reqs[i], proc)
 	}
 	if n := b.TakeUnmatched(); n != 1 {
-		t.Errorf("unmatched = %d, want 1 (/orders/123)", n)
+		t.Errorf("unmatched = %d, want 1 (the SERVER span of /orders/123; CLIENT spans are not counted)", n)
 	}
 	if n := b.TakeUnmatched(); n != 0 {
 		t.Errorf("unmatched after take = %d", n)
@@ -760,16 +762,30 @@ func TestRoutes(t *testing.T) {
 		{"GET /orders/*", "/orders/*"},
 		{"HTTP /users/{id}", "/users/{id}"},
 		{"OPTIONS", ""},
-		{"GET", ""}, // CLIENT spans get no route
+		// CLIENT spans: url.template (not http.route) from a user
+		// pattern only, never from the heuristic.
+		{"GET /users/{id}", "/users/{id}"},
+		{"GET", ""},
+		{"DELETE /users/{id}", "/users/{id}"},
+	}
+	if ss.Len() != len(want) {
+		t.Fatalf("%d spans, want %d", ss.Len(), len(want))
 	}
 	for i, w := range want {
 		s := ss.At(i)
 		if s.Name() != w.name {
 			t.Errorf("span %d name %q, want %q", i, s.Name(), w.name)
 		}
-		got, ok := s.Attributes().Get("http.route")
+		key, other := "http.route", "url.template"
+		if s.Kind() == ptrace.SpanKindClient {
+			key, other = other, key
+		}
+		got, ok := s.Attributes().Get(key)
 		if (w.route == "") == ok || (ok && got.Str() != w.route) {
-			t.Errorf("span %d http.route %v %q, want %q", i, ok, got.Str(), w.route)
+			t.Errorf("span %d %s %v %q, want %q", i, key, ok, got.Str(), w.route)
+		}
+		if _, ok := s.Attributes().Get(other); ok {
+			t.Errorf("span %d (%s) has %s", i, s.Kind(), other)
 		}
 	}
 }

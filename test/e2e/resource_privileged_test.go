@@ -280,6 +280,30 @@ func TestRoutesAndSpanNames(t *testing.T) {
 		assert.Equal(t, w.route, s.Str("http.route"), "%s", s)
 		assert.Equal(t, "GET "+w.route, s.Name, "%s", s)
 	}
+	// CLIENT spans take url.template and their name from a user pattern
+	// only: a target no pattern matches keeps the bare method, with no
+	// heuristic template.
+	clientWant := []struct{ path, template string }{
+		{"/users/42/orders/9", "/users/{id}/orders/:order"},
+		{"/status/204", ""},
+	}
+	for _, w := range clientWant {
+		curlStatus(t, app.URL("/call?url="+url.QueryEscape(app.URL(w.path))))
+	}
+	for _, w := range clientWant {
+		c := sink.WaitForSpans(t, All(ClientOf(app.Service), func(s Span) bool {
+			return strings.HasSuffix(s.Str("url.full"), w.path)
+		}), 1, spanTimeout)[0]
+		assert.Equal(t, w.template, c.Str("url.template"), "%s", c)
+		assert.Empty(t, c.Str("http.route"), "CLIENT span with http.route: %s", c)
+		name := "GET"
+		if w.template != "" {
+			name += " " + w.template
+		}
+		assert.Equal(t, name, c.Name, "%s", c)
+	}
+	// The SERVER spans of /call end after their CLIENT spans.
+	sink.WaitForSpans(t, All(ServerOf(app.Service), WithPath("/call")), len(clientWant), spanTimeout)
 	// Every SERVER span whose path no pattern matched is counted: the
 	// warm-up requests too.
 	unmatched := len(sink.Matching(All(ServerOf(app.Service), func(s Span) bool {
