@@ -88,9 +88,11 @@ test: mounts testdeps
 # test/bench/main.go and the README's Performance section.
 bench: mounts
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench needs root (the collector loads eBPF programs)"; exit 1; fi
-	@if ! command -v wrk >/dev/null; then \
-		echo "installing wrk"; \
-		$(APT_GET) update && $(APT_GET) install -y wrk; \
+	@missing=""; command -v wrk >/dev/null || missing="wrk"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		$(APT_GET) update && $(APT_GET) install -y $$missing; \
 	fi
 	$(MAKE) distro
 	go run ./test/bench $(BENCH_FLAGS)

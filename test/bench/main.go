@@ -171,7 +171,7 @@ func main() {
 	var o options
 	var workloads, modes string
 	var quick bool
-	flag.StringVar(&workloads, "workload", "all", "comma list of "+strings.Join(workloadNames, ", ")+", or all")
+	flag.StringVar(&workloads, "workload", "all", "comma list of "+strings.Join(workloadNames, ", ")+", or all ("+strings.Join(defaultWorkloads, ", ")+")")
 	flag.StringVar(&modes, "modes", "disabled,all", "comma list of ebpf.context_propagation values to measure ("+strings.Join(propagationModes, ", ")+")")
 	flag.BoolVar(&o.floor, "floor", true, "add a floor run per mode (collector with "+floorEnv+")")
 	flag.BoolVar(&quick, "quick", false, "smoke run: -rounds 1 -duration 3s -warmup 1s -settle 500ms -flush-wait 1s, unless given")
@@ -203,6 +203,9 @@ func main() {
 		}
 	}
 	var err error
+	if workloads == "all" {
+		workloads = strings.Join(defaultWorkloads, ",")
+	}
 	if o.workloads, err = parseList(workloads, workloadNames, true); err != nil {
 		usage("-workload: %v", err)
 	}
@@ -323,6 +326,24 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 
+	var cert, key string
+	if slices.ContainsFunc(o.workloads, func(w string) bool { return strings.HasPrefix(w, "https-") }) {
+		if cert, key, err = writeSelfSigned(tmp); err != nil {
+			return err
+		}
+		bins["pyhttps"] = filepath.Join(root, "test", "bench", "pyhttps", "server.py")
+	}
+	if slices.ContainsFunc(o.workloads, func(w string) bool { return strings.HasPrefix(w, "https-nginx") }) {
+		if _, err := os.Stat(nginxPath); err != nil {
+			return fmt.Errorf("the https-nginx workloads need %s: `make bench` installs it (apt-get install nginx-light): %w", nginxPath, err)
+		}
+	}
+	if slices.Contains(o.workloads, "https-python") {
+		if out, err := exec.CommandContext(ctx, pythonPath, "-c", "import ssl").CombinedOutput(); err != nil {
+			return fmt.Errorf("the https-python workload needs %s with its ssl module (Debian's python3): %w\n%s", pythonPath, err, out)
+		}
+	}
+
 	ports, err := freePorts(3)
 	if err != nil {
 		return err
@@ -338,7 +359,7 @@ func run(ctx context.Context, o options) (err error) {
 			return err
 		}
 	}
-	e := env{o: o, tmp: tmp, bins: bins, wrkPath: wrkPath, sink: sink, metricsPort: ports[1], keepTmp: &keepTmp}
+	e := env{o: o, tmp: tmp, bins: bins, cert: cert, key: key, wrkPath: wrkPath, sink: sink, metricsPort: ports[1], keepTmp: &keepTmp}
 	if o.pprofDir != "" {
 		e.pprofPort = ports[2]
 	}
@@ -381,7 +402,7 @@ func startAndRun(ctx context.Context, e env, wl *workload) ([]runResult, error) 
 			}
 		}()
 	}
-	if err := wl.start(ctx, e.bins, ports); err != nil {
+	if err := wl.start(ctx, e, ports); err != nil {
 		return nil, err
 	}
 	return runWorkload(ctx, e, wl)

@@ -87,8 +87,11 @@ func (r runResult) spanProblems(wl *workload, conns int) []string {
 	var out []string
 	req := r.main.wrk.requests
 	for _, a := range wl.traced {
-		n := int64(got[int64(a.pid())])
-		delete(got, int64(a.pid()))
+		var n int64
+		for _, pid := range a.spanPIDs() {
+			n += int64(got[int64(pid)])
+			delete(got, int64(pid))
+		}
 		lo, hi := int64(a.spansPerReq)*req, int64(a.spansPerReq)*(req+int64(conns))
 		if n < lo || n > hi {
 			out = append(out, fmt.Sprintf("%s exported %d spans for %d requests, want %d per request (%d–%d)", a.name, n, req, a.spansPerReq, lo, hi))

@@ -112,7 +112,8 @@ type collectorSample struct {
 type env struct {
 	o           options
 	tmp         string
-	bins        map[string]string // test/bench/<name> → built binary
+	bins        map[string]string // test/bench/<name> → built binary (pyhttps: the script)
+	cert, key   string            // the HTTPS workloads' self-signed certificate and key (PEM files)
 	wrkPath     string
 	sink        *sink
 	metricsPort int
@@ -330,8 +331,8 @@ func (r *runResult) withCollector(ctx context.Context, e env, wl *workload) (err
 	if err != nil {
 		return err
 	}
-	if n != len(wl.traced) {
-		return fmt.Errorf("the collector selected %d processes on ports %v, want %d", n, wl.ports(), len(wl.traced))
+	if want := wl.selectedProcesses(); n != want {
+		return fmt.Errorf("the collector selected %d processes on ports %v, want %d", n, wl.ports(), want)
 	}
 	if err := sleep(ctx, o.settle); err != nil {
 		return err

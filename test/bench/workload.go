@@ -13,7 +13,11 @@ import (
 )
 
 // workloadNames are the -workload values, in run order.
-var workloadNames = []string{"server", "server-https", "proxy", "proxy-new", "neighbour", "neighbour-pinned", "grpc"}
+var workloadNames = []string{"server", "server-https", "https-python", "https-nginx-static", "https-nginx", "proxy", "proxy-new", "neighbour", "neighbour-pinned", "grpc"}
+
+// defaultWorkloads are what -workload all runs: every workload but the
+// nginx one that https-nginx contains (its backend).
+var defaultWorkloads = []string{"server", "server-https", "https-python", "https-nginx", "proxy", "proxy-new", "neighbour", "neighbour-pinned", "grpc"}
 
 // workload is one client → service(s) setup the bench measures.
 type workload struct {
@@ -38,7 +42,17 @@ type workload struct {
 	pinned bool
 	// path is what wrk requests; "/hello" when empty.
 	path string
+	// https: wrk talks HTTPS to the front.
+	https bool
+	// carried: the front makes a CLIENT request over TLS per request, so
+	// the report counts the backend's SERVER spans whose parent is one of
+	// the front's CLIENT spans (the packet-level carrier's work).
+	carried bool
 }
+
+// pythonPath is Debian's python3 (its ssl module links the system's
+// libssl.so.3), not whatever python3 is first on PATH.
+const pythonPath = "/usr/bin/python3"
 
 // CPU lists (taskset -c) of the pinned workload's two sides.
 const (
@@ -66,6 +80,10 @@ func (wl *workload) neighbourSide() string {
 type app struct {
 	*proc
 	port int
+	// workers are the processes that serve for it (nginx's worker: its
+	// master only forks and waits); its spans come from these and its CPU
+	// is theirs too. Empty when the process serves itself.
+	workers []int
 	// spansPerReq is how many spans this process must export per request
 	// wrk completes on the workload's front (one per side of each traced
 	// request it takes part in); 0 for the neighbour.
@@ -80,7 +98,16 @@ func newWorkload(name string) *workload {
 			targetTput: 0.95, targetP99: 1.10}
 	case "server-https":
 		return &workload{name: name, title: "wrk → Go net/http hello server over HTTPS (crypto/tls, HTTP/1.1)", appLabel: "server",
-			targetTput: 0.95, targetP99: 1.10}
+			targetTput: 0.95, targetP99: 1.10, https: true}
+	case "https-python":
+		return &workload{name: name, title: "wrk → Python http.server over HTTPS (ssl module, OpenSSL; a thread per connection, keep-alive)", appLabel: "server",
+			targetTput: 0.85, targetP99: 1.15, https: true}
+	case "https-nginx-static":
+		return &workload{name: name, title: "wrk → nginx over HTTPS (one worker, `return 200`)", appLabel: "nginx worker",
+			targetTput: 0.85, targetP99: 1.15, https: true}
+	case "https-nginx":
+		return &workload{name: name, title: "wrk → nginx over HTTPS (one worker) → nginx over HTTPS (one worker, `return 200`), a keep-alive HTTPS upstream pool",
+			appLabel: "nginx workers", targetTput: 0.85, targetP99: 1.15, https: true, carried: true}
 	case "proxy":
 		return &workload{name: name, title: "wrk → Go net/http proxy (keep-alive) → Go hello backend", appLabel: "proxy+backend",
 			targetTput: 0.90, targetP99: 1.15}
@@ -101,7 +128,8 @@ func newWorkload(name string) *workload {
 
 // portsNeeded is how many free ports start takes.
 func (wl *workload) portsNeeded() int {
-	if wl.name == "server" || wl.name == "server-https" {
+	switch wl.name {
+	case "server", "server-https", "https-python", "https-nginx-static":
 		return 1
 	}
 	return 2
@@ -109,7 +137,8 @@ func (wl *workload) portsNeeded() int {
 
 // start starts the workload's processes (from the binaries built by run) on
 // the given free ports.
-func (wl *workload) start(ctx context.Context, bins map[string]string, ports []int) error {
+func (wl *workload) start(ctx context.Context, e env, ports []int) error {
+	bins := e.bins
 	// Each command takes [flags] <port> [more ports].
 	startApp := func(name string, port, spans int, bin string, flags []string, more ...string) (*app, error) {
 		args := append(append(flags, strconv.Itoa(port)), more...)
@@ -136,6 +165,25 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 	case "server-https":
 		_, err := startApp("server", ports[0], 1, bins["server"], []string{"-tls"})
 		return err
+	case "https-python":
+		_, err := startApp("server", ports[0], 1, pythonPath, []string{"-u", bins["pyhttps"]}, e.cert, e.key)
+		return err
+	case "https-nginx-static":
+		return wl.startNginx(ctx, e, "nginx", ports[0], 0, 1)
+	case "https-nginx":
+		frontPort, backendPort := ports[0], ports[1]
+		// The backend first: the front is ready once a request through it
+		// is answered. The front's SERVER and CLIENT spans, the backend's
+		// SERVER span.
+		if err := wl.startNginx(ctx, e, "nginx-backend", backendPort, 0, 1); err != nil {
+			return err
+		}
+		if err := wl.startNginx(ctx, e, "nginx-front", frontPort, backendPort, 2); err != nil {
+			return err
+		}
+		// wrk talks to the front: first in traced.
+		wl.traced[0], wl.traced[1] = wl.traced[1], wl.traced[0]
+		return nil
 	case "proxy", "proxy-new":
 		proxyPort, backendPort := ports[0], ports[1]
 		var flags []string
@@ -169,6 +217,39 @@ func (wl *workload) start(ctx context.Context, bins map[string]string, ports []i
 	return fmt.Errorf("unknown workload %q", wl.name)
 }
 
+// startNginx starts one nginx of the workload (see startNginx) as a traced
+// process exporting spans spans per request.
+func (wl *workload) startNginx(ctx context.Context, e env, name string, port, upstreamPort, spans int) error {
+	p, worker, err := startNginx(ctx, e.tmp, name, wl.tracedSide(), e.cert, e.key, port, upstreamPort)
+	if err != nil {
+		return err
+	}
+	wl.traced = append(wl.traced, &app{proc: p, port: port, workers: []int{worker}, spansPerReq: spans})
+	return nil
+}
+
+// spanPIDs are the process.pid values of a's spans.
+func (a *app) spanPIDs() []int {
+	if len(a.workers) > 0 {
+		return a.workers
+	}
+	return []int{a.pid()}
+}
+
+// selected is how many processes the collector selects for a: every
+// process holding its listening socket (nginx's master and worker).
+func (a *app) selected() int { return 1 + len(a.workers) }
+
+// selectedProcesses is how many processes the collector must report
+// selected.
+func (wl *workload) selectedProcesses() int {
+	n := 0
+	for _, a := range wl.traced {
+		n += a.selected()
+	}
+	return n
+}
+
 func (wl *workload) apps() []*app {
 	if wl.neighbour == nil {
 		return wl.traced
@@ -198,7 +279,7 @@ func (wl *workload) url() string {
 		path = "/hello"
 	}
 	scheme := "http"
-	if wl.name == "server-https" {
+	if wl.https {
 		scheme = "https"
 	}
 	return fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, wl.traced[0].port, path)
@@ -214,10 +295,13 @@ func (wl *workload) ports() []int {
 	return out
 }
 
+// tracedPIDs are the traced processes whose CPU time the app CPU column
+// counts, nginx's workers included.
 func (wl *workload) tracedPIDs() []int {
-	out := make([]int, len(wl.traced))
-	for i, a := range wl.traced {
-		out[i] = a.pid()
+	var out []int
+	for _, a := range wl.traced {
+		out = append(out, a.pid())
+		out = append(out, a.workers...)
 	}
 	return out
 }
@@ -225,7 +309,11 @@ func (wl *workload) tracedPIDs() []int {
 func (wl *workload) desc() string {
 	var parts []string
 	for _, a := range wl.apps() {
-		parts = append(parts, fmt.Sprintf("%s pid %d port %d", a.name, a.pid(), a.port))
+		s := fmt.Sprintf("%s pid %d port %d", a.name, a.pid(), a.port)
+		if len(a.workers) > 0 {
+			s += fmt.Sprintf(" (workers %v)", a.workers)
+		}
+		parts = append(parts, s)
 	}
 	return strings.Join(parts, ", ")
 }
