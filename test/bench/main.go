@@ -13,10 +13,24 @@
 //
 // # Workloads
 //
-// Chosen with -workload (a comma list, default all, in this order):
+// Chosen with -workload (a comma list, default all: every one but
+// https-nginx-static, in this order):
 //
 //   - server: wrk → test/bench/server (`GET /hello`); one SERVER span per
 //     request.
+//   - server-https: test/bench/server -tls (Go crypto/tls, HTTP/1.1).
+//   - https-python: wrk over HTTPS → test/bench/pyhttps/server.py under
+//     /usr/bin/python3 (http.server, a thread per connection, the ssl
+//     module over OpenSSL); one SERVER span per request.
+//   - https-nginx: wrk over HTTPS → /usr/sbin/nginx (one worker) → a keep-
+//     alive HTTPS upstream pool → a second nginx answering `return 200`;
+//     three spans per request (front SERVER and CLIENT, backend SERVER),
+//     the upstream request a TLS CLIENT request, so with -modes all the
+//     packet-level carrier writes and parses its TCP option. nginx's spans
+//     and CPU are counted for its worker (a child of the pid started); the
+//     collector selects master and worker. https-nginx-static (not in
+//     "all"): the second nginx alone. The HTTPS workloads' certificate is
+//     self-signed, written at start with crypto/x509.
 //   - proxy: wrk → test/bench/proxy → test/bench/server -stats, the proxy
 //     keeping its backend connections alive; three spans per request (proxy
 //     SERVER and CLIENT, backend SERVER). Before every run, while no
