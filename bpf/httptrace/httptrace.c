@@ -122,9 +122,14 @@ static __always_inline void tls_writes_add(__s64 d)
 		__sync_fetch_and_add(n, d);
 }
 
-// Deletes the thread's tls_calls entry, a write if was_write.
-static __always_inline void tls_call_delete(__u64 pid_tgid, bool was_write)
+// Deletes the thread's tls_calls entry, and counts it out of tls_writes if
+// it was a write. Out of line: its stack is not on on_io's deepest chain.
+static __noinline void tls_call_delete(__u64 pid_tgid)
 {
+	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	if (!tc)
+		return;
+	bool was_write = !tc->is_read;
 	if (!bpf_map_delete_elem(&tls_calls, &pid_tgid) && was_write)
 		tls_writes_add(-1);
 }
@@ -1113,7 +1118,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 			nr = NR_WRITE;
 			is_read = false;
 			tls = true;
-			tls_call_delete(pid_tgid, true);
+			tls_call_delete(pid_tgid);
 		} else if (is_read) {
 			tls_note_read(pid_tgid, key.fd, hint);
 		}
@@ -1337,9 +1342,7 @@ static __always_inline int tls_enter(struct pt_regs *ctx, bool is_read, bool ex)
 		struct sock *sk = tls_known_sock(pid_tgid, ssl, &fd);
 		if (sk) {
 			// An earlier call that never reached a socket is over.
-			struct tls_call *old = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
-			if (old)
-				tls_call_delete(pid_tgid, !old->is_read);
+			tls_call_delete(pid_tgid);
 			long n = len < BUF_SIZE ? (long)len : BUF_SIZE;
 			return on_io(pid_tgid, NR_WRITE, n, fd, buf, sk, true);
 		}
@@ -1376,7 +1379,7 @@ static __always_inline int tls_read_return(struct pt_regs *ctx)
 	if (!tc)
 		return 0;
 	struct tls_call c = *tc;
-	tls_call_delete(pid_tgid, !c.is_read);
+	tls_call_delete(pid_tgid);
 	if (!c.is_read)
 		return 0;
 	long ret = (long)CALL_RET(ctx);
