@@ -103,6 +103,37 @@ struct {
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
 
+// How many tls_calls entries are writes (the only ones tcp_sendmsg_locked
+// looks for): raised only when a write entry is created, lowered only when
+// one this code removes is gone, so an LRU eviction can leave it too high
+// (the lookup is done for nothing) but never too low (a write missed).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} tls_writes SEC(".maps");
+
+static __always_inline void tls_writes_add(__s64 d)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&tls_writes, &zero);
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
+// Deletes the thread's tls_calls entry, and counts it out of tls_writes if
+// it was a write. Out of line: its stack is not on on_io's deepest chain.
+static __noinline void tls_call_delete(__u64 pid_tgid)
+{
+	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	if (!tc)
+		return;
+	bool was_write = !tc->is_read;
+	if (!bpf_map_delete_elem(&tls_calls, &pid_tgid) && was_write)
+		tls_writes_add(-1);
+}
+
 // The socket each SSL object was last seen on, (tgid, SSL *) -> fd.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -1087,7 +1118,7 @@ static __always_inline int on_io(__u64 pid_tgid, __u64 nr, long ret, __u64 fd, _
 			nr = NR_WRITE;
 			is_read = false;
 			tls = true;
-			bpf_map_delete_elem(&tls_calls, &pid_tgid);
+			tls_call_delete(pid_tgid);
 		} else if (is_read) {
 			tls_note_read(pid_tgid, key.fd, hint);
 		}
@@ -1278,7 +1309,14 @@ static __noinline int tls_record_call(struct pt_regs *ctx, __u64 pid_tgid, __u64
 {
 	struct tls_call c = {.ssl = CALL_ARG1(ctx), .buf = CALL_ARG2(ctx), .len = len, .is_read = is_read};
 	c.out = ex && is_read ? CALL_ARG4(ctx) : 0;
-	bpf_map_update_elem(&tls_calls, &pid_tgid, &c, BPF_ANY);
+	struct tls_call *old = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	bool was_write = old && !old->is_read;
+	if (bpf_map_update_elem(&tls_calls, &pid_tgid, &c, BPF_ANY))
+		return 0;
+	if (!is_read && !was_write)
+		tls_writes_add(1);
+	else if (is_read && was_write)
+		tls_writes_add(-1);
 	return 0;
 }
 
@@ -1303,8 +1341,8 @@ static __always_inline int tls_enter(struct pt_regs *ctx, bool is_read, bool ex)
 		__u32 fd = 0;
 		struct sock *sk = tls_known_sock(pid_tgid, ssl, &fd);
 		if (sk) {
-			// An earlier write that never reached a socket is over.
-			bpf_map_delete_elem(&tls_calls, &pid_tgid);
+			// An earlier call that never reached a socket is over.
+			tls_call_delete(pid_tgid);
 			long n = len < BUF_SIZE ? (long)len : BUF_SIZE;
 			return on_io(pid_tgid, NR_WRITE, n, fd, buf, sk, true);
 		}
@@ -1341,7 +1379,7 @@ static __always_inline int tls_read_return(struct pt_regs *ctx)
 	if (!tc)
 		return 0;
 	struct tls_call c = *tc;
-	bpf_map_delete_elem(&tls_calls, &pid_tgid);
+	tls_call_delete(pid_tgid);
 	if (!c.is_read)
 		return 0;
 	long ret = (long)CALL_RET(ctx);
@@ -1620,6 +1658,12 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int httptrace_tcp_sendmsg(__u64 *ctx)
 {
 	if (return_at_once || !carrier_tls)
+		return 0;
+	// Every TCP send of the host comes here: with no TLS write waiting
+	// anywhere (the common case) one array load ends it, before any helper.
+	__u32 zero = 0;
+	__s64 *pending = bpf_map_lookup_elem(&tls_writes, &zero);
+	if (!pending || !*pending)
 		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);

@@ -360,6 +360,7 @@ const (
 	httptraceMapTlsFds                       = "tls_fds"
 	httptraceMapTlsLastRead                  = "tls_last_read"
 	httptraceMapTlsMembio                    = "tls_membio"
+	httptraceMapTlsWrites                    = "tls_writes"
 	httptraceMapTracedPids                   = "traced_pids"
 	httptraceMapTracestates                  = "tracestates"
 	httptraceMapTsScans                      = "ts_scans"
@@ -488,6 +489,7 @@ type httptraceMapSpecs struct {
 	TlsFds      *ebpf.MapSpec `ebpf:"tls_fds"`
 	TlsLastRead *ebpf.MapSpec `ebpf:"tls_last_read"`
 	TlsMembio   *ebpf.MapSpec `ebpf:"tls_membio"`
+	TlsWrites   *ebpf.MapSpec `ebpf:"tls_writes"`
 	TracedPids  *ebpf.MapSpec `ebpf:"traced_pids"`
 	Tracestates *ebpf.MapSpec `ebpf:"tracestates"`
 	TsScans     *ebpf.MapSpec `ebpf:"ts_scans"`
@@ -550,6 +552,7 @@ type httptraceMaps struct {
 	TlsFds      *ebpf.Map `ebpf:"tls_fds"`
 	TlsLastRead *ebpf.Map `ebpf:"tls_last_read"`
 	TlsMembio   *ebpf.Map `ebpf:"tls_membio"`
+	TlsWrites   *ebpf.Map `ebpf:"tls_writes"`
 	TracedPids  *ebpf.Map `ebpf:"traced_pids"`
 	Tracestates *ebpf.Map `ebpf:"tracestates"`
 	TsScans     *ebpf.Map `ebpf:"ts_scans"`
@@ -577,6 +580,7 @@ func (m *httptraceMaps) Close() error {
 		m.TlsFds,
 		m.TlsLastRead,
 		m.TlsMembio,
+		m.TlsWrites,
 		m.TracedPids,
 		m.Tracestates,
 		m.TsScans,
