@@ -591,6 +591,13 @@ func (r *tracesReceiver) readLoop(ctx context.Context, clock httptrace.Clock) er
 			if httptrace.IsTraceState(rec.RawSample) {
 				// The tracestate of the span whose record follows.
 				_ = ts.Add(rec.RawSample)
+			} else if gogrpc.IsH2Event(rec.RawSample) {
+				if rdec.DecodeH2(rec.RawSample, clock, &req) == nil {
+					if !haveLast || lastPID != req.PID {
+						lastPID, lastProc, haveLast = req.PID, r.process(req.PID), true
+					}
+					builder.Append(&req, lastProc)
+				}
 			} else if gogrpc.IsEvent(rec.RawSample) {
 				if rdec.Decode(rec.RawSample, clock, &rpc) == nil {
 					if !haveLast || lastPID != rpc.PID {

@@ -7,4 +7,4 @@
 // Records go to httptrace's ring buffer; IsEvent tells them apart.
 package gogrpc
 
-//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type grpc_event -type grpc_proc gogrpc gogrpc.c -- -I../include
+//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -Wpadded" -target amd64,arm64 -type grpc_event -type grpc_proc -type h2_event -type h2_proc gogrpc gogrpc.c -- -I../include

@@ -508,3 +508,499 @@ int gogrpc_handle_stream(struct pt_regs *ctx) { return on_handle_stream(ctx); }
 
 SEC("uprobe.multi")
 int gogrpc_write_status(struct pt_regs *ctx) { return on_write_status(ctx); }
+
+// ---------------------------------------------------------------------------
+// HTTP/2 over cleartext (h2c) in Go's own HTTP/2: the standard library's
+// bundled copy (net/http.(*http2serverConn)...) and golang.org/x/net/http2
+// ((*serverConn)...), told apart by the attach cookie (0 bundled, 1 x/net),
+// which picks that copy's offsets. Entry probes only, on the stack check's
+// JBE:
+//
+//   server: (*serverConn).runHandler entry  -> span starts on the handler's
+//                                              goroutine; parent = the client
+//                                              span recorded for the stream
+//           (*responseWriter).handlerDone entry -> span ends, status from the
+//                                              responseWriterState
+//   client: (*clientStream).encodeAndWriteHeaders entry -> span starts, on
+//                                              the request's goroutine (a
+//                                              child of the caller's), parent
+//                                              = the goroutine's context
+//           (*ClientConn).writeHeaders entry -> the stream id is known: the
+//                                              client records its span for
+//                                              the (4-tuple, stream id)
+//           (*clientConnReadLoop).handleResponse entry -> span ends with the
+//                                              :status of the response headers
+//                                              (1xx responses are skipped)
+//
+// The incoming traceparent header is not read: the header map is a Go map,
+// which a BPF program cannot look up. A server span joins a traced client's
+// trace through grpc_joins, as gRPC's do, or starts its own.
+
+#define H2_COPIES 2
+#define H2_PATH_MAX 128
+#define H2_QUERY_MAX 64
+#define H2_HOST_MAX 64
+#define H2_METHOD_MAX 16
+
+// One copy's struct offsets.
+struct h2_copy {
+	__u32 sc_conn; // serverConn.conn (net.Conn)
+	__u32 rw_rws; // responseWriter.rws (*responseWriterState)
+	__u32 rws_stream; // responseWriterState.stream (*stream)
+	__u32 rws_status; // responseWriterState.status (int)
+	__u32 stream_id; // stream.id (uint32)
+	__u32 cs_cc; // clientStream.cc (*ClientConn)
+	__u32 cc_tconn; // ClientConn.tconn (net.Conn)
+	__u32 mhf_fields; // MetaHeadersFrame.Fields ([]hpack.HeaderField)
+	__u32 hf_value; // hpack.HeaderField.Value (Name is at 0)
+	__u32 ok; // offsets known
+};
+
+// What the h2 programs read in one process: tgid -> offsets.
+struct h2_proc {
+	__u64 tcp_conn_itab; // run-time *net.TCPConn net.Conn itab, 0: unknown
+	struct h2_copy copies[H2_COPIES];
+	__u32 req_method; // net/http.Request.Method (string)
+	__u32 req_url; // .URL (*url.URL)
+	__u32 req_host; // .Host (string)
+	__u32 req_uri; // .RequestURI (string)
+	__u32 url_path; // net/url.URL.Path (string)
+	__u32 url_query; // .RawQuery (string)
+	__u32 url_host; // .Host (string)
+	__u32 conn_fd; // net.conn.fd (*netFD; TCPConn embeds conn at 0)
+	__u32 fd_laddr; // net.netFD.laddr (net.Addr)
+	__u32 fd_raddr; // .raddr
+	__u32 tcp_ip; // net.TCPAddr.IP
+	__u32 tcp_port; // .Port
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct h2_proc);
+} h2_procs SEC(".maps");
+
+struct h2_call {
+	__u64 start_ns;
+	__u64 cs; // client: the *clientStream
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_id[8];
+	__u8 local_ip[16];
+	__u8 peer_ip[16];
+	__u8 method[H2_METHOD_MAX];
+	__u8 path[H2_PATH_MAX];
+	__u8 query[H2_QUERY_MAX];
+	__u8 host[H2_HOST_MAX];
+	__u32 path_len;
+	__u32 query_len;
+	__u32 host_len;
+	__u32 stream_id;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 method_len;
+	__u8 trace_flags;
+	__u8 joined;
+	__u8 _pad[1];
+};
+
+// Calls in progress: servers by goroutine, clients by goroutine until the
+// stream id is known, then by *clientStream (the response is read by the
+// connection's read loop goroutine).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct grpc_call_key);
+	__type(value, struct h2_call);
+} h2_server_calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct grpc_call_key);
+	__type(value, struct h2_call);
+} h2_client_calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct h2_call);
+} h2_scratch SEC(".maps");
+
+// One record per finished HTTP/2 request, in httptrace's ring buffer (told
+// apart by its size).
+struct h2_event {
+	__u64 start_ns;
+	__u64 end_ns;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_id[8];
+	__u8 local_ip[16];
+	__u8 peer_ip[16];
+	__u8 method[H2_METHOD_MAX];
+	__u8 path[H2_PATH_MAX];
+	__u8 query[H2_QUERY_MAX];
+	__u8 host[H2_HOST_MAX];
+	__u32 pid;
+	__u32 tid;
+	__u32 path_len;
+	__u32 query_len;
+	__u32 host_len;
+	__u32 stream_id;
+	__s32 status;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 method_len;
+	__u8 kind;
+	__u8 trace_flags;
+	__u8 joined;
+	__u8 _pad[4];
+};
+
+const struct h2_event *unused_h2_event __attribute__((unused));
+const struct h2_proc *unused_h2_proc __attribute__((unused));
+
+static __always_inline struct h2_proc *h2_proc_of(__u64 pid_tgid)
+{
+	if (return_at_once)
+		return 0;
+	__u32 tgid = pid_tgid >> 32;
+	if (!bpf_map_lookup_elem(&traced_pids, &tgid))
+		return 0;
+	return bpf_map_lookup_elem(&h2_procs, &tgid);
+}
+
+static __always_inline struct h2_copy *h2_copy_of(struct h2_proc *p, struct pt_regs *ctx)
+{
+	__u64 i = bpf_get_attach_cookie(ctx);
+	if (i >= H2_COPIES)
+		return 0;
+	struct h2_copy *c = &p->copies[i];
+	return c->ok ? c : 0;
+}
+
+// Reads the Go string at addr (pointer, length) into dst of size max;
+// returns the length kept.
+#define H2_READ_STR(dst, max, addr)                                                                \
+	({                                                                                          \
+		__u64 _p = read_u64(addr);                                                          \
+		__u64 _n = read_u64((addr) + 8);                                                    \
+		if (_n > (max))                                                                     \
+			_n = (max);                                                                 \
+		_n &= (max) * 2 - 1;                                                                \
+		if (_p && _n > 0 && _n <= (max))                                                    \
+			bpf_probe_read_user(dst, _n, (void *)_p);                                   \
+		else                                                                                \
+			_n = 0;                                                                     \
+		(__u32) _n;                                                                         \
+	})
+
+// Reads the addresses of a net.Conn interface at iface (a *net.TCPConn)
+// into c: local and peer.
+static __always_inline void h2_read_conn(struct h2_proc *p, __u64 iface, struct h2_call *c)
+{
+	__u64 itab = read_u64(iface);
+	if (!itab || (p->tcp_conn_itab && itab != p->tcp_conn_itab))
+		return; // not a *net.TCPConn (TLS, a wrapper): no addresses
+	__u64 tc = read_u64(iface + 8);
+	if (!tc)
+		return;
+	__u64 fd = read_u64(tc + p->conn_fd);
+	if (!fd)
+		return;
+	struct grpc_proc ap = {.tcp_ip = p->tcp_ip, .tcp_port = p->tcp_port};
+	read_addr(&ap, fd + p->fd_laddr, c->local_ip, &c->local_port);
+	read_addr(&ap, fd + p->fd_raddr, c->peer_ip, &c->peer_port);
+}
+
+static __always_inline struct h2_call *h2_scratch_call(void)
+{
+	__u32 zero = 0;
+	struct h2_call *c = bpf_map_lookup_elem(&h2_scratch, &zero);
+	if (c)
+		__builtin_memset(c, 0, sizeof(*c));
+	return c;
+}
+
+static __always_inline void h2_emit(struct h2_call *c, __u8 kind, __s32 status, __u64 pid_tgid)
+{
+	if (!(c->trace_flags & 1))
+		return; // not sampled
+	struct h2_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(GRPC_EVENTS_LOST);
+		return;
+	}
+	e->start_ns = c->start_ns;
+	e->end_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->trace_id, c->trace_id, 16);
+	__builtin_memcpy(e->span_id, c->span_id, 8);
+	__builtin_memcpy(e->parent_id, c->parent_id, 8);
+	__builtin_memcpy(e->local_ip, c->local_ip, 16);
+	__builtin_memcpy(e->peer_ip, c->peer_ip, 16);
+	__builtin_memcpy(e->method, c->method, H2_METHOD_MAX);
+	__builtin_memcpy(e->path, c->path, H2_PATH_MAX);
+	__builtin_memcpy(e->query, c->query, H2_QUERY_MAX);
+	__builtin_memcpy(e->host, c->host, H2_HOST_MAX);
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->path_len = c->path_len;
+	e->query_len = c->query_len;
+	e->host_len = c->host_len;
+	e->stream_id = c->stream_id;
+	e->status = status;
+	e->local_port = c->local_port;
+	e->peer_port = c->peer_port;
+	e->method_len = c->method_len;
+	e->kind = kind;
+	e->trace_flags = c->trace_flags;
+	e->joined = c->joined;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	long flags = 0;
+	if (wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										 : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+// The CLIENT span a traced client recorded for c's stream (the reversed
+// tuple, the same stream id), as gRPC's join.
+static __always_inline bool h2_join(struct h2_call *c)
+{
+	struct grpc_join_key jk = {.stream_id = c->stream_id, .client_port = c->peer_port, .server_port = c->local_port};
+	__builtin_memcpy(jk.client_ip, c->peer_ip, 16);
+	__builtin_memcpy(jk.server_ip, c->local_ip, 16);
+	struct grpc_parent *jp = bpf_map_lookup_elem(&grpc_joins, &jk);
+	if (!jp)
+		return false;
+	__builtin_memcpy(c->trace_id, jp->trace_id, 16);
+	__builtin_memcpy(c->parent_id, jp->span_id, 8);
+	c->trace_flags = jp->trace_flags;
+	return true;
+}
+
+// (*serverConn).runHandler(sc, rw *responseWriter, req *Request, handler)
+// entry, on the handler's goroutine: RAX sc, RBX rw, RCX req.
+static __always_inline int on_h2_run_handler(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct h2_proc *p = h2_proc_of(pid_tgid);
+	if (!p)
+		return 0;
+	struct h2_copy *cp = h2_copy_of(p, ctx);
+	if (!cp)
+		return 0;
+	__u64 sc = GO_ARG1(ctx), rw = GO_ARG2(ctx), req = GO_ARG3(ctx);
+	if (!sc || !rw || !req)
+		return 0;
+	bool is_go;
+	__u64 goid = current_go_id(pid_tgid >> 32, &is_go);
+	if (!goid)
+		return 0;
+	struct h2_call *c = h2_scratch_call();
+	if (!c)
+		return 0;
+	c->start_ns = bpf_ktime_get_ns();
+	__u64 rws = read_u64(rw + cp->rw_rws);
+	__u64 st = rws ? read_u64(rws + cp->rws_stream) : 0;
+	if (st)
+		c->stream_id = read_u32(st + cp->stream_id);
+	c->method_len = H2_READ_STR(c->method, H2_METHOD_MAX, req + p->req_method);
+	c->path_len = H2_READ_STR(c->path, H2_PATH_MAX, req + p->req_uri);
+	c->host_len = H2_READ_STR(c->host, H2_HOST_MAX, req + p->req_host);
+	h2_read_conn(p, sc + cp->sc_conn, c);
+	if (h2_join(c)) {
+		c->joined = 1;
+		count(GRPC_JOINED);
+	} else {
+		random_id(c->trace_id, 4);
+		c->trace_flags = 0x03; // sampled, random trace id
+		count(GRPC_UNJOINED);
+	}
+	random_id(c->span_id, 2);
+	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = goid};
+	bpf_map_update_elem(&h2_server_calls, &k, c, BPF_ANY);
+	// The handler runs on this goroutine: its outgoing requests (and the
+	// goroutines it starts) are children of this span.
+	struct thread_ctx tc = {.trace_flags = c->trace_flags};
+	__builtin_memcpy(tc.trace_id, c->trace_id, 16);
+	__builtin_memcpy(tc.span_id, c->span_id, 8);
+	struct go_key gk = {.tgid = pid_tgid >> 32, .g = goid};
+	bpf_map_update_elem(&go_ctxs, &gk, &tc, BPF_ANY);
+	return 0;
+}
+
+// (*responseWriter).handlerDone(w) entry, on the handler's goroutine
+// (runHandler's deferred function): RAX w. A handler that wrote nothing
+// gets 200 from the Flush that follows.
+static __always_inline int on_h2_handler_done(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct h2_proc *p = h2_proc_of(pid_tgid);
+	if (!p)
+		return 0;
+	struct h2_copy *cp = h2_copy_of(p, ctx);
+	if (!cp)
+		return 0;
+	bool is_go;
+	__u64 goid = current_go_id(pid_tgid >> 32, &is_go);
+	if (!goid)
+		return 0;
+	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = goid};
+	struct h2_call *c = bpf_map_lookup_elem(&h2_server_calls, &k);
+	if (!c)
+		return 0;
+	__u64 w = GO_ARG1(ctx);
+	__u64 rws = w ? read_u64(w + cp->rw_rws) : 0;
+	__s32 status = rws ? (__s32)read_u64(rws + cp->rws_status) : 0;
+	if (status == 0)
+		status = 200;
+	h2_emit(c, KIND_SERVER, status, pid_tgid);
+	struct go_key gk = {.tgid = pid_tgid >> 32, .g = goid};
+	bpf_map_delete_elem(&go_ctxs, &gk);
+	bpf_map_delete_elem(&h2_server_calls, &k);
+	return 0;
+}
+
+// (*clientStream).encodeAndWriteHeaders(cs, req *Request) entry, on the
+// request's goroutine (started by RoundTrip): RAX cs, RBX req. The stream
+// has no id yet (it is assigned under the connection's lock, later).
+static __always_inline int on_h2_encode_headers(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct h2_proc *p = h2_proc_of(pid_tgid);
+	if (!p)
+		return 0;
+	struct h2_copy *cp = h2_copy_of(p, ctx);
+	if (!cp)
+		return 0;
+	__u64 cs = GO_ARG1(ctx), req = GO_ARG2(ctx);
+	if (!cs || !req)
+		return 0;
+	__u64 goid = 0;
+	struct thread_ctx *parent = current_ctx(pid_tgid, &goid);
+	if (!goid)
+		return 0;
+	struct h2_call *c = h2_scratch_call();
+	if (!c)
+		return 0;
+	c->start_ns = bpf_ktime_get_ns();
+	c->cs = cs;
+	c->method_len = H2_READ_STR(c->method, H2_METHOD_MAX, req + p->req_method);
+	c->host_len = H2_READ_STR(c->host, H2_HOST_MAX, req + p->req_host);
+	__u64 u = read_u64(req + p->req_url);
+	if (u) {
+		c->path_len = H2_READ_STR(c->path, H2_PATH_MAX, u + p->url_path);
+		c->query_len = H2_READ_STR(c->query, H2_QUERY_MAX, u + p->url_query);
+		if (!c->host_len)
+			c->host_len = H2_READ_STR(c->host, H2_HOST_MAX, u + p->url_host);
+	}
+	__u64 cc = read_u64(cs + cp->cs_cc);
+	if (cc)
+		h2_read_conn(p, cc + cp->cc_tconn, c);
+	if (parent) {
+		__builtin_memcpy(c->trace_id, parent->trace_id, 16);
+		__builtin_memcpy(c->parent_id, parent->span_id, 8);
+		c->trace_flags = parent->trace_flags;
+	} else {
+		random_id(c->trace_id, 4);
+		c->trace_flags = 0x03;
+	}
+	random_id(c->span_id, 2);
+	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = goid};
+	bpf_map_update_elem(&h2_client_calls, &k, c, BPF_ANY);
+	return 0;
+}
+
+// (*ClientConn).writeHeaders(cc, streamID uint32, ...) entry, called by
+// encodeAndWriteHeaders on the same goroutine: RBX streamID. The span is
+// recorded for the stream (before its HEADERS frame is written) and moves
+// to its *clientStream key.
+static __always_inline int on_h2_write_headers(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct h2_proc *p = h2_proc_of(pid_tgid);
+	if (!p)
+		return 0;
+	bool is_go;
+	__u64 goid = current_go_id(pid_tgid >> 32, &is_go);
+	if (!goid)
+		return 0;
+	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = goid};
+	struct h2_call *c = bpf_map_lookup_elem(&h2_client_calls, &k);
+	if (!c || !c->cs)
+		return 0; // also: trailers' HEADERS of a stream already moved
+	c->stream_id = (__u32)GO_ARG2(ctx);
+	struct grpc_join_key jk = {.stream_id = c->stream_id, .client_port = c->local_port, .server_port = c->peer_port};
+	__builtin_memcpy(jk.client_ip, c->local_ip, 16);
+	__builtin_memcpy(jk.server_ip, c->peer_ip, 16);
+	struct grpc_parent jp = {.trace_flags = c->trace_flags};
+	__builtin_memcpy(jp.trace_id, c->trace_id, 16);
+	__builtin_memcpy(jp.span_id, c->span_id, 8);
+	bpf_map_update_elem(&grpc_joins, &jk, &jp, BPF_ANY);
+	struct grpc_call_key ck = {.tgid = pid_tgid >> 32, .id = c->cs};
+	bpf_map_update_elem(&h2_client_calls, &ck, c, BPF_ANY);
+	bpf_map_delete_elem(&h2_client_calls, &k);
+	return 0;
+}
+
+// (*clientConnReadLoop).handleResponse(rl, cs *clientStream, f
+// *MetaHeadersFrame) entry, on the connection's read loop: RBX cs, RCX f.
+// The status is the value of the :status pseudo-header, which comes first.
+static __always_inline int on_h2_handle_response(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct h2_proc *p = h2_proc_of(pid_tgid);
+	if (!p)
+		return 0;
+	struct h2_copy *cp = h2_copy_of(p, ctx);
+	if (!cp)
+		return 0;
+	__u64 cs = GO_ARG2(ctx), f = GO_ARG3(ctx);
+	struct grpc_call_key k = {.tgid = pid_tgid >> 32, .id = cs};
+	struct h2_call *c = bpf_map_lookup_elem(&h2_client_calls, &k);
+	if (!cs || !f || !c)
+		return 0;
+	__s32 status = 0;
+	__u64 fields = read_u64(f + cp->mhf_fields);
+	__u64 n = read_u64(f + cp->mhf_fields + 8);
+	if (fields && n > 0) {
+		__u64 name = read_u64(fields);
+		__u64 nlen = read_u64(fields + 8);
+		char nb[8] = {};
+		char vb[4] = {};
+		if (nlen == 7 && !bpf_probe_read_user(nb, 7, (void *)name) && nb[0] == ':' && nb[1] == 's' &&
+		    nb[2] == 't' && nb[6] == 's' && read_u64(fields + cp->hf_value + 8) == 3 &&
+		    !bpf_probe_read_user(vb, 3, (void *)read_u64(fields + cp->hf_value))) {
+			for (int i = 0; i < 3; i++) {
+				if (vb[i] < '0' || vb[i] > '9') {
+					status = 0;
+					break;
+				}
+				status = status * 10 + (vb[i] - '0');
+			}
+		}
+	}
+	if (status >= 100 && status < 200)
+		return 0; // an interim response: the final one follows
+	h2_emit(c, KIND_CLIENT, status, pid_tgid);
+	bpf_map_delete_elem(&h2_client_calls, &k);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int goh2_run_handler(struct pt_regs *ctx) { return on_h2_run_handler(ctx); }
+
+SEC("uprobe.multi")
+int goh2_handler_done(struct pt_regs *ctx) { return on_h2_handler_done(ctx); }
+
+SEC("uprobe.multi")
+int goh2_encode_headers(struct pt_regs *ctx) { return on_h2_encode_headers(ctx); }
+
+SEC("uprobe.multi")
+int goh2_write_headers(struct pt_regs *ctx) { return on_h2_write_headers(ctx); }
+
+SEC("uprobe.multi")
+int goh2_handle_response(struct pt_regs *ctx) { return on_h2_handle_response(ctx); }

@@ -135,6 +135,90 @@ type gogrpcGrpcProc struct {
 	Pad                 uint32
 }
 
+type gogrpcH2Call struct {
+	_          structs.HostLayout
+	StartNs    uint64
+	Cs         uint64
+	TraceId    [16]uint8
+	SpanId     [8]uint8
+	ParentId   [8]uint8
+	LocalIp    [16]uint8
+	PeerIp     [16]uint8
+	Method     [16]uint8
+	Path       [128]uint8
+	Query      [64]uint8
+	Host       [64]uint8
+	PathLen    uint32
+	QueryLen   uint32
+	HostLen    uint32
+	StreamId   uint32
+	LocalPort  uint16
+	PeerPort   uint16
+	MethodLen  uint8
+	TraceFlags uint8
+	Joined     uint8
+	Pad        [1]uint8
+}
+
+type gogrpcH2Event struct {
+	_          structs.HostLayout
+	StartNs    uint64
+	EndNs      uint64
+	TraceId    [16]uint8
+	SpanId     [8]uint8
+	ParentId   [8]uint8
+	LocalIp    [16]uint8
+	PeerIp     [16]uint8
+	Method     [16]uint8
+	Path       [128]uint8
+	Query      [64]uint8
+	Host       [64]uint8
+	Pid        uint32
+	Tid        uint32
+	PathLen    uint32
+	QueryLen   uint32
+	HostLen    uint32
+	StreamId   uint32
+	Status     int32
+	LocalPort  uint16
+	PeerPort   uint16
+	MethodLen  uint8
+	Kind       uint8
+	TraceFlags uint8
+	Joined     uint8
+	Pad        [4]uint8
+}
+
+type gogrpcH2Proc struct {
+	_           structs.HostLayout
+	TcpConnItab uint64
+	Copies      [2]struct {
+		_         structs.HostLayout
+		ScConn    uint32
+		RwRws     uint32
+		RwsStream uint32
+		RwsStatus uint32
+		StreamId  uint32
+		CsCc      uint32
+		CcTconn   uint32
+		MhfFields uint32
+		HfValue   uint32
+		Ok        uint32
+	}
+	ReqMethod uint32
+	ReqUrl    uint32
+	ReqHost   uint32
+	ReqUri    uint32
+	UrlPath   uint32
+	UrlQuery  uint32
+	UrlHost   uint32
+	ConnFd    uint32
+	FdLaddr   uint32
+	FdRaddr   uint32
+	TcpIp     uint32
+	TcpPort   uint32
+}
+
 type gogrpcThreadCtx struct {
 	_          structs.HostLayout
 	TraceId    [16]uint8
@@ -163,15 +247,26 @@ const (
 	gogrpcMapGrpcProcs           = "grpc_procs"
 	gogrpcMapGrpcScratch         = "grpc_scratch"
 	gogrpcMapGrpcServerCalls     = "grpc_server_calls"
+	gogrpcMapH2ClientCalls       = "h2_client_calls"
+	gogrpcMapH2Procs             = "h2_procs"
+	gogrpcMapH2Scratch           = "h2_scratch"
+	gogrpcMapH2ServerCalls       = "h2_server_calls"
 	gogrpcMapThreadCtxs          = "thread_ctxs"
 	gogrpcMapTracedPids          = "traced_pids"
 	gogrpcProgGogrpcClientWrite  = "gogrpc_client_write"
 	gogrpcProgGogrpcFinish       = "gogrpc_finish"
 	gogrpcProgGogrpcHandleStream = "gogrpc_handle_stream"
 	gogrpcProgGogrpcWriteStatus  = "gogrpc_write_status"
+	gogrpcProgGoh2EncodeHeaders  = "goh2_encode_headers"
+	gogrpcProgGoh2HandleResponse = "goh2_handle_response"
+	gogrpcProgGoh2HandlerDone    = "goh2_handler_done"
+	gogrpcProgGoh2RunHandler     = "goh2_run_handler"
+	gogrpcProgGoh2WriteHeaders   = "goh2_write_headers"
 	gogrpcVarReturnAtOnce        = "return_at_once"
 	gogrpcVarUnusedGrpcEvent     = "unused_grpc_event"
 	gogrpcVarUnusedGrpcProc      = "unused_grpc_proc"
+	gogrpcVarUnusedH2Event       = "unused_h2_event"
+	gogrpcVarUnusedH2Proc        = "unused_h2_proc"
 	gogrpcVarWakeupBytes         = "wakeup_bytes"
 )
 
@@ -221,6 +316,11 @@ type gogrpcProgramSpecs struct {
 	GogrpcFinish       *ebpf.ProgramSpec `ebpf:"gogrpc_finish"`
 	GogrpcHandleStream *ebpf.ProgramSpec `ebpf:"gogrpc_handle_stream"`
 	GogrpcWriteStatus  *ebpf.ProgramSpec `ebpf:"gogrpc_write_status"`
+	Goh2EncodeHeaders  *ebpf.ProgramSpec `ebpf:"goh2_encode_headers"`
+	Goh2HandleResponse *ebpf.ProgramSpec `ebpf:"goh2_handle_response"`
+	Goh2HandlerDone    *ebpf.ProgramSpec `ebpf:"goh2_handler_done"`
+	Goh2RunHandler     *ebpf.ProgramSpec `ebpf:"goh2_run_handler"`
+	Goh2WriteHeaders   *ebpf.ProgramSpec `ebpf:"goh2_write_headers"`
 }
 
 // gogrpcMapSpecs contains maps before they are loaded into the kernel.
@@ -238,6 +338,10 @@ type gogrpcMapSpecs struct {
 	GrpcProcs       *ebpf.MapSpec `ebpf:"grpc_procs"`
 	GrpcScratch     *ebpf.MapSpec `ebpf:"grpc_scratch"`
 	GrpcServerCalls *ebpf.MapSpec `ebpf:"grpc_server_calls"`
+	H2ClientCalls   *ebpf.MapSpec `ebpf:"h2_client_calls"`
+	H2Procs         *ebpf.MapSpec `ebpf:"h2_procs"`
+	H2Scratch       *ebpf.MapSpec `ebpf:"h2_scratch"`
+	H2ServerCalls   *ebpf.MapSpec `ebpf:"h2_server_calls"`
 	ThreadCtxs      *ebpf.MapSpec `ebpf:"thread_ctxs"`
 	TracedPids      *ebpf.MapSpec `ebpf:"traced_pids"`
 }
@@ -249,6 +353,8 @@ type gogrpcVariableSpecs struct {
 	ReturnAtOnce    *ebpf.VariableSpec `ebpf:"return_at_once"`
 	UnusedGrpcEvent *ebpf.VariableSpec `ebpf:"unused_grpc_event"`
 	UnusedGrpcProc  *ebpf.VariableSpec `ebpf:"unused_grpc_proc"`
+	UnusedH2Event   *ebpf.VariableSpec `ebpf:"unused_h2_event"`
+	UnusedH2Proc    *ebpf.VariableSpec `ebpf:"unused_h2_proc"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -283,6 +389,10 @@ type gogrpcMaps struct {
 	GrpcProcs       *ebpf.Map `ebpf:"grpc_procs"`
 	GrpcScratch     *ebpf.Map `ebpf:"grpc_scratch"`
 	GrpcServerCalls *ebpf.Map `ebpf:"grpc_server_calls"`
+	H2ClientCalls   *ebpf.Map `ebpf:"h2_client_calls"`
+	H2Procs         *ebpf.Map `ebpf:"h2_procs"`
+	H2Scratch       *ebpf.Map `ebpf:"h2_scratch"`
+	H2ServerCalls   *ebpf.Map `ebpf:"h2_server_calls"`
 	ThreadCtxs      *ebpf.Map `ebpf:"thread_ctxs"`
 	TracedPids      *ebpf.Map `ebpf:"traced_pids"`
 }
@@ -300,6 +410,10 @@ func (m *gogrpcMaps) Close() error {
 		m.GrpcProcs,
 		m.GrpcScratch,
 		m.GrpcServerCalls,
+		m.H2ClientCalls,
+		m.H2Procs,
+		m.H2Scratch,
+		m.H2ServerCalls,
 		m.ThreadCtxs,
 		m.TracedPids,
 	)
@@ -312,6 +426,8 @@ type gogrpcVariables struct {
 	ReturnAtOnce    *ebpf.Variable `ebpf:"return_at_once"`
 	UnusedGrpcEvent *ebpf.Variable `ebpf:"unused_grpc_event"`
 	UnusedGrpcProc  *ebpf.Variable `ebpf:"unused_grpc_proc"`
+	UnusedH2Event   *ebpf.Variable `ebpf:"unused_h2_event"`
+	UnusedH2Proc    *ebpf.Variable `ebpf:"unused_h2_proc"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
@@ -323,6 +439,11 @@ type gogrpcPrograms struct {
 	GogrpcFinish       *ebpf.Program `ebpf:"gogrpc_finish"`
 	GogrpcHandleStream *ebpf.Program `ebpf:"gogrpc_handle_stream"`
 	GogrpcWriteStatus  *ebpf.Program `ebpf:"gogrpc_write_status"`
+	Goh2EncodeHeaders  *ebpf.Program `ebpf:"goh2_encode_headers"`
+	Goh2HandleResponse *ebpf.Program `ebpf:"goh2_handle_response"`
+	Goh2HandlerDone    *ebpf.Program `ebpf:"goh2_handler_done"`
+	Goh2RunHandler     *ebpf.Program `ebpf:"goh2_run_handler"`
+	Goh2WriteHeaders   *ebpf.Program `ebpf:"goh2_write_headers"`
 }
 
 func (p *gogrpcPrograms) Close() error {
@@ -331,6 +452,11 @@ func (p *gogrpcPrograms) Close() error {
 		p.GogrpcFinish,
 		p.GogrpcHandleStream,
 		p.GogrpcWriteStatus,
+		p.Goh2EncodeHeaders,
+		p.Goh2HandleResponse,
+		p.Goh2HandlerDone,
+		p.Goh2RunHandler,
+		p.Goh2WriteHeaders,
 	)
 }
 

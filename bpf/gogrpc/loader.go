@@ -24,15 +24,26 @@ import (
 // EventSize is the size of a gRPC record in the ring buffer.
 const EventSize = int(unsafe.Sizeof(gogrpcGrpcEvent{}))
 
+// H2EventSize is the size of an HTTP/2 (h2c) request record.
+const H2EventSize = int(unsafe.Sizeof(gogrpcH2Event{}))
+
 func init() {
 	// Records share httptrace's ring buffer and are told apart by size.
-	if EventSize == httptrace.EventSize || EventSize == httptrace.TraceStateEventSize {
-		panic("gogrpc: record size collides with httptrace's")
+	for _, n := range []int{EventSize, H2EventSize} {
+		if n == httptrace.EventSize || n == httptrace.TraceStateEventSize {
+			panic("gogrpc: record size collides with httptrace's")
+		}
+	}
+	if EventSize == H2EventSize {
+		panic("gogrpc: gRPC and HTTP/2 records of one size")
 	}
 }
 
 // IsEvent reports whether raw is a gRPC record.
 func IsEvent(raw []byte) bool { return len(raw) == EventSize }
+
+// IsH2Event reports whether raw is an HTTP/2 request record.
+func IsH2Event(raw []byte) bool { return len(raw) == H2EventSize }
 
 // maxExes bounds the cache of analysed executables.
 const maxExes = 256
@@ -79,8 +90,10 @@ type exeKey struct {
 }
 
 type exeInfo struct {
-	info *goexe.GRPCInfo
-	err  error
+	info  *goexe.GRPCInfo
+	err   error
+	h2    *goexe.H2Info
+	h2err error
 }
 
 // Load loads the programs. They need uprobe_multi links (Linux 6.6):
@@ -155,24 +168,133 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 	if ei == nil {
 		info, err := goexe.InspectGRPC(path)
 		ei = &exeInfo{info: info, err: err}
+		ei.h2, ei.h2err = goexe.InspectH2(path)
 		if len(t.exes) >= maxExes {
 			clear(t.exes)
 		}
 		t.exes[key] = ei
 	}
-	if errors.Is(ei.err, goexe.ErrNotGo) || errors.Is(ei.err, goexe.ErrNoGRPC) {
+	noGRPC := errors.Is(ei.err, goexe.ErrNotGo) || errors.Is(ei.err, goexe.ErrNoGRPC)
+	noH2 := errors.Is(ei.h2err, goexe.ErrNotGo) || errors.Is(ei.h2err, goexe.ErrNoH2)
+	if noGRPC && noH2 {
 		return false, nil
 	}
-	if ei.err != nil {
+	if ei.err != nil && !noGRPC {
 		return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, ei.err)
 	}
-	info := ei.info
+	if ei.h2err != nil && !noH2 {
+		return false, fmt.Errorf("attach HTTP/2 probes to pid %d (%s): %w", pid, exePath, ei.h2err)
+	}
 	var bias uint64
-	if info.PIE {
+	if (ei.info != nil && ei.info.PIE) || (ei.h2 != nil && ei.h2.PIE) {
 		if bias, err = goexe.LoadBias(pid, path); err != nil {
 			return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, err)
 		}
 	}
+	type site struct {
+		prog    *ebpf.Program
+		sym     string
+		addrs   []uint64
+		cookies []uint64
+	}
+	var sites []site
+	if info := ei.info; info != nil {
+		if err := t.grpcProc(pid, info, bias); err != nil {
+			return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, err)
+		}
+		if info.HasClient {
+			sites = append(sites, site{t.objs.GogrpcClientWrite, goexe.GRPCClientWrite, []uint64{info.ClientWrite}, nil},
+				site{t.objs.GogrpcFinish, goexe.GRPCFinish, []uint64{info.Finish}, nil})
+		}
+		if info.HasServe {
+			sites = append(sites, site{t.objs.GogrpcHandleStream, goexe.GRPCHandleStream, []uint64{info.HandleStream}, nil},
+				site{t.objs.GogrpcWriteStatus, goexe.GRPCWriteStatus, []uint64{info.WriteStatus}, nil})
+		}
+	}
+	if h2 := ei.h2; h2 != nil {
+		proc, copies := h2Proc(h2, bias)
+		if err := t.objs.H2Procs.Put(uint32(pid), proc); err != nil {
+			_ = t.objs.GrpcProcs.Delete(uint32(pid))
+			return false, fmt.Errorf("attach HTTP/2 probes to pid %d (%s): %w", pid, exePath, err)
+		}
+		// One link per program, one address per copy, the copy's index
+		// as its cookie.
+		progs := []*ebpf.Program{t.objs.Goh2RunHandler, t.objs.Goh2HandlerDone,
+			t.objs.Goh2EncodeHeaders, t.objs.Goh2WriteHeaders, t.objs.Goh2HandleResponse}
+		for j, prog := range progs {
+			s := site{prog: prog, sym: "HTTP/2 " + prog.String()}
+			for _, c := range copies {
+				cp := h2.Copies[c]
+				addrs := []uint64{cp.RunHandler, cp.HandlerDone, cp.EncodeHeaders, cp.WriteHeaders, cp.HandleResponse}
+				if (j < 2 && !cp.HasServer) || (j >= 2 && !cp.HasClient) {
+					continue
+				}
+				s.addrs = append(s.addrs, addrs[j])
+				s.cookies = append(s.cookies, h2CopyIndex(cp.Name))
+			}
+			if len(s.addrs) > 0 {
+				sites = append(sites, s)
+			}
+		}
+	}
+	ex, err := link.OpenExecutable(path)
+	if err != nil {
+		t.deleteProcs(pid)
+		return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, err)
+	}
+	var links []link.Link
+	for _, s := range sites {
+		l, err := ex.UprobeMulti(nil, s.prog, &link.UprobeMultiOptions{Addresses: s.addrs, Cookies: s.cookies, PID: uint32(pid)})
+		if err != nil {
+			_ = closeLinks(links)
+			t.deleteProcs(pid)
+			return false, fmt.Errorf("attach grpc probes to pid %d (%s): uprobe_multi on %s: %w", pid, exePath, s.sym, err)
+		}
+		links = append(links, l)
+	}
+	t.links[pid] = links
+	return true, nil
+}
+
+func (t *Tracer) deleteProcs(pid int) {
+	_ = t.objs.GrpcProcs.Delete(uint32(pid))
+	_ = t.objs.H2Procs.Delete(uint32(pid))
+}
+
+// h2CopyIndex is the cookie of a copy: 0 the bundled one, 1 x/net's.
+func h2CopyIndex(name string) uint64 {
+	if name == "net/http" {
+		return 0
+	}
+	return 1
+}
+
+// h2Proc is the programs' view of h2 and the indexes of its copies.
+func h2Proc(h2 *goexe.H2Info, bias uint64) (gogrpcH2Proc, []int) {
+	o := h2.Offsets
+	p := gogrpcH2Proc{
+		ReqMethod: uint32(o.ReqMethod), ReqUrl: uint32(o.ReqURL), ReqHost: uint32(o.ReqHost), ReqUri: uint32(o.ReqURI),
+		UrlPath: uint32(o.URLPath), UrlQuery: uint32(o.URLQuery), UrlHost: uint32(o.URLHost),
+		ConnFd: uint32(o.ConnFD), FdLaddr: uint32(o.FDLaddr), FdRaddr: uint32(o.FDRaddr),
+		TcpIp: uint32(o.TCPAddrIP), TcpPort: uint32(o.TCPAddrPort),
+	}
+	if h2.TCPConnItab != 0 {
+		p.TcpConnItab = h2.TCPConnItab + bias
+	}
+	var idx []int
+	for i, c := range h2.Copies {
+		co := c.Offsets
+		pc := &p.Copies[h2CopyIndex(c.Name)]
+		pc.ScConn, pc.RwRws, pc.RwsStream, pc.RwsStatus = uint32(co.SCConn), uint32(co.RWRws), uint32(co.RwsStream), uint32(co.RwsStatus)
+		pc.StreamId, pc.CsCc, pc.CcTconn = uint32(co.StreamID), uint32(co.CSCC), uint32(co.CCTconn)
+		pc.MhfFields, pc.HfValue, pc.Ok = uint32(co.MHFFields), uint32(co.HFValue), 1
+		idx = append(idx, i)
+	}
+	return p, idx
+}
+
+// grpcProc puts the gRPC offsets of pid.
+func (t *Tracer) grpcProc(pid int, info *goexe.GRPCInfo, bias uint64) error {
 	o := info.Offsets
 	proc := gogrpcGrpcProc{
 		StreamMethod: uint32(o.StreamMethod), StreamId: uint32(o.StreamID),
@@ -192,40 +314,7 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 	if info.ServerTransportItab != 0 {
 		proc.ServerTransportItab = info.ServerTransportItab + bias
 	}
-	if err := t.objs.GrpcProcs.Put(uint32(pid), proc); err != nil {
-		return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, err)
-	}
-	ex, err := link.OpenExecutable(path)
-	if err != nil {
-		_ = t.objs.GrpcProcs.Delete(uint32(pid))
-		return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, err)
-	}
-	type site struct {
-		prog  *ebpf.Program
-		sym   string
-		addrs []uint64
-	}
-	var sites []site
-	if info.HasClient {
-		sites = append(sites, site{t.objs.GogrpcClientWrite, goexe.GRPCClientWrite, []uint64{info.ClientWrite}},
-			site{t.objs.GogrpcFinish, goexe.GRPCFinish, []uint64{info.Finish}})
-	}
-	if info.HasServe {
-		sites = append(sites, site{t.objs.GogrpcHandleStream, goexe.GRPCHandleStream, []uint64{info.HandleStream}},
-			site{t.objs.GogrpcWriteStatus, goexe.GRPCWriteStatus, []uint64{info.WriteStatus}})
-	}
-	var links []link.Link
-	for _, s := range sites {
-		l, err := ex.UprobeMulti(nil, s.prog, &link.UprobeMultiOptions{Addresses: s.addrs, PID: uint32(pid)})
-		if err != nil {
-			_ = closeLinks(links)
-			_ = t.objs.GrpcProcs.Delete(uint32(pid))
-			return false, fmt.Errorf("attach grpc probes to pid %d (%s): uprobe_multi on %s: %w", pid, exePath, s.sym, err)
-		}
-		links = append(links, l)
-	}
-	t.links[pid] = links
-	return true, nil
+	return t.objs.GrpcProcs.Put(uint32(pid), proc)
 }
 
 func closeLinks(links []link.Link) error {
@@ -249,7 +338,7 @@ func (t *Tracer) detachLocked(pid int) error {
 		return nil
 	}
 	delete(t.links, pid)
-	_ = t.objs.GrpcProcs.Delete(uint32(pid))
+	t.deleteProcs(pid)
 	if err := closeLinks(links); err != nil {
 		return fmt.Errorf("detach grpc probes from pid %d: %w", pid, err)
 	}
@@ -340,4 +429,37 @@ func (d *Decoder) method(b []byte) string {
 	s := string(b)
 	d.methods[s] = s
 	return s
+}
+
+// DecodeH2 decodes an HTTP/2 request record (IsH2Event) into r: a
+// spans.Request with HTTP2 set (network.protocol.version "2").
+func (d *Decoder) DecodeH2(raw []byte, clock httptrace.Clock, r *spans.Request) error {
+	if len(raw) < H2EventSize {
+		return fmt.Errorf("decode HTTP/2 event: record of %d bytes, want %d", len(raw), H2EventSize)
+	}
+	ev := (*gogrpcH2Event)(unsafe.Pointer(&raw[0]))
+	*r = spans.Request{
+		Kind:         spans.Kind(ev.Kind),
+		Start:        clock.Time(ev.StartNs),
+		End:          clock.Time(ev.EndNs),
+		PID:          ev.Pid,
+		TID:          ev.Tid,
+		Method:       d.method(ev.Method[:min(int(ev.MethodLen), len(ev.Method))]),
+		Host:         d.method(ev.Host[:min(int(ev.HostLen), len(ev.Host))]),
+		Status:       int(ev.Status),
+		Local:        netip.AddrPortFrom(netip.AddrFrom16(ev.LocalIp).Unmap(), ev.LocalPort),
+		Peer:         netip.AddrPortFrom(netip.AddrFrom16(ev.PeerIp).Unmap(), ev.PeerPort),
+		HTTP2:        true,
+		TraceID:      pcommon.TraceID(ev.TraceId),
+		SpanID:       pcommon.SpanID(ev.SpanId),
+		ParentSpanID: pcommon.SpanID(ev.ParentId),
+		TraceFlags:   ev.TraceFlags,
+	}
+	path := ev.Path[:min(int(ev.PathLen), len(ev.Path))]
+	if q := ev.Query[:min(int(ev.QueryLen), len(ev.Query))]; len(q) > 0 {
+		r.Path = string(path) + "?" + string(q)
+	} else {
+		r.Path = string(path)
+	}
+	return nil
 }

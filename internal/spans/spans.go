@@ -57,7 +57,10 @@ type Request struct {
 	Status      int
 	Local, Peer netip.AddrPort
 	// ProtoMinor is the HTTP/1.x minor version: 0 or 1.
-	ProtoMinor   uint8
+	ProtoMinor uint8
+	// HTTP2: an HTTP/2 request (Go library probes, bpf/gogrpc):
+	// network.protocol.version "2", ProtoMinor unused.
+	HTTP2        bool
 	TraceID      pcommon.TraceID
 	SpanID       pcommon.SpanID
 	ParentSpanID pcommon.SpanID // zero if root
@@ -369,7 +372,11 @@ func (b *Builder) fill(span ptrace.Span, r *Request) {
 	if r.Status != 0 {
 		attrs.int(keyStatusCode, int64(r.Status))
 	}
-	attrs.str(keyProtoVersion, protoVersion(r.ProtoMinor))
+	if r.HTTP2 {
+		attrs.str(keyProtoVersion, "2")
+	} else {
+		attrs.str(keyProtoVersion, protoVersion(r.ProtoMinor))
+	}
 
 	peer := unmap(r.Peer)
 	if peer.IsValid() {

@@ -51,6 +51,11 @@ const (
 	// GOGRPC_MODE=client an HTTP front calling GOGRPC_TARGET over gRPC; not
 	// in AllLangs.
 	GoGRPC Lang = "gogrpc"
+	// GoH2C is apps/goh2c (a module of its own: the module proxy's
+	// golang.org/x/net): an h2c server, with GOH2C_TARGET calling another
+	// over h2c; GOH2C_COPY picks the HTTP/2 copy (std or xnet); not in
+	// AllLangs.
+	GoH2C Lang = "goh2c"
 	// PyAsync is apps/pyasync, a Python asyncio (aiohttp) server: one event
 	// loop thread; not in AllLangs.
 	PyAsync Lang = "pyasync"
@@ -260,7 +265,7 @@ func StartAppWith(t testing.TB, lang Lang, port int, service string, o AppOption
 	case GoUnknownRelease:
 		dir = filepath.Join(root, "test", "e2e", "apps", string(Go))
 		cmd = exec.Command(unknownReleaseCopy(t, buildGoApp(t, root, dir, "-s -w")), portArg)
-	case GoSDK, GoGRPC:
+	case GoSDK, GoGRPC, GoH2C:
 		cmd = exec.Command(buildGoModuleApp(t, dir, string(lang)), portArg)
 	default:
 		t.Fatalf("unknown test app language %q", lang)
