@@ -109,24 +109,29 @@ func TestGRPCGo(t *testing.T) {
 	}
 
 	ours := collectorObjects(t, col.PID, before)
-	grpcProgs := 0
+	grpcProgs, h2Progs := 0, 0
 	for _, name := range ours["prog"] {
 		if strings.HasPrefix(name, "gogrpc_") {
 			grpcProgs++
 		}
+		if strings.HasPrefix(name, "goh2_") {
+			h2Progs++
+		}
 	}
 	assert.Equal(t, 4, grpcProgs, "gogrpc programs held by the collector: %v", ours["prog"])
+	assert.Equal(t, 5, h2Progs, "Go HTTP/2 programs held by the collector: %v", ours["prog"])
 	// Both processes run the same binary, with grpc's client and server:
-	// 4 uprobe_multi links each for gRPC and 3 for its crypto/tls (Go TLS
-	// spans, bpf/httptrace) (bpftool names the type 12 or uprobe_multi);
-	// the other links are tracepoints.
+	// 4 uprobe_multi links each for gRPC, 2 for the HTTP/2 server of
+	// net/http it links (h2c SERVER spans; no HTTP/2 client of net/http)
+	// and 3 for its crypto/tls (Go TLS spans, bpf/httptrace) (bpftool
+	// names the type 12 or uprobe_multi); the other links are tracepoints.
 	multi := 0
 	for _, name := range ours["link"] {
 		if name == "12" || name == "uprobe_multi" {
 			multi++
 		}
 	}
-	assert.Equal(t, 2*(4+3), multi, "uprobe_multi links: %v", ours["link"])
+	assert.Equal(t, 2*(4+2+3), multi, "uprobe_multi links: %v", ours["link"])
 	assert.Equal(t, 0, col.Stop(), "exit code after SIGTERM")
 	waitObjectsGone(t, ours)
 }
