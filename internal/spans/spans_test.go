@@ -821,3 +821,26 @@ func BenchmarkAppendRoutes(b *testing.B) {
 		}
 	}
 }
+
+// TestAppendHTTP2: a request of the Go HTTP/2 probes (HTTP2 set) has
+// network.protocol.version "2" whatever ProtoMinor says, and otherwise the
+// HTTP/1 span's attributes.
+func TestAppendHTTP2(t *testing.T) {
+	b := NewBuilder("host", "v")
+	for _, r := range []Request{with(server(), func(r *Request) { r.HTTP2 = true; r.ProtoMinor = 0 }), with(client(), func(r *Request) { r.HTTP2 = true })} {
+		b.Append(&r, proc)
+	}
+	ss := b.Flush().ResourceSpans().At(0).ScopeSpans().At(0).Spans()
+	if ss.Len() != 2 {
+		t.Fatalf("%d spans", ss.Len())
+	}
+	for i := range ss.Len() {
+		a := ss.At(i).Attributes()
+		v, _ := a.Get("network.protocol.version")
+		m, _ := a.Get("http.request.method")
+		p, _ := a.Get("url.path")
+		if v.Str() != "2" || m.Str() != "GET" || p.Str() != "/users/7" {
+			t.Errorf("span %d: %v", i, a.AsRaw())
+		}
+	}
+}
