@@ -532,9 +532,11 @@ int gogrpc_write_status(struct pt_regs *ctx) { return on_write_status(ctx); }
 //                                              :status of the response headers
 //                                              (1xx responses are skipped)
 //
-// The incoming traceparent header is not read: the header map is a Go map,
-// which a BPF program cannot look up. A server span joins a traced client's
-// trace through grpc_joins, as gRPC's do, or starts its own.
+// A server span joins a traced client's trace through grpc_joins, as gRPC's
+// do; else it takes the request's traceparent header when the header map
+// is a small Go map (up to 8 entries: one group, scanned slot by slot; a
+// larger map is hashed, which a BPF program cannot do); else it starts its
+// own trace.
 
 #define H2_COPIES 2
 #define H2_PATH_MAX 128
@@ -572,6 +574,10 @@ struct h2_proc {
 	__u32 fd_raddr; // .raddr
 	__u32 tcp_ip; // net.TCPAddr.IP
 	__u32 tcp_port; // .Port
+	__u32 req_header; // net/http.Request.Header (a map: *maps.Map)
+	__u32 map_dir_ptr; // internal/runtime/maps.Map.dirPtr
+	__u32 map_dir_len; // .dirLen (0: a small map, dirPtr its one group)
+	__u32 map_ok; // the map offsets are known (Go 1.24 maps and later)
 };
 
 struct {
@@ -580,6 +586,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct h2_proc);
 } h2_procs SEC(".maps");
+
+// A group of a map[string][]string: 8 control bytes, then 8 slots of key
+// (string, 16 bytes) and value ([]string, 24 bytes).
+#define H2_GROUP_SLOTS 8
+#define H2_SLOT_SIZE 40
+#define H2_SLOT_ELEM 16
+#define TRACEPARENT_LEN 55
 
 struct h2_call {
 	__u64 start_ns;
@@ -781,6 +794,73 @@ static __always_inline bool h2_join(struct h2_call *c)
 	return true;
 }
 
+static __always_inline int hex_val(__u8 ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+// Takes the request's traceparent ("00-<trace id>-<span id>-<flags>") into
+// c as its parent, if the header map at hdr is a small map holding one.
+static __always_inline bool h2_traceparent(struct h2_proc *p, __u64 hdr, struct h2_call *c)
+{
+	if (!p->map_ok || !hdr || read_u64(hdr + p->map_dir_len) != 0)
+		return false;
+	__u64 g = read_u64(hdr + p->map_dir_ptr);
+	if (!g)
+		return false;
+	__u64 ctrl = read_u64(g);
+	__u64 val = 0;
+	for (int i = 0; i < H2_GROUP_SLOTS; i++) {
+		if ((ctrl >> (8 * i)) & 0x80)
+			continue; // empty or deleted
+		__u64 slot = g + 8 + i * H2_SLOT_SIZE;
+		if (read_u64(slot + 8) != 11)
+			continue;
+		char k[16] = {};
+		if (bpf_probe_read_user(k, 11, (void *)read_u64(slot)))
+			continue;
+		// "Traceparent", the canonical key, as two little-endian words.
+		__u64 w0 = *(__u64 *)k, w1 = *(__u64 *)(k + 8);
+		if (w0 == 0x7261706563617254ULL && w1 == 0x746e65ULL) {
+			val = slot + H2_SLOT_ELEM;
+			break;
+		}
+	}
+	if (!val || read_u64(val + 8) < 1)
+		return false;
+	__u64 sp = read_u64(val); // the first value
+	if (read_u64(sp + 8) != TRACEPARENT_LEN)
+		return false;
+	__u8 b[TRACEPARENT_LEN + 1] = {};
+	if (bpf_probe_read_user(b, TRACEPARENT_LEN, (void *)read_u64(sp)))
+		return false;
+	if (b[0] != '0' || b[1] != '0' || b[2] != '-' || b[35] != '-' || b[52] != '-')
+		return false;
+	__u8 ids[25];
+	__u8 nz_trace = 0, nz_span = 0;
+	for (int i = 0; i < 25; i++) {
+		int pos = i < 16 ? 3 + 2 * i : (i < 24 ? 36 + 2 * (i - 16) : 53);
+		int hi = hex_val(b[pos & 63]), lo = hex_val(b[(pos + 1) & 63]);
+		if (hi < 0 || lo < 0)
+			return false;
+		ids[i] = (__u8)(hi << 4 | lo);
+		if (i < 16)
+			nz_trace |= ids[i];
+		else if (i < 24)
+			nz_span |= ids[i];
+	}
+	if (!nz_trace || !nz_span)
+		return false;
+	__builtin_memcpy(c->trace_id, ids, 16);
+	__builtin_memcpy(c->parent_id, ids + 16, 8);
+	c->trace_flags = ids[24] & 0x01;
+	return true;
+}
+
 // (*serverConn).runHandler(sc, rw *responseWriter, req *Request, handler)
 // entry, on the handler's goroutine: RAX sc, RBX rw, RCX req.
 static __always_inline int on_h2_run_handler(struct pt_regs *ctx)
@@ -814,6 +894,8 @@ static __always_inline int on_h2_run_handler(struct pt_regs *ctx)
 	if (h2_join(c)) {
 		c->joined = 1;
 		count(GRPC_JOINED);
+	} else if (h2_traceparent(p, read_u64(req + p->req_header), c)) {
+		count(GRPC_UNJOINED);
 	} else {
 		random_id(c->trace_id, 4);
 		c->trace_flags = 0x03; // sampled, random trace id

@@ -217,6 +217,10 @@ type gogrpcH2Proc struct {
 	FdRaddr   uint32
 	TcpIp     uint32
 	TcpPort   uint32
+	ReqHeader uint32
+	MapDirPtr uint32
+	MapDirLen uint32
+	MapOk     uint32
 }
 
 type gogrpcThreadCtx struct {

@@ -277,6 +277,10 @@ func h2Proc(h2 *goexe.H2Info, bias uint64) (gogrpcH2Proc, []int) {
 		UrlPath: uint32(o.URLPath), UrlQuery: uint32(o.URLQuery), UrlHost: uint32(o.URLHost),
 		ConnFd: uint32(o.ConnFD), FdLaddr: uint32(o.FDLaddr), FdRaddr: uint32(o.FDRaddr),
 		TcpIp: uint32(o.TCPAddrIP), TcpPort: uint32(o.TCPAddrPort),
+		ReqHeader: uint32(o.ReqHeader),
+	}
+	if o.MapOK {
+		p.MapDirPtr, p.MapDirLen, p.MapOk = uint32(o.MapDirPtr), uint32(o.MapDirLen), 1
 	}
 	if h2.TCPConnItab != 0 {
 		p.TcpConnItab = h2.TCPConnItab + bias

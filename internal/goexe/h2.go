@@ -38,6 +38,12 @@ type H2Offsets struct {
 	URLPath, URLQuery, URLHost         uint64
 	ConnFD, FDLaddr, FDRaddr           uint64
 	TCPAddrIP, TCPAddrPort             uint64
+	ReqHeader                          uint64 // net/http.Request.Header (a map)
+	// MapDirPtr, MapDirLen: internal/runtime/maps.Map.dirPtr, .dirLen,
+	// where the programs read a small map's one group (the traceparent
+	// header); MapOK is false where absent (Go before 1.24).
+	MapDirPtr, MapDirLen uint64
+	MapOK                bool
 }
 
 // H2Info is what InspectH2 found.
@@ -74,6 +80,9 @@ var h2Methods = [][2]string{
 	{"clientStream", "encodeAndWriteHeaders"}, {"ClientConn", "writeHeaders"},
 	{"clientConnReadLoop", "handleResponse"},
 }
+
+// mapStruct is the runtime's map header (Go 1.24 and later).
+const mapStruct = "internal/runtime/maps.Map"
 
 // H2TCPConnItab names the itab of *net.TCPConn as a net.Conn.
 const H2TCPConnItab = "go:itab.*net.TCPConn,net.Conn"
@@ -128,7 +137,8 @@ func InspectH2(path string) (*H2Info, error) {
 		return nil, ErrNoH2Offsets
 	}
 	want := map[string][]string{
-		"net/http.Request": {"Method", "URL", "Host", "RequestURI"},
+		"net/http.Request": {"Method", "URL", "Host", "RequestURI", "Header"},
+		mapStruct:          {"dirPtr", "dirLen"},
 		"net/url.URL":      {"Path", "RawQuery", "Host"},
 		"net.conn":         {"fd"},
 		"net.netFD":        {"laddr", "raddr"},
@@ -161,6 +171,10 @@ func InspectH2(path string) (*H2Info, error) {
 		URLPath: get("net/url.URL", "Path"), URLQuery: get("net/url.URL", "RawQuery"), URLHost: get("net/url.URL", "Host"),
 		ConnFD: get("net.conn", "fd"), FDLaddr: get("net.netFD", "laddr"), FDRaddr: get("net.netFD", "raddr"),
 		TCPAddrIP: get("net.TCPAddr", "IP"), TCPAddrPort: get("net.TCPAddr", "Port"),
+		ReqHeader: get("net/http.Request", "Header"),
+	}
+	if m := fields[mapStruct]; len(m) == 2 {
+		info.Offsets.MapDirPtr, info.Offsets.MapDirLen, info.Offsets.MapOK = m["dirPtr"], m["dirLen"], true
 	}
 	for _, fd := range present {
 		c := h2CopyNames[fd.idx]

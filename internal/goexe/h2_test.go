@@ -58,6 +58,9 @@ func TestInspectH2(t *testing.T) {
 	if o.ReqURL == 0 || o.ReqHost == 0 || o.ReqURI == 0 || o.URLPath == 0 || o.URLQuery == 0 || o.FDLaddr == 0 || o.FDRaddr == 0 || o.TCPAddrPort == 0 {
 		t.Errorf("offsets %+v", o)
 	}
+	if !o.MapOK || o.MapDirPtr != 16 || o.MapDirLen != 24 || o.ReqHeader == 0 {
+		t.Errorf("map offsets %+v (the programs expect Go 1.24+'s maps.Map)", o)
+	}
 	if info.TCPConnItab == 0 {
 		t.Error("no *net.TCPConn net.Conn itab")
 	}

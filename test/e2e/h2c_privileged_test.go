@@ -25,8 +25,9 @@ import (
 // child, from the handler's goroutine ancestry) and B's SERVER span (the
 // CLIENT span's child, joined by connection and stream id, no header
 // written), in one trace, with the HTTP attributes and
-// network.protocol.version "2", and nothing else: the network-level
-// HTTP/1 parser adds no span for the same requests.
+// network.protocol.version "2"; an incoming traceparent is A's SERVER
+// span's parent; and nothing else: the network-level HTTP/1 parser adds
+// no span for the same requests.
 func TestH2CGo(t *testing.T) {
 	for _, copyName := range []string{"std", "xnet"} {
 		t.Run(copyName, func(t *testing.T) { testH2C(t, copyName) })
@@ -46,8 +47,13 @@ func testH2C(t *testing.T, copyName string) {
 	tr := &http.Transport{Protocols: &protos}
 	t.Cleanup(tr.CloseIdleConnections)
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	call := func(q url.Values) string {
-		resp, err := hc.Get(a.URL("/call?" + q.Encode()))
+	call := func(q url.Values, hdr ...string) string {
+		req, err := http.NewRequest(http.MethodGet, a.URL("/call?"+q.Encode()), nil)
+		require.NoError(t, err)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := hc.Do(req)
 		require.NoError(t, err)
 		defer resp.Body.Close()
 		require.Equal(t, 2, resp.ProtoMajor, "the test's client speaks h2c")
@@ -116,6 +122,18 @@ func testH2C(t *testing.T, copyName string) {
 			assert.Equal(t, ptrace.StatusCodeUnset, sv.Status, "%s", sv)
 		}
 	}
+	// An incoming traceparent: A's SERVER span continues that trace, and
+	// the CLIENT and B's SERVER spans follow.
+	const tpTrace, tpSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	require.Equal(t, "200 HTTP/2.0", call(url.Values{"path": {"/leaf"}, "e2e": {"tp"}}, "traceparent", "00-"+tpTrace+"-"+tpSpan+"-01"))
+	tfs := sink.WaitForSpans(t, All(ServerOf(a.Service), WithAttr("url.query", url.Values{"path": {"/leaf"}, "e2e": {"tp"}}.Encode())), 1, spanTimeout)
+	assert.Equal(t, tpTrace, tfs[0].TraceID, "traceparent's trace: %s", tfs[0])
+	assert.Equal(t, tpSpan, tfs[0].ParentSpanID, "traceparent's span as parent: %s", tfs[0])
+	tcs := sink.WaitForSpans(t, func(s Span) bool { return ClientOf(a.Service)(s) && s.ParentSpanID == tfs[0].SpanID }, 1, spanTimeout)
+	tss := sink.WaitForSpans(t, func(s Span) bool { return ServerOf(b.Service)(s) && s.ParentSpanID == tcs[0].SpanID }, 1, spanTimeout)
+	assert.Equal(t, tpTrace, tcs[0].TraceID, "%s", tcs[0])
+	assert.Equal(t, tpTrace, tss[0].TraceID, "%s", tss[0])
+
 	// One more request flushes what the collector may still hold; then
 	// every span of either process is an HTTP/2 span of a request sent
 	// (no network-level duplicate, no "PRI" preface parsed as a request).
