@@ -409,7 +409,7 @@ func (r *tracesReceiver) onAdd(p discovery.Process) {
 	}
 	if r.grpc != nil {
 		if _, err := r.grpc.AttachProcess(p.PID, p.ExePath); err != nil {
-			r.set.Logger.Warn("Go gRPC probes not attached: no gRPC spans for this process",
+			r.set.Logger.Warn("Go gRPC or HTTP/2 probes not attached: no gRPC or h2c spans for this process",
 				zap.Int("pid", p.PID), zap.String("exe", p.ExePath), zap.Error(err))
 		}
 	}

@@ -141,10 +141,11 @@ func Load(maps Maps, opts Options) (*Tracer, error) {
 
 // AttachProcess places the gRPC probes in Go process pid if its executable
 // (opened as /proc/<pid>/exe; exePath names it in errors) has grpc's client
-// or server: one uprobe_multi link per program, for that process only.
-// Returns false and no error for a program without grpc (or not Go), and
-// an error wrapping goexe.ErrNoGRPCOffsets for a stripped grpc program,
-// which is left unprobed. The analysis is cached per executable file.
+// or server, and the HTTP/2 probes if it has either copy of Go's HTTP/2
+// (with DWARF): one uprobe_multi link per program, for that process only.
+// Returns false and no error for a program with neither (or not Go, or
+// stripped without grpc), and an error wrapping goexe.ErrNoGRPCOffsets for
+// a stripped grpc program, which is left unprobed. The analysis is cached per executable file.
 func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -175,15 +176,20 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 		t.exes[key] = ei
 	}
 	noGRPC := errors.Is(ei.err, goexe.ErrNotGo) || errors.Is(ei.err, goexe.ErrNoGRPC)
-	noH2 := errors.Is(ei.h2err, goexe.ErrNotGo) || errors.Is(ei.h2err, goexe.ErrNoH2)
-	if noGRPC && noH2 {
-		return false, nil
-	}
+	// Nearly every Go program links net/http's HTTP/2: a stripped one
+	// (no offsets) is left without HTTP/2 probes silently.
+	noH2 := errors.Is(ei.h2err, goexe.ErrNotGo) || errors.Is(ei.h2err, goexe.ErrNoH2) || errors.Is(ei.h2err, goexe.ErrNoH2Offsets)
 	if ei.err != nil && !noGRPC {
 		return false, fmt.Errorf("attach grpc probes to pid %d (%s): %w", pid, exePath, ei.err)
 	}
+	// An HTTP/2 inspection that failed otherwise leaves gRPC probed and
+	// is reported after.
+	var h2err error
 	if ei.h2err != nil && !noH2 {
-		return false, fmt.Errorf("attach HTTP/2 probes to pid %d (%s): %w", pid, exePath, ei.h2err)
+		h2err = fmt.Errorf("attach HTTP/2 probes to pid %d (%s): %w", pid, exePath, ei.h2err)
+	}
+	if ei.info == nil && ei.h2 == nil {
+		return false, h2err
 	}
 	var bias uint64
 	if (ei.info != nil && ei.info.PIE) || (ei.h2 != nil && ei.h2.PIE) {
@@ -253,7 +259,7 @@ func (t *Tracer) AttachProcess(pid int, exePath string) (bool, error) {
 		links = append(links, l)
 	}
 	t.links[pid] = links
-	return true, nil
+	return true, h2err
 }
 
 func (t *Tracer) deleteProcs(pid int) {
