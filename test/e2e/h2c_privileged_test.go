@@ -26,7 +26,7 @@ import (
 // CLIENT span's child, joined by connection and stream id, no header
 // written), in one trace, with the HTTP attributes and
 // network.protocol.version "2"; an incoming traceparent is A's SERVER
-// span's parent; and nothing else: the network-level HTTP/1 parser adds
+// span's parent (not sampled: no span at all); and nothing else: the network-level HTTP/1 parser adds
 // no span for the same requests.
 func TestH2CGo(t *testing.T) {
 	for _, copyName := range []string{"std", "xnet"} {
@@ -134,6 +134,10 @@ func testH2C(t *testing.T, copyName string) {
 	assert.Equal(t, tpTrace, tcs[0].TraceID, "%s", tcs[0])
 	assert.Equal(t, tpTrace, tss[0].TraceID, "%s", tss[0])
 
+	// Not sampled (flags 00): none of the three spans is exported (checked
+	// after the last request below).
+	require.Equal(t, "200 HTTP/2.0", call(url.Values{"path": {"/leaf"}, "e2e": {"unsampled"}}, "traceparent", "00-"+tpTrace+"-"+tpSpan+"-00"))
+
 	// One more request flushes what the collector may still hold; then
 	// every span of either process is an HTTP/2 span of a request sent
 	// (no network-level duplicate, no "PRI" preface parsed as a request).
@@ -145,6 +149,8 @@ func testH2C(t *testing.T, copyName string) {
 		}
 		assert.Equal(t, "2", s.Str("network.protocol.version"), "a span not from the HTTP/2 probes: %s", s)
 	}
+	assert.Empty(t, sink.Matching(func(s Span) bool { return strings.Contains(s.Str("url.query"), "e2e=unsampled") }),
+		"spans of the unsampled request:\n%s", sink.Dump())
 	for i := range reqs {
 		id := fmt.Sprint(i)
 		n := len(sink.Matching(func(s Span) bool {
