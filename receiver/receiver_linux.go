@@ -219,7 +219,10 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 	}
 	// Go moves goroutines between threads: follow them in Go processes, so
 	// outgoing calls get the context of the request they serve, never the
-	// thread's. Without header injection no uprobe is placed at all.
+	// thread's. Without propagation (neither headers nor the packet
+	// carrier) no uprobe is placed at all: the hand-over to a pooled
+	// connection's writeLoop is what gives a keep-alive HTTPS request its
+	// context for the carrier too.
 	shared := r.tracer.Shared()
 	r.goTracker, err = goruntime.Load(goruntime.Maps{
 		TracedPids: shared.TracedPids,
@@ -227,7 +230,7 @@ func (r *tracesReceiver) Start(ctx context.Context, host component.Host) (err er
 		GoProcs:    shared.GoProcs,
 		GoCtxs:     shared.GoCtxs,
 		GoParents:  shared.GoParents,
-	}, goruntime.Options{NoHandOver: !propagation.Headers, ReturnAtOnce: benchFloor()})
+	}, goruntime.Options{NoHandOver: !propagation.Headers && !propagation.TCP, ReturnAtOnce: benchFloor()})
 	if err != nil {
 		return fmt.Errorf("ebpf_tracing: %w", err)
 	}

@@ -220,9 +220,10 @@ func countOption(t *testing.T, b []byte) (segments, ours int) {
 	return segments, ours
 }
 
-// carrierFleet: HTTPS Python and Node services in two network namespaces
-// joined by a veth pair; hops lists the chain's services by namespace, so
-// another service (Go crypto/tls) is one more entry.
+// carrierFleet: HTTPS Python, Node and Go (crypto/tls) services in two
+// network namespaces joined by a veth pair; hops lists the chain's services
+// by namespace, each hop crossing to the other one. keepAliveThroughput and
+// carrierCost use the first pair (Python → Node).
 type carrierFleet struct {
 	pair  *netnsPair
 	dir   string
@@ -241,7 +242,8 @@ func startCarrierFleet(t *testing.T) *carrierFleet {
 	}{
 		{Python, 0, "tls-py-a"},
 		{Node, 1, "tls-node-b"},
-		{Python, 0, "tls-py-c"},
+		{Go, 0, "tls-go-c"},
+		{Python, 1, "tls-py-d"},
 	}
 	ports := FreePorts(t, len(hops))
 	for i, h := range hops {
@@ -313,7 +315,7 @@ func checkCarried(t *testing.T, sink *Sink, chain []*App, trace, incomingParent 
 
 // TestTLSCarrier: the trace context of HTTPS requests crosses network
 // namespaces in the packets (ebpf.packet_carrier), for each carrier: one
-// trace across a Python → Node → Python chain of HTTPS services whose
+// trace across a Python → Node → Go → Python chain of HTTPS services whose
 // hops alternate between two namespaces, 64 KiB request and response
 // bodies intact, each request of a keep-alive connection with its own
 // parent, the option on the wire with tcp and all and never with headers
@@ -369,11 +371,12 @@ func testTLSCarrier(t *testing.T, cc carrierCase) {
 				return
 			}
 
-			// Keep-alive: n requests on one connection, in both
-			// directions between the namespaces (Python client → Node
-			// server, Node client → Python server), each SERVER span
-			// the child of its own CLIENT span.
-			for _, pair := range [][]*App{{f.chain[0], f.chain[1]}, {f.chain[1], f.chain[2]}} {
+			// Keep-alive: n requests on one connection, for every
+			// adjacent pair of the chain (both directions between the
+			// namespaces, each language as client and as server), each
+			// SERVER span the child of its own CLIENT span.
+			for i := 0; i+1 < len(f.chain); i++ {
+				pair := f.chain[i : i+2]
 				const n = 4
 				trace, parent := traceparentIDs(t, randomTraceparent())
 				tp := "00-" + trace + "-" + parent + "-01"

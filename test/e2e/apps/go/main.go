@@ -37,7 +37,11 @@ func main() {
 	if len(os.Args) > 1 {
 		port = os.Args[1]
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
+	host := os.Getenv("BIND_HOST")
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(1)
@@ -208,9 +212,60 @@ func handle(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && r.URL.Path == "/echo":
 		sum := sha256.Sum256(body)
 		replyJSON(w, http.StatusOK, map[string]any{"len": len(body), "sha256": hex.EncodeToString(sum[:]), "traceparent": traceparent, "traceparent_count": count})
+	case r.Method == http.MethodPost && r.URL.Path == "/mirror":
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+	case r.Method == http.MethodPost && r.URL.Path == "/relay":
+		relay(w, r, body)
 	default:
 		reply(w, http.StatusNotFound, "not found")
 	}
+}
+
+// relay answers POST /relay?url=U[&n=N]: it POSTs the body to U N times
+// (default 1) on one keep-alive connection of its own and answers with the
+// last response's body, byte for byte; 502 when that status is not 200. No
+// traceparent is forwarded: the receiver propagates one.
+func relay(w http.ResponseWriter, r *http.Request, body []byte) {
+	q := r.URL.Query()
+	n := 1
+	if v := q.Get("n"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 1, TLSClientConfig: insecure}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	status, out := 0, []byte(nil)
+	for i := 0; i < n; i++ {
+		req, err := http.NewRequest(http.MethodPost, q.Get("url"), bytes.NewReader(body))
+		if err != nil {
+			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error()})
+			return
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err := c.Do(req)
+		if err != nil {
+			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error()})
+			return
+		}
+		out, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			replyJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error()})
+			return
+		}
+		status = resp.StatusCode
+	}
+	code := http.StatusOK
+	if status != http.StatusOK {
+		code = http.StatusBadGateway
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(code)
+	w.Write(out)
 }
 
 func reply(w http.ResponseWriter, code int, body string) {
